@@ -1,0 +1,99 @@
+"""The library functions behind each CLI subcommand (same names): run, evaluate, bench, export, predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from .data import PACKAGED, DataConfig, TextSet, load_splits
+from .errors import SlimtuneError
+from .predictors import DEFAULT_MAX_LENGTH, Prediction, load_predictor
+
+
+def data_config(data: str, text_column: str = "text", label_column: str = "label", **kw) -> DataConfig:
+    """`data` is a packaged dataset name or a file path."""
+    if data in PACKAGED:
+        return DataConfig(name=data, **kw)
+    return DataConfig(path=data, text_column=text_column, label_column=label_column, **kw)
+
+
+def _eval_set(cfg: DataConfig, split: str) -> tuple[TextSet, list[str]]:
+    if split not in ("test", "all"):
+        raise SlimtuneError(f"split must be test or all, not {split!r}")
+    s = load_splits(cfg)
+    if split == "test":
+        return s.test, s.label_names
+    return TextSet(s.train.texts + s.val.texts + s.test.texts, s.train.labels + s.val.labels + s.test.labels), s.label_names
+
+
+def run(recipe_path: str | Path, out: str | Path, log: Callable[[str], None] = print) -> dict:
+    """Run a recipe file into `out` (resuming finished stages); returns the report dict."""
+    from .recipe import load
+    from .runner import run as run_recipe
+
+    return run_recipe(load(recipe_path), Path(out), log)
+
+
+def evaluate(model: str | Path, data: DataConfig, split: str = "test", max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 32) -> dict:
+    """Accuracy, macro F1/precision/recall and confusion matrix of `model` on `data`'s test split (or all of it)."""
+    from .metrics import evaluate as evaluate_predictor
+
+    texts, label_names = _eval_set(data, split)
+    pred = load_predictor(model, max_length, label_names)
+    metrics, _ = evaluate_predictor(pred, texts, batch_size, progress="evaluating")
+    return metrics | {"labels": label_names, "split": split}
+
+
+def default_texts(n: int = 200) -> list[str]:
+    """Real sentences for benchmarks and parity checks: the Rotten Tomatoes test split."""
+    return load_splits(DataConfig(name="rotten_tomatoes")).test.texts[:n]
+
+
+def bench(model: str | Path, texts: list[str] | None = None, runs: int = 100, warmup: int = 10, max_length: int = 128, batch_size: int = 32) -> dict:
+    """Latency p50/p95 (batch 1), throughput, peak RSS, params, size on disk and hardware of `model`."""
+    from .benchmark import artifact_size, benchmark, hardware
+
+    pred = load_predictor(model, max_length)
+    result = benchmark(pred, texts or default_texts(), runs, warmup, batch_size)
+    target = Path(model)
+    result["size_bytes"] = artifact_size(target / "model.onnx" if (target / "model.onnx").is_file() else target)
+    return result | {"hardware": hardware()}
+
+
+def export(model: str | Path, fmt: str, out: str | Path, data: DataConfig | None = None, max_length: int = 128) -> dict:
+    """Export an HF classifier folder to `fmt` (hf, onnx, onnx-int8) at `out`, then check parity.
+
+    Parity (max |Δlogit|, argmax agreement) is measured on `data`'s test split, or on real
+    Rotten Tomatoes sentences when no data is given; with data, accuracy is reported too.
+    """
+    from .metrics import classification_metrics, parity
+    from .exporters import export as do_export
+    from .models import load_model
+    from .predictors import TorchPredictor, batched_logits
+
+    out = Path(out)
+    torch_model, tokenizer = load_model(model)
+    if data is not None:
+        test, _ = _eval_set(data, "test")
+        texts = test.texts
+    else:
+        test, texts = None, default_texts()
+    source = batched_logits(TorchPredictor(torch_model, tokenizer, max_length), texts, progress="source logits")
+    do_export(torch_model, tokenizer, fmt, out)
+    exported = load_predictor(out, max_length)
+    logits = batched_logits(exported, texts, progress="exported logits")
+    result = {"format": fmt, "source": str(model), "artifact": str(out), "parity": parity(source, logits), "n_texts": len(texts)}
+    if test is not None:
+        result |= classification_metrics(test.labels, logits.argmax(1), len(exported.label_names))
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def predict(model: str | Path, texts: list[str], max_length: int = DEFAULT_MAX_LENGTH) -> list[Prediction]:
+    """Label and probability for each text."""
+    from .predictors import predict as predict_texts
+
+    if not texts:
+        raise SlimtuneError("predict: give at least one text")
+    return predict_texts(load_predictor(model, max_length), texts)

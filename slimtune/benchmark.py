@@ -1,0 +1,139 @@
+"""Speed, size and memory of a predictor, measured the same way for torch and ONNX Runtime.
+
+- latency: batch 1 over real test sentences, after warm-up; p50 and p95 of `runs` timed calls
+  (tokenization included: it is part of what a user waits for);
+- throughput: texts per second at batch 32 over real test sentences;
+- peak RSS: the peak resident memory of the process (`ru_maxrss`). The recipe runner benchmarks
+  every artifact in a fresh process (`python -m slimtune.benchmark`), so this is what loading and
+  running that model costs, Python and libraries included, not what training left behind;
+- size: bytes of the model's weight files on disk (tokenizer files excluded: same for all stages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .predictors import Predictor
+
+WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx.data", ".bin", ".data")
+
+
+def artifact_size(path: str | Path) -> int:
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+    else:
+        files = [f for f in path.rglob("*") if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES)]
+    return int(sum(f.stat().st_size for f in files))
+
+
+def benchmark(pred: Predictor, texts: list[str], runs: int = 100, warmup: int = 10, batch_size: int = 32, throughput_batches: int = 8) -> dict:
+    """Latency (batch 1), throughput (batch `batch_size`) and peak RSS of `pred` on `texts`."""
+    if not texts:
+        raise ValueError("benchmark needs at least one text")
+    runs = max(runs, 1)
+    sample = [texts[i % len(texts)] for i in range(runs + warmup)]
+    for t in sample[:warmup]:
+        pred.logits([t])
+    times = []
+    for t in sample[warmup:]:
+        start = time.perf_counter()
+        pred.logits([t])
+        times.append(time.perf_counter() - start)
+    pool = [texts[i % len(texts)] for i in range(batch_size * throughput_batches)]
+    pred.logits(pool[:batch_size])  # warm-up at this batch size
+    start = time.perf_counter()
+    for i in range(0, len(pool), batch_size):
+        pred.logits(pool[i : i + batch_size])
+    elapsed = time.perf_counter() - start
+    ms = np.array(times) * 1000.0
+    return {
+        "latency_ms_p50": float(np.percentile(ms, 50)),
+        "latency_ms_p95": float(np.percentile(ms, 95)),
+        "latency_runs": runs,
+        "throughput_per_s": float(len(pool) / elapsed),
+        "throughput_batch_size": batch_size,
+        "throughput_texts": len(pool),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+        "params": int(pred.num_params()),
+    }
+
+
+def hardware() -> dict:
+    """CPU model, ISA flags that decide int8 speed, thread counts and library versions."""
+    import onnxruntime
+    import torch
+    import transformers
+
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("unknown", "", platform.machine()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    isa = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "fma", "f16c"]
+    return {
+        "cpu": model,
+        "machine": platform.machine(),
+        "isa": {k: (k in flags) for k in isa},
+        "cores_logical": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def benchmark_in_subprocess(artifact: Path, texts: list[str], max_length: int, runs: int, warmup: int, batch_size: int) -> dict:
+    """Benchmark `artifact` in a fresh Python process, so memory and caches start clean."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(texts, f)
+    cmd = [sys.executable, "-m", "slimtune.benchmark", str(artifact), "--texts", f.name, "--max-length", str(max_length),
+           "--runs", str(runs), "--warmup", str(warmup), "--batch-size", str(batch_size)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    finally:
+        os.unlink(f.name)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark of {artifact} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _main() -> None:
+    from .models import quiet_libraries
+    from .predictors import load_predictor
+
+    quiet_libraries()
+    ap = argparse.ArgumentParser(description="benchmark one artifact; prints one JSON line")
+    ap.add_argument("artifact")
+    ap.add_argument("--texts", required=True, help="JSON list of texts")
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=32)
+    a = ap.parse_args()
+    texts = json.loads(Path(a.texts).read_text())
+    pred = load_predictor(a.artifact, a.max_length)
+    result = benchmark(pred, texts, a.runs, a.warmup, a.batch_size)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    _main()

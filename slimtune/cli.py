@@ -1,0 +1,137 @@
+"""`slimtune` command line: each subcommand is a thin layer over the library function of its name.
+
+Errors a user can cause print one line on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import api
+from .errors import SlimtuneError
+from .models import quiet_libraries
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Make a pretrained language model small, fast and good at one task on this machine.",
+)
+
+DataOpt = Annotated[str, typer.Option(help="packaged dataset (rotten_tomatoes, tweets_sentiment) or a CSV/TSV/JSONL file")]
+TextCol = Annotated[str, typer.Option(help="text column of a data file")]
+LabelCol = Annotated[str, typer.Option(help="label column of a data file")]
+MaxLen = Annotated[int, typer.Option(help="tokens per text (longer texts are truncated)")]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _print_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="run folder; run again with the same folder to resume")],
+):
+    """Run a recipe: data, model, stages, exports, report (resumable)."""
+    console = _console()
+    report = api.run(recipe, out, log=lambda msg: console.print(msg, markup=False, highlight=False))
+    typer.echo((out / "report.md").read_text())
+    console.print(f"report: {out / 'report.md'} (json: {out / 'report.json'})", markup=False)
+    del report
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Argument(help="model folder (HF or holding model.onnx)")],
+    data: DataOpt,
+    text_column: TextCol = "text",
+    label_column: LabelCol = "label",
+    split: Annotated[str, typer.Option(help="test (the same split `run` uses) or all")] = "test",
+    max_length: MaxLen = 128,
+):
+    """Accuracy, macro F1/precision/recall and confusion matrix on held-out data."""
+    cfg = api.data_config(data, text_column, label_column)
+    _print_json(api.evaluate(model, cfg, split=split, max_length=max_length))
+
+
+@app.command()
+def bench(
+    model: Annotated[str, typer.Argument(help="model folder (HF or holding model.onnx)")],
+    runs: Annotated[int, typer.Option(help="timed batch-1 runs after warm-up")] = 100,
+    data: Annotated[Optional[str], typer.Option(help="texts to time on (default: Rotten Tomatoes test sentences)")] = None,
+    text_column: TextCol = "text",
+    label_column: LabelCol = "label",
+    max_length: MaxLen = 128,
+):
+    """Latency p50/p95 at batch 1, throughput at batch 32, peak RSS, params, size, hardware."""
+    texts = None
+    if data:
+        from .data import load_splits
+
+        texts = load_splits(api.data_config(data, text_column, label_column)).test.texts[:200]
+    _print_json(api.bench(model, texts, runs=runs, max_length=max_length))
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="fine-tuned HF classifier folder")],
+    format: Annotated[str, typer.Option("--format", "-f", help="hf, onnx or onnx-int8")] = "onnx",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output folder (default: MODEL-FORMAT)")] = None,
+    data: Annotated[Optional[str], typer.Option(help="check parity and accuracy on this data's test split")] = None,
+    text_column: TextCol = "text",
+    label_column: LabelCol = "label",
+    max_length: MaxLen = 128,
+):
+    """Export to an HF folder, ONNX or ONNX int8, and check parity with the source."""
+    target = out or Path(f"{str(model).rstrip('/')}-{format}")
+    cfg = api.data_config(data, text_column, label_column) if data else None
+    _print_json(api.export(model, format, target, cfg, max_length=max_length))
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="model folder (HF or holding model.onnx)")],
+    texts: Annotated[list[str], typer.Argument(help="one or more texts")],
+    max_length: MaxLen = 256,
+):
+    """Predicted label and its probability for each text."""
+    for text, p in zip(texts, api.predict(model, texts, max_length)):
+        typer.echo(f"{p.label}\t{p.probability:.4f}\t{text}")
+
+
+def main() -> None:
+    import click
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_libraries()
+    try:
+        app(standalone_mode=False)
+    except SlimtuneError as e:
+        print(f"slimtune: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        print("slimtune: interrupted; finished stages are kept, run the same command to resume", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Load a labelled text dataset (CSV / TSV / JSONL, or a packaged one by name) and split it.
+
+The split is what every stage is measured on, so it is deterministic: exact duplicate texts are
+removed first (or the test split would leak into train), then a stratified 80/20 train/test split
+with seed 42, then a stratified validation slice of train for early stopping. Label names are kept
+in sorted order (numeric labels in numeric order) and travel with the model as `id2label`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import assets
+from .errors import SlimtuneError
+
+PACKAGED = ("rotten_tomatoes", "tweets_sentiment")
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how it is split (the recipe's `data:` block)."""
+
+    name: str | None = None  # a packaged dataset: rotten_tomatoes | tweets_sentiment
+    path: str | None = None  # a CSV, TSV or JSONL file
+    test_path: str | None = None  # optional separate test file (same columns); else split off
+    text_column: str = "text"
+    label_column: str = "label"
+    encoding: str = "utf-8"
+    test_size: float = 0.2
+    val_size: float = 0.1  # fraction of train held out for validation / early stopping
+    seed: int = 42
+    max_train_samples: int | None = None  # stratified subsample of train, for short CPU runs
+    max_test_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.name is None) == (self.path is None):
+            raise SlimtuneError("data: give exactly one of `name` (packaged) or `path` (a file)")
+        if self.name is not None and self.name not in PACKAGED:
+            raise SlimtuneError(
+                f"data.name: unknown dataset {self.name!r}; packaged ones: {', '.join(PACKAGED)}"
+            )
+        if not 0 < self.test_size < 1 or not 0 <= self.val_size < 1:
+            raise SlimtuneError("data: test_size must be in (0, 1) and val_size in [0, 1)")
+
+
+@dataclass
+class TextSet:
+    texts: list[str]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class Splits:
+    train: TextSet
+    val: TextSet
+    test: TextSet
+    label_names: list[str]
+    source: str
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.label_names))
+
+
+def read_table(path: str | Path, text_column: str, label_column: str | None, encoding: str = "utf-8") -> pd.DataFrame:
+    """Read a CSV/TSV/JSONL file into a frame with columns `text` (and `label`), checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise SlimtuneError(f"data file not found: {path}")
+    suffixes = [s.lower() for s in path.suffixes if s.lower() not in (".bz2", ".gz", ".xz", ".zip")]
+    kind = suffixes[-1] if suffixes else ""
+    try:
+        if kind in (".jsonl", ".json", ".ndjson"):
+            df = pd.read_json(path, lines=True, encoding=encoding, dtype=False)
+        elif kind in (".csv", ".tsv", ".txt"):
+            df = pd.read_csv(path, sep="\t" if kind == ".tsv" else ",", encoding=encoding, dtype=str, keep_default_na=False)
+        else:
+            raise SlimtuneError(f"{path}: unknown file type {kind or '(none)'!r}; use .csv, .tsv or .jsonl")
+    except UnicodeDecodeError as e:
+        raise SlimtuneError(
+            f"{path}: not readable as {encoding} text (byte {e.start}); set data.encoding (e.g. latin-1)"
+        ) from None
+    except (ValueError, pd.errors.ParserError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SlimtuneError(f"{path}: cannot parse as {kind[1:]}: {first}") from None
+    if df.empty:
+        raise SlimtuneError(f"{path}: no rows")
+    wanted = [text_column] + ([label_column] if label_column else [])
+    missing = [c for c in wanted if c not in df.columns]
+    if missing:
+        raise SlimtuneError(
+            f"{path}: missing column {missing[0]!r}; columns present: {', '.join(map(str, df.columns))} "
+            f"(set data.text_column / data.label_column)"
+        )
+    out = pd.DataFrame({"text": df[text_column]})
+    if label_column:
+        out["label"] = df[label_column]
+    return out
+
+
+def _load_packaged(name: str) -> pd.DataFrame:
+    if name == "rotten_tomatoes":
+        df = pd.read_csv(assets.locate(assets.ROTTEN_TOMATOES))
+        df = df[df["category"].isin(["fresh", "rotten"])]  # drop the long "plot" synopses
+        return pd.DataFrame({"text": df["text"], "label": df["category"]})
+    df = pd.read_csv(assets.locate(assets.TWEETS_SENTIMENT), encoding_errors="replace")
+    return pd.DataFrame({"text": df["text"], "label": df["sentiment"]})
+
+
+def _clean(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    """Drop empty texts, reject missing labels, remove exact duplicate texts (first one kept)."""
+    df = df.copy()
+    df["text"] = df["text"].astype(str).str.strip()
+    df = df[(df["text"] != "") & (df["text"].str.lower() != "nan")]
+    lab = df["label"].astype(str).str.strip()
+    bad = lab.isin(["", "nan", "None"])
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise SlimtuneError(f"{where}: empty label in data row {row + 1}")
+    df["label"] = lab
+    df = df.drop_duplicates(subset="text", keep="first")
+    if df.empty:
+        raise SlimtuneError(f"{where}: no usable rows (all texts empty)")
+    return df.reset_index(drop=True)
+
+
+def _label_order(values) -> list[str]:
+    uniq = sorted(set(values))
+    try:
+        return sorted(uniq, key=lambda v: float(v))  # numeric labels in numeric order
+    except ValueError:
+        return uniq
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    """Load, clean and split the dataset described by `cfg`."""
+    from sklearn.model_selection import train_test_split
+
+    where = cfg.name or str(cfg.path)
+    if cfg.name:
+        df = _load_packaged(cfg.name)
+    else:
+        df = read_table(cfg.path, cfg.text_column, cfg.label_column, cfg.encoding)
+    raw_rows = len(df)
+    df = _clean(df, where)
+    label_names = _label_order(df["label"])
+    if len(label_names) < 2:
+        raise SlimtuneError(f"{where}: only one class ({label_names[0]!r}); classification needs at least two")
+
+    if cfg.test_path:
+        test_df = _clean(read_table(cfg.test_path, cfg.text_column, cfg.label_column, cfg.encoding), cfg.test_path)
+        unseen = sorted(set(test_df["label"]) - set(label_names))
+        if unseen:
+            raise SlimtuneError(f"{cfg.test_path}: label {unseen[0]!r} is not in the training data ({', '.join(label_names)})")
+        train_df = df[~df["text"].isin(set(test_df["text"]))]
+    else:
+        counts = df["label"].value_counts()
+        rare = counts[counts < 2]
+        if len(rare):
+            raise SlimtuneError(
+                f"{where}: label {rare.index[0]!r} has only {int(rare.iloc[0])} example; "
+                "it cannot be in both train and test (each class needs at least 2)"
+            )
+        try:
+            train_df, test_df = train_test_split(df, test_size=cfg.test_size, random_state=cfg.seed, stratify=df["label"])
+        except ValueError as e:
+            raise SlimtuneError(f"{where}: cannot split {len(df)} rows {cfg.test_size:.0%} test: {e}") from None
+
+    val_df = train_df.iloc[:0]
+    if cfg.val_size > 0:
+        try:
+            train_df, val_df = train_test_split(
+                train_df, test_size=cfg.val_size, random_state=cfg.seed, stratify=train_df["label"]
+            )
+        except ValueError as e:
+            raise SlimtuneError(f"{where}: cannot take a {cfg.val_size:.0%} validation slice: {e}") from None
+    train_df = _subsample(train_df, cfg.max_train_samples, cfg.seed)
+    test_df = _subsample(test_df, cfg.max_test_samples, cfg.seed)
+    if set(train_df["label"]) != set(label_names):
+        missing = sorted(set(label_names) - set(train_df["label"]))
+        raise SlimtuneError(f"{where}: label {missing[0]!r} has no example left in the training split")
+
+    ids = {name: i for i, name in enumerate(label_names)}
+
+    def to_set(frame: pd.DataFrame) -> TextSet:
+        return TextSet(frame["text"].tolist(), [ids[v] for v in frame["label"]])
+
+    stats = {"rows_read": raw_rows, "rows_unique": len(df), "train": len(train_df), "val": len(val_df), "test": len(test_df)}
+    return Splits(to_set(train_df), to_set(val_df), to_set(test_df), label_names, where, stats)
+
+
+def _subsample(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    if n is None or n >= len(df):
+        return df
+    from sklearn.model_selection import train_test_split
+
+    try:
+        keep, _ = train_test_split(df, train_size=n, random_state=seed, stratify=df["label"])
+    except ValueError:  # too few per class to stratify: plain random sample
+        keep = df.sample(n=n, random_state=seed)
+    return keep

@@ -1,0 +1,155 @@
+"""Exports: Hugging Face folder, ONNX, ONNX int8 (dynamic). Every write is atomic.
+
+A folder is written under a temporary sibling name and renamed when complete, so an interrupted
+run never leaves a half-written model where a finished one is expected.
+
+ONNX goes through `torch.onnx.export` (legacy TorchScript exporter, dynamic batch and sequence
+axes) with eager attention, then ONNX Runtime's transformer optimizer fuses attention/LayerNorm/
+GELU, then `onnxruntime.quantization.quantize_dynamic` makes int8. Optimum is not used: it pins
+transformers 4.x.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+from .errors import SlimtuneError
+
+FORMATS = ("hf", "onnx", "onnx-int8")
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path):
+    """Yield a temp folder; on success it replaces `final` in one rename."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        trash = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def clean_temp(folder: Path) -> None:
+    """Remove leftovers of interrupted atomic writes in `folder`."""
+    for p in Path(folder).glob(".tmp-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in Path(folder).glob(".old-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def save_hf(model, tokenizer, folder: Path) -> None:
+    """save_pretrained (safetensors, config with id2label) + tokenizer, into an existing folder."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def export_hf(model, tokenizer, out: Path) -> Path:
+    with atomic_dir(out) as tmp:
+        save_hf(model, tokenizer, tmp)
+    return out
+
+
+def _onnx_inputs(model, tokenizer):
+    import torch
+
+    enc = tokenizer(["a short example", "a second, slightly longer example sentence"], padding=True, return_tensors="pt")
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]
+    return names, tuple(enc[n] for n in names)
+
+
+def write_onnx(model, tokenizer, onnx_path: Path, opset: int = 17, optimize: bool = True) -> None:
+    """Export a torch classifier to `onnx_path` with dynamic batch and sequence axes."""
+    import torch
+
+    model = model.eval().float()
+    previous = model.config._attn_implementation
+    # Eager attention exports as plain MatMul/Softmax, the pattern ORT's fusion recognises.
+    model.set_attn_implementation("eager")
+    names, args = _onnx_inputs(model, tokenizer)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+
+    class _Logits(torch.nn.Module):  # return a plain tensor, not a ModelOutput
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, *inputs):
+            return self.m(**dict(zip(names, inputs))).logits
+
+    try:
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                _Logits(model), args, str(onnx_path), input_names=names, output_names=["logits"],
+                dynamic_axes=axes, opset_version=opset, dynamo=False,
+            )
+    finally:
+        model.set_attn_implementation(previous)
+    if optimize and model.config.model_type in ("bert", "roberta", "distilbert", "xlm-roberta"):
+        _fuse(onnx_path, model.config)
+
+
+def _fuse(onnx_path: Path, config) -> None:
+    """ORT's transformer optimizer: fused Attention / SkipLayerNorm / Gelu (faster on CPU, fp32)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt = optimize_model(
+            str(onnx_path), model_type="bert", num_heads=config.num_attention_heads,
+            hidden_size=config.hidden_size, opt_level=1,
+        )
+    opt.save_model_to_file(str(onnx_path))
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 quantization of MatMul (and fused Attention) weights."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src), str(dst), weight_type=QuantType.QInt8,
+        # A fused graph has ops ORT cannot type-infer; tell it they are float.
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+
+
+def export_onnx(model, tokenizer, out: Path, int8: bool = False) -> Path:
+    """Write `out/model.onnx` (+ config.json with labels + tokenizer) atomically."""
+    with atomic_dir(out) as tmp:
+        fp32 = tmp / ("model-fp32.onnx" if int8 else "model.onnx")
+        try:
+            write_onnx(model, tokenizer, fp32)
+            if int8:
+                quantize_int8(fp32, tmp / "model.onnx")
+                fp32.unlink()
+        except SlimtuneError:
+            raise
+        except Exception as e:  # exporter failures are deep; keep one line for the user
+            raise SlimtuneError(f"ONNX export of {type(model).__name__} failed: {str(e).splitlines()[0]}") from e
+        model.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return out
+
+
+def export(model, tokenizer, fmt: str, out: Path) -> Path:
+    if fmt not in FORMATS:
+        raise SlimtuneError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if fmt == "hf":
+        return export_hf(model, tokenizer, out)
+    return export_onnx(model, tokenizer, out, int8=fmt == "onnx-int8")

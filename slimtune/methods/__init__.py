@@ -1,0 +1,45 @@
+"""Stage methods: each is a small config dataclass plus an `apply` function, registered by name.
+
+`apply(model, tokenizer, cfg, ctx) -> (model, info)` takes the model coming out of the previous
+stage and returns the next one (plus a dict of facts for the report, e.g. trainable params).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..data import Splits
+
+
+@dataclass
+class StageContext:
+    splits: Splits
+    work_dir: Path  # scratch space inside the stage's temp folder (checkpoints, caches)
+    log: Callable[[str], None] = print
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config_cls: type
+    apply: Callable
+    doc: str = ""
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, config_cls: type):
+    """Decorator: make `apply` available in recipes as `method: name`."""
+
+    def wrap(fn):
+        METHODS[name] = Method(name, config_cls, fn, (fn.__doc__ or "").strip().splitlines()[0])
+        return fn
+
+    return wrap
+
+
+# Importing the modules fills METHODS.
+from . import finetune  # noqa: E402,F401

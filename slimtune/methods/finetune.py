@@ -1,0 +1,133 @@
+"""Fine-tuning: full, head only, last N encoder layers, LoRA (via PEFT, merged before saving).
+
+"Head" means what `*ForSequenceClassification` adds on top of the encoder: the classifier and,
+for BERT-style models, the pooler (randomly initialised when the source had none, as MiniLM-L3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+
+from ..errors import SlimtuneError
+from ..train import TrainConfig, count_trainable, train
+from . import StageContext, register
+
+
+@dataclass
+class FullConfig(TrainConfig):
+    pass
+
+
+@dataclass
+class HeadOnlyConfig(TrainConfig):
+    learning_rate: float = 1e-3
+
+
+@dataclass
+class LastNConfig(TrainConfig):
+    layers: int = 2  # how many of the last encoder layers train (with the head)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.layers < 1:
+            raise SlimtuneError("last_n: layers must be >= 1")
+
+
+@dataclass
+class LoraConfig(TrainConfig):
+    learning_rate: float = 5e-4
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.r < 1:
+            raise SlimtuneError("lora: r must be >= 1")
+
+
+def head_names(model) -> list[str]:
+    """Names of the head modules: the model's own children besides the encoder, plus its pooler."""
+    base = model.base_model_prefix
+    names = [n for n, m in model.named_children() if n != base and any(True for _ in m.parameters())]
+    if getattr(getattr(model, base), "pooler", None) is not None:
+        names.append(f"{base}.pooler")
+    return names
+
+
+def head_modules(model) -> list[nn.Module]:
+    return [model.get_submodule(n) for n in head_names(model)]
+
+
+def encoder_layers(model) -> nn.ModuleList:
+    """The longest ModuleList of transformer blocks (BERT: encoder.layer; GPT-2: h; Llama: layers)."""
+    lists = [m for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and name.split(".")[-1] in ("layer", "layers", "h")]
+    if not lists:
+        raise SlimtuneError(f"{type(model).__name__}: cannot find its encoder layers")
+    return max(lists, key=len)
+
+
+def freeze_all_but(model, modules: list[nn.Module]) -> None:
+    model.requires_grad_(False)
+    for m in modules:
+        m.requires_grad_(True)
+
+
+def _train(model, tokenizer, cfg: TrainConfig, ctx: StageContext) -> tuple:
+    trainable, total = count_trainable(model)
+    ctx.log(f"training {trainable:,} of {total:,} parameters ({trainable / total:.2%})")
+    info = train(model, tokenizer, ctx.splits, cfg, ctx.work_dir / "trainer")
+    return model, {"trainable_params": trainable, "total_params": total, **info}
+
+
+@register("full", FullConfig)
+def full(model, tokenizer, cfg: FullConfig, ctx: StageContext):
+    """Fine-tune every parameter."""
+    model.requires_grad_(True)
+    return _train(model, tokenizer, cfg, ctx)
+
+
+@register("head_only", HeadOnlyConfig)
+def head_only(model, tokenizer, cfg: HeadOnlyConfig, ctx: StageContext):
+    """Train only the classification head (pooler + classifier); the encoder stays frozen."""
+    freeze_all_but(model, head_modules(model))
+    return _train(model, tokenizer, cfg, ctx)
+
+
+@register("last_n", LastNConfig)
+def last_n(model, tokenizer, cfg: LastNConfig, ctx: StageContext):
+    """Train the last N encoder layers and the head; embeddings and earlier layers stay frozen."""
+    layers = encoder_layers(model)
+    if cfg.layers > len(layers):
+        raise SlimtuneError(f"last_n: layers={cfg.layers} but the model has {len(layers)} layers")
+    freeze_all_but(model, [*layers[len(layers) - cfg.layers :], *head_modules(model)])
+    return _train(model, tokenizer, cfg, ctx)
+
+
+@register("lora", LoraConfig)
+def lora(model, tokenizer, cfg: LoraConfig, ctx: StageContext):
+    """LoRA adapters (PEFT) on the chosen projections plus a trained head; merged after training."""
+    import peft
+
+    names = {n.split(".")[-1] for n, _ in model.named_modules()}
+    missing = [t for t in cfg.target_modules if t not in names]
+    if missing:
+        raise SlimtuneError(f"lora: target module {missing[0]!r} not in the model (e.g. query, key, value, dense)")
+    # modules_to_save keeps the head trainable and saved: PEFT's SEQ_CLS default covers only
+    # `classifier`/`score`, and an untrained random pooler would cap accuracy.
+    pcfg = peft.LoraConfig(
+        task_type=peft.TaskType.SEQ_CLS,
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        modules_to_save=[n.split(".")[-1] for n in head_names(model)],
+    )
+    pmodel = peft.get_peft_model(model, pcfg)
+    pmodel, info = _train(pmodel, tokenizer, cfg, ctx)
+    merged = pmodel.merge_and_unload()
+    merged.requires_grad_(True)
+    return merged, info

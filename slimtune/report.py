@@ -1,0 +1,104 @@
+"""The run report: report.json, report.md (table with ratios to the baseline) and two plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+COLUMNS = [
+    ("accuracy", "acc", "{:.4f}"),
+    ("f1_macro", "F1", "{:.4f}"),
+    ("params", "params", "{:,}"),
+    ("size_bytes", "size MiB", None),
+    ("latency_ms_p50", "p50 ms", "{:.2f}"),
+    ("latency_ms_p95", "p95 ms", "{:.2f}"),
+    ("throughput_per_s", "texts/s", "{:.1f}"),
+    ("peak_rss_mb", "peak RSS MiB", "{:.0f}"),
+]
+
+
+def _baseline(report: dict) -> dict | None:
+    return next((s for s in report["stages"] if s["name"] == report.get("baseline")), None)
+
+
+def markdown(report: dict) -> str:
+    base = _baseline(report)
+    hw = report["hardware"]
+    isa = ", ".join(k for k, v in hw["isa"].items() if v) or "none of the listed"
+    lines = [
+        f"# slimtune report: {report.get('recipe', '')}",
+        "",
+        f"Data: {report['data']['source']}; train {report['data'].get('train')}, "
+        f"validation {report['data'].get('val')}, test {report['data'].get('test')} examples. "
+        f"Labels: {', '.join(report['data'].get('labels', []))}.",
+        "",
+        f"Hardware: {hw['cpu']} ({hw['machine']}), {hw['cores_logical']} logical cores, "
+        f"torch threads {hw['torch_threads']}; ISA: {isa}. torch {hw['torch']}, "
+        f"onnxruntime {hw['onnxruntime']}, transformers {hw['transformers']}.",
+        "",
+    ]
+    head = ["stage", "method"] + [c[1] for c in COLUMNS] + ["speed-up", "size ratio", "parity (max |Δlogit|, agree)"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in report["stages"]:
+        m = s["metrics"]
+        cells = [s["name"] + (" (baseline)" if base is s else ""), s["method"]]
+        for key, _, fmt in COLUMNS:
+            v = m.get(key)
+            cells.append("" if v is None else (f"{v / 2**20:.1f}" if key == "size_bytes" else fmt.format(v)))
+        if base is not None:
+            bm = base["metrics"]
+            cells.append(f"{bm['latency_ms_p50'] / m['latency_ms_p50']:.2f}x")
+            cells.append(f"{bm['size_bytes'] / m['size_bytes']:.2f}x smaller")
+        else:
+            cells += ["", ""]
+        p = m.get("parity")
+        cells.append(f"{p['max_abs_logit_diff']:.2e}, {p['argmax_agreement']:.4f}" if p else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    runs = next((s["metrics"].get("latency_runs") for s in report["stages"]), None)
+    lines += [
+        "",
+        f"Latency: batch 1 over real test sentences, {runs} timed runs after warm-up, tokenization included; "
+        "throughput at batch 32. Each artifact is benchmarked in a fresh process, one after another on "
+        "this machine; compare ratios within this report rather than absolute times across machines. "
+        "Size: bytes of the weight files on disk (tokenizer excluded). Peak RSS: the benchmarking "
+        "process, Python and libraries included.",
+    ]
+    trained = [s for s in report["stages"] if "trainable_params" in s["metrics"]]
+    if trained:
+        lines += ["", "| stage | trainable params | train steps | train examples | train s | val accuracy |", "|---|---|---|---|---|---|"]
+        for s in trained:
+            m = s["metrics"]
+            val = ", ".join(f"{v:.4f}" for v in m.get("val_accuracy", []))
+            lines.append(f"| {s['name']} | {m['trainable_params']:,} of {m['total_params']:,} | {m['train_steps']} | "
+                         f"{m['train_examples']} | {m['train_seconds']:.0f} | {val} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, x_key: str, x_label: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for s in report["stages"]:
+        m = s["metrics"]
+        x = m[x_key] / 2**20 if x_key == "size_bytes" else m[x_key]
+        ax.scatter(x, m["accuracy"], s=40)
+        ax.annotate(s["name"], (x, m["accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"accuracy vs {x_label.split(' (')[0]} ({report['hardware']['cpu']})", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(report: dict, out: Path) -> None:
+    out = Path(out)
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / "report.md").write_text(markdown(report))
+    if report["stages"]:
+        plot(report, "latency_ms_p50", "batch-1 latency p50 (ms)", out / "accuracy_vs_latency.png")
+        plot(report, "size_bytes", "size on disk (MiB)", out / "accuracy_vs_size.png")

