@@ -65,9 +65,26 @@ def benchmark(pred: Predictor, texts: list[str], runs: int = 100, warmup: int = 
         "throughput_per_s": float(len(pool) / elapsed),
         "throughput_batch_size": batch_size,
         "throughput_texts": len(pool),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+        "peak_rss_mb": peak_rss_mb(),
         "params": int(pred.num_params()),
     }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process.
+
+    On Linux, VmHWM belongs to the address space and starts afresh at exec; `ru_maxrss` does not
+    (getrusage(2): it is preserved across execve), so a benchmark child would report the peak of
+    the training process that spawned it.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    scale = 1024 if sys.platform.startswith("linux") else 2**20  # KiB on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 def hardware() -> dict:

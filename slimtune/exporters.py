@@ -118,12 +118,18 @@ def _fuse(onnx_path: Path, config) -> None:
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
-    """Dynamic int8 quantization of MatMul (and fused Attention) weights."""
+    """Dynamic int8 quantization of MatMul, fused Attention and embedding weights.
+
+    Per-channel scales and 7-bit weights (`reduce_range`): measured on MiniLM-L6 fine-tuned on
+    Rotten Tomatoes, per-tensor int8 lost 1.4 accuracy points (argmax agreement 0.953) while
+    per-channel + reduce_range lost none (0.8318 vs 0.8314 fp32, agreement 0.980) at the same
+    size and speed. reduce_range also avoids the u8s8 overflow ORT documents on CPUs without VNNI.
+    """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
-        str(src), str(dst), weight_type=QuantType.QInt8,
+        str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
         # A fused graph has ops ORT cannot type-infer; tell it they are float.
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )

@@ -35,6 +35,7 @@ class EvalConfig:
     latency_runs: int = 100  # timed batch-1 calls (at least 50 recommended)
     warmup: int = 10
     bench_texts: int = 200  # how many test sentences the latency loop cycles through
+    isolate: bool = True  # benchmark each artifact in a fresh process (clean memory and caches)
 
 
 @dataclass

@@ -57,10 +57,13 @@ def measure(artifact: Path, splits: Splits, ev: EvalConfig, log: Callable[[str],
     metrics, logits = evaluate(pred, splits.test, ev.batch_size, progress=f"evaluating {artifact.name}")
     if source_logits is not None:
         metrics["parity"] = parity(source_logits, logits)
-    del pred
     log(f"  accuracy {metrics['accuracy']:.4f}  f1 {metrics['f1_macro']:.4f}; benchmarking ({ev.latency_runs} runs)")
     texts = splits.test.texts[: ev.bench_texts]
-    metrics |= bench.benchmark_in_subprocess(artifact, texts, ev.max_length, ev.latency_runs, ev.warmup, ev.batch_size)
+    if ev.isolate:
+        del pred
+        metrics |= bench.benchmark_in_subprocess(artifact, texts, ev.max_length, ev.latency_runs, ev.warmup, ev.batch_size)
+    else:
+        metrics |= bench.benchmark(pred, texts, ev.latency_runs, ev.warmup, ev.batch_size) | {"peak_rss_note": "in-process"}
     metrics["size_bytes"] = bench.artifact_size(artifact)
     log(f"  p50 {metrics['latency_ms_p50']:.2f} ms  size {metrics['size_bytes'] / 2**20:.1f} MiB")
     return metrics, logits

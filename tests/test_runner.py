@@ -14,7 +14,7 @@ from slimtune.methods import METHODS, Method
 from slimtune.recipe import parse
 
 REPO = Path(__file__).resolve().parents[1]
-FAST_EVAL = {"latency_runs": 5, "warmup": 1, "bench_texts": 8, "max_length": 32}
+FAST_EVAL = {"latency_runs": 5, "warmup": 1, "bench_texts": 8, "max_length": 32, "isolate": False}
 
 
 def tiny_recipe(model_dir, csv, **extra):
@@ -40,7 +40,9 @@ def run(raw, out):
 @pytest.fixture(scope="module")
 def finished(tiny_base_dir, tiny_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    report, logs = run(tiny_recipe(tiny_base_dir, tiny_csv), out)
+    raw = tiny_recipe(tiny_base_dir, tiny_csv)
+    raw["eval"] = FAST_EVAL | {"isolate": True}  # the real path: each artifact in a fresh process
+    report, logs = run(raw, out)
     return out, report, logs
 
 
@@ -70,7 +72,9 @@ def test_report_shape(finished):
 def test_rerun_skips_finished_stages(finished, tiny_base_dir, tiny_csv):
     out, report, _ = finished
     mtime = (out / "stages/01-ft/model.safetensors").stat().st_mtime_ns
-    again, logs = run(tiny_recipe(tiny_base_dir, tiny_csv), out)
+    raw = tiny_recipe(tiny_base_dir, tiny_csv)
+    raw["eval"] = FAST_EVAL | {"isolate": True}
+    again, logs = run(raw, out)
     assert sum("finished earlier, skipped" in m for m in logs) == 4
     assert (out / "stages/01-ft/model.safetensors").stat().st_mtime_ns == mtime
     assert again["stages"][0]["metrics"]["accuracy"] == report["stages"][0]["metrics"]["accuracy"]
@@ -79,6 +83,7 @@ def test_rerun_skips_finished_stages(finished, tiny_base_dir, tiny_csv):
 def test_changed_recipe_is_not_silently_reused(finished, tiny_base_dir, tiny_csv):
     out, _, _ = finished
     raw = tiny_recipe(tiny_base_dir, tiny_csv)
+    raw["eval"] = FAST_EVAL | {"isolate": True}
     raw["stages"][0]["learning_rate"] = 1e-3
     with pytest.raises(SlimtuneError, match="01-ft was made by a different recipe"):
         run(raw, out)
