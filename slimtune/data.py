@@ -117,10 +117,11 @@ def _load_packaged(name: str) -> pd.DataFrame:
 def _clean(df: pd.DataFrame, where: str) -> pd.DataFrame:
     """Drop empty texts, reject missing labels, remove exact duplicate texts (first one kept)."""
     df = df.copy()
-    df["text"] = df["text"].astype(str).str.strip()
-    df = df[(df["text"] != "") & (df["text"].str.lower() != "nan")]
-    lab = df["label"].astype(str).str.strip()
-    bad = lab.isin(["", "nan", "None"])
+    # pandas 3 keeps missing cells as NaN through astype(str): map them to "" explicitly
+    df["text"] = df["text"].fillna("").astype(str).str.strip()
+    df = df[df["text"] != ""]
+    lab = df["label"].fillna("").astype(str).str.strip()
+    bad = lab == ""
     if bad.any():
         row = int(bad.to_numpy().nonzero()[0][0])
         raise SlimtuneError(f"{where}: empty label in data row {row + 1}")

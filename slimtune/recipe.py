@@ -2,7 +2,8 @@
 
     data:   {name: rotten_tomatoes} | {path: FILE, text_column: text, label_column: label, ...}
     model:  minilm-l6 | minilm-l3 | PATH/TO/HF_FOLDER
-    stages: [{name: finetune, method: full, epochs: 1, ...}, ...]   # method fields inline
+    stages: [{name: finetune, method: full, epochs: 1, ...}, ...]   # method fields inline;
+                                                                    # `from: NAME` branches off an earlier stage
     export: [onnx, onnx-int8]                                       # formats, from the last stage
     eval:   {max_length: 128, latency_runs: 100, ...}               # how every artifact is measured
     baseline: finetune                                              # default: the first stage
@@ -43,6 +44,7 @@ class Stage:
     name: str
     method: str
     config: object  # the method's config dataclass
+    source: str | None = None  # `from:` an earlier stage's model instead of the previous one
 
     def fields(self) -> dict:
         return dataclasses.asdict(self.config)
@@ -66,7 +68,8 @@ class Recipe:
         return {
             "data": _nondefault(self.data),
             "model": self.model,
-            "stages": [{"name": s.name, "method": s.method, **_nondefault(s.config)} for s in self.stages],
+            "stages": [{"name": s.name, "method": s.method, **({"from": s.source} if s.source else {}), **_nondefault(s.config)}
+                       for s in self.stages],
             "export": list(self.export),
             "eval": _nondefault(self.eval),
             **({"baseline": self.baseline} if self.baseline else {}),
@@ -149,8 +152,11 @@ def parse(raw: dict, source: str = "<recipe>") -> Recipe:
             raise SlimtuneError(f"{where}: name {name!r} must be unique and use only letters, digits, _ . -")
         if method not in METHODS:
             raise SlimtuneError(f"{where}: unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
-        fields = {k: v for k, v in st.items() if k not in ("name", "method")}
-        stages.append(Stage(name, method, build(METHODS[method].config_cls, fields, f"{where} ({method})")))
+        source = st.get("from")
+        if source is not None and source not in seen:
+            raise SlimtuneError(f"{where}: from {source!r} is not an earlier stage ({', '.join(seen) or 'none'})")
+        fields = {k: v for k, v in st.items() if k not in ("name", "method", "from")}
+        stages.append(Stage(name, method, build(METHODS[method].config_cls, fields, f"{where} ({method})"), source))
         seen.add(name)
     export = raw.get("export") or []
     if not isinstance(export, list) or any(f not in FORMATS for f in export):

@@ -27,7 +27,7 @@ from .errors import SlimtuneError
 from .metrics import evaluate, parity
 from .methods import METHODS, StageContext
 from .models import load_model
-from .predictors import TorchPredictor, load_predictor
+from .predictors import load_predictor
 from .recipe import EvalConfig, Recipe
 
 
@@ -84,8 +84,11 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
     source: str | Path = recipe.model
     source_logits = None
 
+    folders: dict[str, Path] = {}
     for i, stage in enumerate(recipe.stages):
-        folder = out / "stages" / f"{i + 1:02d}-{stage.name}"
+        folder = folders[stage.name] = out / "stages" / f"{i + 1:02d}-{stage.name}"
+        if stage.source:
+            source = folders[stage.source]
         fp = _fingerprint(recipe, i)
         done = _finished(folder, fp)
         if done:
@@ -96,8 +99,10 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         rows.append(_row(stage.name, stage.method, folder, out, done))
         source, source_logits = folder, np.load(folder / "test_logits.npy", allow_pickle=False)
 
-    if recipe.export and not recipe.stages:  # export a fine-tuned folder given as `model`
-        source_logits = None
+    if recipe.export and not recipe.stages:  # exporting a fine-tuned folder given as `model`
+        pred = load_predictor(source, recipe.eval.max_length, splits.label_names)
+        _, source_logits = evaluate(pred, splits.test, recipe.eval.batch_size, progress="source logits")
+        del pred
     for fmt in recipe.export:
         folder = out / "exports" / fmt
         fp = _fingerprint(recipe, None, fmt)
@@ -127,9 +132,11 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
 def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: dict, log) -> dict:
     method = METHODS[stage.method]
     model, tokenizer = load_model(source, splits.label_names)
+    ckpt = folder.parent.parent / "checkpoints" / folder.name
     with exporting.atomic_dir(folder) as tmp:
         start = time.perf_counter()
-        model, info = method.apply(model, tokenizer, stage.config, StageContext(splits, tmp / "_work", log))
+        ctx = StageContext(splits, tmp / "_work", log, cache_dir=folder.parent.parent / "cache", checkpoint_dir=ckpt)
+        model, tokenizer, info = method.apply(model, tokenizer, stage.config, ctx)
         info["stage_seconds"] = time.perf_counter() - start
         shutil.rmtree(tmp / "_work", ignore_errors=True)
         exporting.save_hf(model, tokenizer, tmp)
@@ -138,6 +145,7 @@ def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: 
         np.save(tmp / "test_logits.npy", logits, allow_pickle=False)
         done = {"metrics": metrics | info, "fingerprint": fp, "source": str(source)}
         _write_json(tmp / "metrics.json", done)
+    shutil.rmtree(ckpt, ignore_errors=True)  # the stage is finished: its checkpoints are spent
     return done
 
 

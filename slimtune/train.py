@@ -35,6 +35,7 @@ class TrainConfig:
     early_stopping_patience: int = 0  # > 0: stop when validation accuracy stops improving
     eval_steps: int = 0  # validation every N steps (0: once per epoch)
     group_by_length: bool = True
+    checkpoint_steps: int = 0  # > 0: keep a resumable checkpoint every N steps (interrupted runs continue)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -66,18 +67,31 @@ def count_trainable(model) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def train(model, tokenizer, splits: Splits, cfg: TrainConfig, work_dir: Path, callbacks=(), trainer_cls=None) -> dict:
-    """Train `model` in place on `splits.train`; returns a summary (steps, seconds, losses)."""
+def train(
+    model, tokenizer, splits: Splits, cfg: TrainConfig, work_dir: Path, callbacks=(), trainer_cls=None,
+    train_set=None, collator=None, checkpoint_dir: Path | None = None,
+) -> dict:
+    """Train `model` in place on `splits.train` (or a prepared `train_set`); returns a summary.
+
+    `trainer_cls` (a Trainer subclass with its own `compute_loss`) and `collator` are how methods
+    such as distillation change the objective without a second training loop. With
+    `cfg.checkpoint_steps` and a `checkpoint_dir` that survives interruption, a rerun resumes from
+    the last checkpoint (weights, optimizer, scheduler, RNG) instead of starting over.
+    """
     import numpy as np
     import torch
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments
 
-    train_set = _Encoded(tokenizer, splits.train, cfg.max_length)
+    train_set = train_set if train_set is not None else _Encoded(tokenizer, splits.train, cfg.max_length)
     val_set = _Encoded(tokenizer, splits.val, cfg.max_length) if len(splits.val) else None
     early = cfg.early_stopping_patience > 0 and val_set is not None
     strategy = ("steps" if cfg.eval_steps else "epoch") if val_set is not None else "no"
+    resumable = cfg.checkpoint_steps > 0 and checkpoint_dir is not None
+    if resumable and early:
+        raise SlimtuneError("checkpoint_steps and early_stopping_patience cannot be combined yet; choose one")
+    save_strategy = "steps" if resumable else (strategy if early else "no")
     args = TrainingArguments(
-        output_dir=str(work_dir),
+        output_dir=str(checkpoint_dir if resumable else work_dir),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size,
@@ -89,8 +103,9 @@ def train(model, tokenizer, splits: Splits, cfg: TrainConfig, work_dir: Path, ca
         seed=cfg.seed,
         eval_strategy=strategy,
         eval_steps=cfg.eval_steps or None,
-        save_strategy=strategy if early else "no",
-        save_total_limit=1 if early else None,
+        save_strategy=save_strategy,
+        save_steps=cfg.checkpoint_steps or None,
+        save_total_limit=1 if (early or resumable) else None,
         load_best_model_at_end=early,
         metric_for_best_model="accuracy" if early else None,
         greater_is_better=True,
@@ -99,7 +114,7 @@ def train(model, tokenizer, splits: Splits, cfg: TrainConfig, work_dir: Path, ca
         report_to="none",
         use_cpu=not torch.cuda.is_available(),
         optim="adamw_torch",
-        save_only_model=True,
+        save_only_model=not resumable,  # resuming needs optimizer and scheduler state
         dataloader_num_workers=0,
     )
     optimizers = (None, None)
@@ -116,12 +131,13 @@ def train(model, tokenizer, splits: Splits, cfg: TrainConfig, work_dir: Path, ca
         train_dataset=train_set,
         eval_dataset=val_set,
         processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=collator or DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics if val_set is not None else None,
         optimizers=optimizers,
         callbacks=[*callbacks, *([EarlyStoppingCallback(cfg.early_stopping_patience)] if early else [])],
     )
-    result = trainer.train()
+    last = _last_checkpoint(checkpoint_dir) if resumable else None
+    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     history = trainer.state.log_history
     val_acc = [h["eval_accuracy"] for h in history if "eval_accuracy" in h]
     model.eval()
@@ -131,7 +147,14 @@ def train(model, tokenizer, splits: Splits, cfg: TrainConfig, work_dir: Path, ca
         "train_loss": float(result.training_loss),
         "train_examples": len(train_set),
         "val_accuracy": val_acc,
+        "resumed_from_step": int(last.name.split("-")[-1]) if last else 0,
     }
+
+
+def _last_checkpoint(folder: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return Path(get_last_checkpoint(str(folder))) if Path(folder).is_dir() and get_last_checkpoint(str(folder)) else None
 
 
 def _steps(cfg: TrainConfig, n: int) -> int:

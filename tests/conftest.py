@@ -10,6 +10,10 @@ import random
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "SLIMTUNE_CACHE" not in os.environ:  # converted models (minilm-l3) go to a per-session folder
+    import tempfile
+
+    os.environ["SLIMTUNE_CACHE"] = tempfile.mkdtemp(prefix="slimtune-test-cache-")
 
 import pytest
 

@@ -90,3 +90,13 @@ def test_config_needs_exactly_one_source():
         DataConfig()
     with pytest.raises(SlimtuneError, match="unknown dataset 'imdb'"):
         DataConfig(name="imdb")
+
+
+def test_missing_cells_dropped_or_reported(tmp_path):
+    rows = synthetic_rows(40)
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in rows) + json.dumps({"text": None, "label": "pos"}) + "\n")
+    assert load_splits(DataConfig(path=str(path))).stats["rows_unique"] == 40  # the null text is dropped
+    path.write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in rows) + json.dumps({"text": "x", "label": None}) + "\n")
+    with pytest.raises(SlimtuneError, match="empty label in data row 41"):
+        load_splits(DataConfig(path=str(path)))

@@ -34,7 +34,7 @@ def apply(method, model_dir, splits, tmp_path, **fields):
     model, tok = load_model(model_dir, splits.label_names)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = build(METHODS[method].config_cls, fields, method)
-    out, info = METHODS[method].apply(model, tok, cfg, StageContext(splits, tmp_path, log=lambda m: None))
+    out, tok, info = METHODS[method].apply(model, tok, cfg, StageContext(splits, tmp_path, log=lambda m: None))
     return out, tok, info, before
 
 

@@ -132,3 +132,11 @@ def test_shipped_recipe_runs_on_tiny_model(recipe, tiny_base_dir, tmp_path):
     raw["eval"] = FAST_EVAL
     report, _ = run(raw, tmp_path)
     assert [s["name"] for s in report["stages"]] == [s["name"] for s in raw["stages"]] + raw.get("export", [])
+
+
+def test_export_only_recipe_checks_parity_against_the_given_model(finished, tiny_csv, tmp_path):
+    out, _, _ = finished
+    raw = {"data": {"path": str(tiny_csv)}, "model": str(out / "stages/02-head"), "export": ["onnx"], "eval": FAST_EVAL}
+    report, _ = run(raw, tmp_path)
+    (row,) = report["stages"]
+    assert row["metrics"]["parity"]["max_abs_logit_diff"] < 1e-4

@@ -1,7 +1,8 @@
 """Stage methods: each is a small config dataclass plus an `apply` function, registered by name.
 
-`apply(model, tokenizer, cfg, ctx) -> (model, info)` takes the model coming out of the previous
-stage and returns the next one (plus a dict of facts for the report, e.g. trainable params).
+`apply(model, tokenizer, cfg, ctx) -> (model, tokenizer, info)` takes the model coming out of
+the previous stage and returns the next one, its tokenizer (a distilled student may bring its
+own) and a dict of facts for the report (e.g. trainable params).
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from ..data import Splits
 @dataclass
 class StageContext:
     splits: Splits
-    work_dir: Path  # scratch space inside the stage's temp folder (checkpoints, caches)
+    work_dir: Path  # scratch space inside the stage's temp folder, gone when the stage ends
     log: Callable[[str], None] = print
+    cache_dir: Path | None = None  # run-wide cache that survives stages and reruns (teacher outputs)
+    checkpoint_dir: Path | None = None  # this stage's resumable training checkpoints
+    callbacks: list = field(default_factory=list)  # extra Trainer callbacks
 
 
 @dataclass(frozen=True)
@@ -42,4 +46,4 @@ def register(name: str, config_cls: type):
 
 
 # Importing the modules fills METHODS.
-from . import finetune  # noqa: E402,F401
+from . import distill, finetune  # noqa: E402,F401

@@ -79,8 +79,8 @@ def freeze_all_but(model, modules: list[nn.Module]) -> None:
 def _train(model, tokenizer, cfg: TrainConfig, ctx: StageContext) -> tuple:
     trainable, total = count_trainable(model)
     ctx.log(f"training {trainable:,} of {total:,} parameters ({trainable / total:.2%})")
-    info = train(model, tokenizer, ctx.splits, cfg, ctx.work_dir / "trainer")
-    return model, {"trainable_params": trainable, "total_params": total, **info}
+    info = train(model, tokenizer, ctx.splits, cfg, ctx.work_dir / "trainer", callbacks=ctx.callbacks, checkpoint_dir=ctx.checkpoint_dir)
+    return model, tokenizer, {"trainable_params": trainable, "total_params": total, **info}
 
 
 @register("full", FullConfig)
@@ -127,7 +127,7 @@ def lora(model, tokenizer, cfg: LoraConfig, ctx: StageContext):
         modules_to_save=[n.split(".")[-1] for n in head_names(model)],
     )
     pmodel = peft.get_peft_model(model, pcfg)
-    pmodel, info = _train(pmodel, tokenizer, cfg, ctx)
+    pmodel, tokenizer, info = _train(pmodel, tokenizer, cfg, ctx)
     merged = pmodel.merge_and_unload()
     merged.requires_grad_(True)
-    return merged, info
+    return merged, tokenizer, info
