@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _checks import report_checks  # noqa: E402
 
 
 def main() -> int:
@@ -42,12 +44,7 @@ def main() -> int:
         ("int8 size ratio vs fp32", base["size_bytes"] / int8["size_bytes"], "(info)", True),
         ("onnx fp32 p50 speed-up vs torch fp32", base["latency_ms_p50"] / m["onnx"]["latency_ms_p50"], "(info)", True),
     ]
-    hw = report["hardware"]
-    print(f"\nmachine: {hw['cpu']}, {hw['cores_logical']} cores, torch threads {hw['torch_threads']}, "
-          f"latency over {base['latency_runs']} batch-1 runs per artifact")
-    for name, value, target, ok in checks:
-        print(f"{'PASS' if ok else 'FAIL'}  {name:38s} {value:8.3f}  target {target}")
-    return 0 if all(ok for *_, ok in checks) else 1
+    return report_checks(report, checks)
 
 
 if __name__ == "__main__":

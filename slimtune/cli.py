@@ -47,10 +47,9 @@ def run(
 ):
     """Run a recipe: data, model, stages, exports, report (resumable)."""
     console = _console()
-    report = api.run(recipe, out, log=lambda msg: console.print(msg, markup=False, highlight=False))
+    api.run(recipe, out, log=lambda msg: console.print(msg, markup=False, highlight=False))
     typer.echo((out / "report.md").read_text())
     console.print(f"report: {out / 'report.md'} (json: {out / 'report.json'})", markup=False)
-    del report
 
 
 @app.command("eval")

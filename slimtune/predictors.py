@@ -87,7 +87,9 @@ class OnnxPredictor(Predictor):
         import onnx
 
         model = onnx.load(str(self.path), load_external_data=False)
-        return int(sum(np.prod(t.dims, dtype=np.int64) for t in model.graph.initializer if len(t.dims) > 0))
+        # weights only: quantization adds scale / zero-point tensors that are not parameters
+        return int(sum(np.prod(t.dims, dtype=np.int64) for t in model.graph.initializer
+                       if len(t.dims) > 0 and not t.name.endswith(("_scale", "_zero_point"))))
 
 
 def batched_logits(pred: Predictor, texts: list[str], batch_size: int = 32, progress: str | None = None) -> np.ndarray:

@@ -130,7 +130,12 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
 
 
 def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: dict, log) -> dict:
+    from transformers import set_seed
+
     method = METHODS[stage.method]
+    # Seed before loading: a new classification head is initialised inside from_pretrained,
+    # before the Trainer seeds anything; unseeded, reruns of one recipe differed by ~2 points.
+    set_seed(getattr(stage.config, "seed", 42))
     model, tokenizer = load_model(source, splits.label_names)
     ckpt = folder.parent.parent / "checkpoints" / folder.name
     with exporting.atomic_dir(folder) as tmp:

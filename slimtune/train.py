@@ -44,7 +44,7 @@ class TrainConfig:
             raise SlimtuneError("training: batch_size >= 1, learning_rate > 0 and epochs or max_steps > 0 are required")
 
 
-class _Encoded:
+class EncodedDataset:
     """A torch-style dataset of tokenized examples; padding happens per batch in the collator."""
 
     def __init__(self, tokenizer, data: TextSet, max_length: int):
@@ -82,8 +82,8 @@ def train(
     import torch
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments
 
-    train_set = train_set if train_set is not None else _Encoded(tokenizer, splits.train, cfg.max_length)
-    val_set = _Encoded(tokenizer, splits.val, cfg.max_length) if len(splits.val) else None
+    train_set = train_set if train_set is not None else EncodedDataset(tokenizer, splits.train, cfg.max_length)
+    val_set = EncodedDataset(tokenizer, splits.val, cfg.max_length) if len(splits.val) else None
     early = cfg.early_stopping_patience > 0 and val_set is not None
     strategy = ("steps" if cfg.eval_steps else "epoch") if val_set is not None else "no"
     resumable = cfg.checkpoint_steps > 0 and checkpoint_dir is not None

@@ -140,3 +140,22 @@ def test_export_only_recipe_checks_parity_against_the_given_model(finished, tiny
     report, _ = run(raw, tmp_path)
     (row,) = report["stages"]
     assert row["metrics"]["parity"]["max_abs_logit_diff"] < 1e-4
+
+
+def test_same_recipe_gives_the_same_model(tiny_base_dir, tiny_csv, tmp_path):
+    """The new head is initialised under the stage's seed: two runs train identical weights."""
+    from safetensors.torch import load_file
+
+    raw = {"data": {"path": str(tiny_csv)}, "model": str(tiny_base_dir), "eval": FAST_EVAL,
+           "stages": [{"name": "ft", "method": "head_only", "max_steps": 2, "max_length": 32}]}
+    a, _ = run(raw, tmp_path / "a")
+    b, _ = run(raw, tmp_path / "b")
+    wa, wb = (load_file(tmp_path / r / "stages/01-ft/model.safetensors") for r in ("a", "b"))
+    assert all(torch_equal(wa[k], wb[k]) for k in wa)
+    assert a["stages"][0]["metrics"]["accuracy"] == b["stages"][0]["metrics"]["accuracy"]
+
+
+def torch_equal(x, y):
+    import torch
+
+    return torch.equal(x, y)

@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from ..data import TextSet, read_table
 from ..errors import SlimtuneError
-from ..train import TrainConfig, _Encoded, count_trainable, train
+from ..train import TrainConfig, EncodedDataset, count_trainable, train
 from . import StageContext, register
 from .distill_losses import attention_kl, hard_ce, hidden_mse, soft_kl, uniform_layer_map
 from .finetune import encoder_layers
@@ -266,7 +266,7 @@ def distill(model, tokenizer, cfg: DistillConfig, ctx: StageContext):
     if not online and teacher is model:
         teacher.to("meta")  # release the teacher's weights (the caller's reference included)
 
-    data = _Encoded(s_tok, TextSet(texts, splits.train.labels + [IGNORE] * len(extra)), cfg.max_length)
+    data = EncodedDataset(s_tok, TextSet(texts, splits.train.labels + [IGNORE] * len(extra)), cfg.max_length)
     for row, t in zip(data.rows, logits):
         row["teacher_logits"] = t
     student.requires_grad_(True)
