@@ -45,7 +45,6 @@ class TorchPredictor(Predictor):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.label_names = label_names_of(model)
-        self._float = next(model.parameters()).dtype
 
     def logits(self, texts: list[str]) -> np.ndarray:
         import torch

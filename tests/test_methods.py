@@ -8,7 +8,6 @@ LoRA r=8 on query+value: 2 layers * 2 modules * (8*32 + 32*8) = 2,048, plus the 
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

@@ -12,7 +12,6 @@ needed the teacher's weights are released before the student trains.
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import json
 from dataclasses import dataclass
