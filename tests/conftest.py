@@ -65,6 +65,19 @@ def tiny_base_dir(tmp_path_factory, tokenizer):
 
 
 @pytest.fixture(scope="session")
+def tiny_base6_dir(tmp_path_factory, tokenizer):
+    """A tiny random encoder with MiniLM-L6's depth (6 layers), for recipes that name layers."""
+    import torch
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny") / "base6"
+    BertModel(tiny_config(num_hidden_layers=6)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_clf_dir(tmp_path_factory, tokenizer):
     """A tiny random 2-label classifier folder (labels neg, pos)."""
     import torch

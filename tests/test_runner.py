@@ -120,15 +120,18 @@ def test_unknown_label_for_trained_model(finished, tmp_path):
 
 
 @pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_recipe_runs_on_tiny_model(recipe, tiny_base_dir, tmp_path):
-    """Every shipped recipe runs end to end, with the model swapped for a tiny one and short budgets."""
+def test_shipped_recipe_runs_on_tiny_model(recipe, tiny_base6_dir, tmp_path):
+    """Every shipped recipe runs end to end, with the model swapped for a tiny one of MiniLM-L6's
+    depth (recipes name layers) and short budgets."""
     raw = yaml.safe_load(recipe.read_text())
     parse(raw, str(recipe))  # valid as shipped
-    raw["model"] = str(tiny_base_dir)
-    raw["data"] |= {"max_train_samples": 64, "max_test_samples": 48}
+    raw["model"] = str(tiny_base6_dir)
+    raw["data"] |= {"max_train_samples": 64, "max_test_samples": 48, "val_size": 0.01}
     for st in raw["stages"]:
         st |= {"max_steps": 2, "epochs": 1, "max_length": 32}
         st.pop("early_stopping_patience", None)
+        if "extra_texts" in st:
+            st["max_extra_texts"] = 16
     raw["eval"] = FAST_EVAL
     report, _ = run(raw, tmp_path)
     assert [s["name"] for s in report["stages"]] == [s["name"] for s in raw["stages"]] + raw.get("export", [])
