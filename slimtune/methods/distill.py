@@ -61,11 +61,10 @@ class DistillConfig(TrainConfig):
 # ---- students -------------------------------------------------------------------------------
 
 
-def _layer_list(model) -> tuple[nn.Module, str]:
+def _layers_name(model) -> str:
+    """Dotted name of the encoder's layer list, e.g. `bert.encoder.layer`."""
     layers = encoder_layers(model)
-    name = next(n for n, m in model.named_modules() if m is layers)
-    parent, _, attr = name.rpartition(".")
-    return model.get_submodule(parent), attr
+    return next(n for n, m in model.named_modules() if m is layers)
 
 
 def truncate(teacher, layers: list[int]):
@@ -74,7 +73,8 @@ def truncate(teacher, layers: list[int]):
     if not layers or any(not 0 <= i < n for i in layers) or sorted(set(layers)) != list(layers):
         raise SlimtuneError(f"distill: layers {layers} must be increasing indices in 0..{n - 1}")
     student = copy.deepcopy(teacher)
-    parent, attr = _layer_list(student)
+    parent_name, _, attr = _layers_name(student).rpartition(".")
+    parent = student.get_submodule(parent_name)
     kept = getattr(parent, attr)
     setattr(parent, attr, nn.ModuleList([kept[i] for i in layers]))
     student.config.num_hidden_layers = len(layers)
@@ -95,7 +95,7 @@ def shrink(teacher, cfg: DistillConfig):
     student = AutoModelForSequenceClassification.from_config(config)
     if cfg.init == "teacher":
         t_state = teacher.state_dict()
-        prefix = _layer_prefix(teacher)
+        prefix = _layers_name(teacher) + "."
         lmap = uniform_layer_map(config.num_hidden_layers, teacher.config.num_hidden_layers)
         with torch.no_grad():
             for name, p in student.state_dict().items():
@@ -107,10 +107,6 @@ def shrink(teacher, cfg: DistillConfig):
                 p.copy_(t[tuple(slice(0, d) for d in p.shape)])
     return student
 
-
-def _layer_prefix(model) -> str:
-    layers = encoder_layers(model)
-    return next(n for n, m in model.named_modules() if m is layers) + "."
 
 
 def build_student(teacher, tokenizer, cfg: DistillConfig, label_names: list[str]):
