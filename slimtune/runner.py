@@ -13,6 +13,7 @@ stage whose recipe changed since it ran is an error rather than silently reused.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -137,7 +138,9 @@ def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: 
     # before the Trainer seeds anything; unseeded, reruns of one recipe differed by ~2 points.
     set_seed(getattr(stage.config, "seed", 42))
     model, tokenizer = load_model(source, splits.label_names)
-    ckpt = folder.parent.parent / "checkpoints" / folder.name
+    # keyed by the stage's fingerprint: a checkpoint of a since-changed recipe is never resumed
+    key = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    ckpt = folder.parent.parent / "checkpoints" / f"{folder.name}-{key}"
     with exporting.atomic_dir(folder) as tmp:
         start = time.perf_counter()
         ctx = StageContext(splits, tmp / "_work", log, cache_dir=folder.parent.parent / "cache", checkpoint_dir=ckpt)
