@@ -154,7 +154,10 @@ def train(
 def _last_checkpoint(folder: Path) -> Path | None:
     from transformers.trainer_utils import get_last_checkpoint
 
-    return Path(get_last_checkpoint(str(folder))) if Path(folder).is_dir() and get_last_checkpoint(str(folder)) else None
+    if not Path(folder).is_dir():
+        return None
+    last = get_last_checkpoint(str(folder))
+    return Path(last) if last else None
 
 
 def _steps(cfg: TrainConfig, n: int) -> int:

@@ -176,3 +176,13 @@ def test_vocabulary_mismatch_is_an_error_for_hidden_matching(tiny_clf_dir, split
     # logits-only distillation across vocabularies is sound: each model tokenizes the text itself
     student, s_tok, info, _, _ = distill(tiny_clf_dir, splits, tmp_path, student=str(folder), max_steps=1)
     assert len(s_tok.get_vocab()) < 10 and info["train_steps"] == 1  # the student kept its own tokenizer
+
+
+def test_unlabelled_rows_count_only_in_the_soft_term():
+    s, t = torch.randn(4, 2), torch.randn(4, 2)
+    y = torch.tensor([1, -100, 0, -100])
+    labelled = y != -100
+    expected = 0.3 * hard_ce(s[labelled], y[labelled]) + 0.7 * soft_kl(s, t, 2.0)
+    assert combined(0.3, 2.0, s, t, y).item() == pytest.approx(expected.item(), rel=1e-6)
+    all_unlabelled = torch.full((4,), -100)
+    assert combined(0.3, 2.0, s, t, all_unlabelled).item() == pytest.approx(0.7 * soft_kl(s, t, 2.0).item(), rel=1e-6)

@@ -24,7 +24,7 @@ from ..data import TextSet, read_table
 from ..errors import SlimtuneError
 from ..train import TrainConfig, EncodedDataset, count_trainable, train
 from . import StageContext, register
-from .distill_losses import attention_kl, hard_ce, hidden_mse, soft_kl, uniform_layer_map
+from .distill_losses import attention_kl, combined, hard_ce, hidden_mse, uniform_layer_map
 from .finetune import encoder_layers
 
 IGNORE = -100  # label of unlabelled (teacher-only) examples
@@ -106,7 +106,6 @@ def shrink(teacher, cfg: DistillConfig):
                 t = t_state[src]
                 p.copy_(t[tuple(slice(0, d) for d in p.shape)])
     return student
-
 
 
 def build_student(teacher, tokenizer, cfg: DistillConfig, label_names: list[str]):
@@ -203,12 +202,7 @@ def _distill_trainer(cfg: DistillConfig, teacher, layer_map: list[int] | None):
                 return (loss, out) if return_outputs else loss
             need_h, need_a = cfg.hidden_weight > 0, cfg.attention_weight > 0
             out = model(**inputs, output_hidden_states=need_h, output_attentions=need_a)
-            loss = out.logits.new_zeros(())
-            labelled = labels != IGNORE
-            if cfg.alpha > 0 and labelled.any():
-                loss = loss + cfg.alpha * hard_ce(out.logits[labelled], labels[labelled])
-            if cfg.alpha < 1:
-                loss = loss + (1 - cfg.alpha) * soft_kl(out.logits, t_logits, cfg.temperature)
+            loss = combined(cfg.alpha, cfg.temperature, out.logits, t_logits, labels, IGNORE)
             if need_h or need_a:
                 with torch.no_grad():
                     t_out = teacher(**inputs, output_hidden_states=need_h, output_attentions=need_a)
@@ -249,7 +243,8 @@ def distill(model, tokenizer, cfg: DistillConfig, ctx: StageContext):
             raise SlimtuneError(f"distill: layer_map {layer_map} needs {n_s} entries in 1..{n_t}")
         if student.config.hidden_size != teacher.config.hidden_size and cfg.hidden_weight > 0:
             student.distill_projection = nn.Linear(student.config.hidden_size, teacher.config.hidden_size)
-        if cfg.attention_weight > 0:
+        if cfg.attention_weight > 0:  # attention probabilities are only returned by eager attention
+            previous_attn = student.config._attn_implementation
             student.set_attn_implementation("eager")
             teacher.set_attn_implementation("eager")
         teacher.eval().requires_grad_(False)
@@ -273,7 +268,7 @@ def distill(model, tokenizer, cfg: DistillConfig, ctx: StageContext):
     if hasattr(student, "distill_projection"):
         del student.distill_projection
     if cfg.attention_weight > 0:
-        student.set_attn_implementation("sdpa")
+        student.set_attn_implementation(previous_attn)
     info |= {"trainable_params": trainable, "total_params": total, "teacher_params": teacher_params,
              "teacher_logits_reused": reused, "extra_texts": len(extra), "layer_map": layer_map}
     return student, s_tok, info

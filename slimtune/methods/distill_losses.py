@@ -44,11 +44,15 @@ def attention_kl(student_attn: torch.Tensor, teacher_attn: torch.Tensor, mask: t
     return (kl * q).sum() / q.sum().clamp_min(1)
 
 
-def combined(alpha: float, temperature: float, student_logits, teacher_logits, labels) -> torch.Tensor:
-    """alpha * CE(labels) + (1 - alpha) * T^2 KL; alpha=1 is plain fine-tuning, alpha=0 pure distillation."""
+def combined(alpha: float, temperature: float, student_logits, teacher_logits, labels, ignore_index: int = -100) -> torch.Tensor:
+    """alpha * CE(labels) + (1 - alpha) * T^2 KL; alpha=1 is plain fine-tuning, alpha=0 pure distillation.
+
+    Rows labelled `ignore_index` (unlabelled, teacher-only texts) contribute to the KL term only.
+    """
     loss = student_logits.new_zeros(())
-    if alpha > 0:
-        loss = loss + alpha * hard_ce(student_logits, labels)
+    labelled = labels != ignore_index
+    if alpha > 0 and labelled.any():
+        loss = loss + alpha * hard_ce(student_logits[labelled], labels[labelled])
     if alpha < 1:
         loss = loss + (1 - alpha) * soft_kl(student_logits, teacher_logits, temperature)
     return loss
