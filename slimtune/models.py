@@ -15,7 +15,7 @@ from . import assets
 from .errors import SlimtuneError
 
 PACKAGED_MODELS = ("minilm-l6", "minilm-l3")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "slimtune.safetensors")
 
 
 def cache_dir() -> Path:
@@ -72,6 +72,8 @@ def load_model(name_or_path: str | Path, label_names: list[str] | None = None):
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    from . import pruned_bert, storage  # noqa: F401  (pruned_bert registers its model type)
+
     path = resolve(name_or_path)
     try:
         config = AutoConfig.from_pretrained(path)
@@ -92,6 +94,10 @@ def load_model(name_or_path: str | Path, label_names: list[str] | None = None):
             id2label=dict(enumerate(label_names)),
             label2id={n: i for i, n in enumerate(label_names)},
         )
+    if storage.is_compact(path):
+        if kwargs:
+            raise SlimtuneError(f"{path}: compact weights must hold a trained classifier")
+        return storage.load(path, config), load_tokenizer(path)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     except Exception as e:  # safetensors, torch and transformers each raise their own kinds

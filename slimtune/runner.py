@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import benchmark as bench, exporters as exporting
+from . import benchmark as bench, exporters as exporting, storage
 from .data import Splits, load_splits
 from .errors import SlimtuneError
 from .metrics import evaluate, parity
@@ -147,7 +147,12 @@ def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: 
         model, tokenizer, info = method.apply(model, tokenizer, stage.config, ctx)
         info["stage_seconds"] = time.perf_counter() - start
         shutil.rmtree(tmp / "_work", ignore_errors=True)
-        exporting.save_hf(model, tokenizer, tmp)
+        codec = info.pop("storage", None)  # a method may ask for compact storage (e.g. sparse)
+        if codec:
+            storage.save(model, tokenizer, tmp, codec, info.pop("runtime", None))
+            info["storage"] = codec
+        else:
+            exporting.save_hf(model, tokenizer, tmp)
         del model
         metrics, logits = measure(tmp, splits, ev, log)
         np.save(tmp / "test_logits.npy", logits, allow_pickle=False)

@@ -1,0 +1,163 @@
+"""Compact on-disk storage for a model: each weight tensor encoded by a codec, decoded on load.
+
+`save_pretrained` writes dense fp32, so a model that is 80% zeros, or whose weights fit in 4 bits,
+is no smaller on disk. safetensors has no sparse or packed-integer tensor type, and neither
+transformers nor torch has a loader for one, so this module adds a small format of its own on top
+of safetensors (no pickle):
+
+    folder/config.json            the model's config (labels included), as save_pretrained writes it
+    folder/slimtune.safetensors   encoded tensors: `name` (stored as is) or `name::part`
+                                  (e.g. `...weight::mask`, `...weight::values`); the metadata
+                                  entry "slimtune" says, per tensor, which codec and its settings
+    folder/tokenizer files
+
+`load(folder)` builds the model from its config and decodes every tensor back into a dense
+state dict, so everything downstream (evaluation, ONNX export, further stages) sees an ordinary
+model. A codec is registered by name in CODECS; a "runtime" (e.g. run in bf16 after loading) in
+RUNTIMES.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .errors import SlimtuneError
+
+WEIGHTS_FILE = "slimtune.safetensors"
+FORMAT = "slimtune-compact/1"
+
+
+@dataclass(frozen=True)
+class Codec:
+    """encode(tensor) -> (parts, meta); decode(parts, meta) -> tensor. meta must be JSON-able."""
+
+    name: str
+    encode: Callable
+    decode: Callable
+    applies: Callable  # (param name, tensor) -> bool; tensors it does not apply to are stored as is
+
+
+CODECS: dict[str, Codec] = {}
+RUNTIMES: dict[str, Callable] = {}  # name -> fn(model) -> model, applied after loading
+
+
+def register_codec(codec: Codec) -> Codec:
+    CODECS[codec.name] = codec
+    return codec
+
+
+def is_matrix(name: str, t) -> bool:
+    """2-D float weights (Linear and embedding matrices): where compression pays."""
+    return t.dim() == 2 and t.is_floating_point() and t.numel() >= 1024
+
+
+# --- sparse: a bitmask of the non-zeros plus their values ------------------------------------
+
+def _sparse_encode(t):
+    import numpy as np
+    import torch
+
+    flat = t.detach().contiguous().reshape(-1)
+    nz = flat != 0
+    bits = np.packbits(nz.numpy())  # 1 bit per element, 8 elements a byte
+    return {"mask": torch.from_numpy(bits), "values": flat[nz].clone()}, {"shape": list(t.shape)}
+
+
+def _sparse_decode(parts, meta):
+    import numpy as np
+    import torch
+
+    shape = meta["shape"]
+    n = int(np.prod(shape))
+    nz = torch.from_numpy(np.unpackbits(parts["mask"].numpy(), count=n).astype(bool))
+    values = parts["values"]
+    if int(nz.sum()) != values.numel():
+        raise ValueError("sparse mask and values disagree")
+    out = torch.zeros(n, dtype=values.dtype)
+    out[nz] = values
+    return out.reshape(shape)
+
+
+register_codec(Codec("sparse", _sparse_encode, _sparse_decode, is_matrix))
+
+
+# --- save / load ------------------------------------------------------------------------------
+
+def save(model, tokenizer, folder: Path, codec: str, runtime: str | None = None) -> dict:
+    """Write `model` to `folder` (which exists) with every matrix encoded by `codec`.
+
+    Returns {tensor name: codec used} for the report."""
+    from safetensors.torch import save_file
+
+    if codec not in CODECS:
+        raise SlimtuneError(f"storage codec {codec!r} is not one of {', '.join(CODECS)}")
+    if runtime is not None and runtime not in RUNTIMES:
+        raise SlimtuneError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES) or 'none'}")
+    enc = CODECS[codec]
+    tensors, index = {}, {}
+    for name, t in model.state_dict().items():
+        if enc.applies(name, t):
+            parts, meta = enc.encode(t)
+            tensors |= {f"{name}::{k}": v.contiguous() for k, v in parts.items()}
+            index[name] = {"codec": codec, "meta": meta, "parts": sorted(parts)}
+        else:
+            tensors[name] = t.detach().contiguous()
+            index[name] = {"codec": None}
+    header = {"format": FORMAT, "runtime": runtime, "tensors": index}
+    save_file(tensors, str(Path(folder) / WEIGHTS_FILE), metadata={"slimtune": json.dumps(header)})
+    model.config.architectures = [type(model).__name__]
+    model.config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return {n: e["codec"] for n, e in index.items()}
+
+
+def is_compact(folder: Path) -> bool:
+    return (Path(folder) / WEIGHTS_FILE).is_file()
+
+
+def read_state_dict(path: Path) -> tuple[dict, dict]:
+    """Decode `slimtune.safetensors` into a dense state dict; returns (state dict, header)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = json.loads((f.metadata() or {}).get("slimtune", "null"))
+            if not header or header.get("format") != FORMAT:
+                raise ValueError(f"not a {FORMAT} file")
+            raw = {k: f.get_tensor(k) for k in f.keys()}
+        state = {}
+        for name, entry in header["tensors"].items():
+            if entry["codec"] is None:
+                state[name] = raw[name]
+                continue
+            if entry["codec"] not in CODECS:
+                raise ValueError(f"unknown codec {entry['codec']!r} for {name} (newer slimtune?)")
+            parts = {p: raw[f"{name}::{p}"] for p in entry["parts"]}
+            state[name] = CODECS[entry["codec"]].decode(parts, entry["meta"])
+    except SlimtuneError:
+        raise
+    except Exception as e:  # safetensors/json/codec errors: corrupt or foreign file
+        raise SlimtuneError(f"{path}: cannot read compact weights: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return state, header
+
+
+def load(folder: Path, config):
+    """Build the model described by `config` and fill it from the compact weights in `folder`."""
+    from transformers import AutoModelForSequenceClassification
+
+    state, header = read_state_dict(Path(folder) / WEIGHTS_FILE)
+    model = AutoModelForSequenceClassification.from_config(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k in dict(model.named_parameters())]
+    if missing or unexpected:
+        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise SlimtuneError(f"{folder}/{WEIGHTS_FILE}: weights do not fit the config ({what})")
+    runtime = header.get("runtime")
+    if runtime:
+        if runtime not in RUNTIMES:
+            raise SlimtuneError(f"{folder}: needs runtime {runtime!r}, which this slimtune does not have")
+        model = RUNTIMES[runtime](model)
+    return model.eval()
