@@ -100,7 +100,7 @@ def write_onnx(model, tokenizer, onnx_path: Path, opset: int = 17, optimize: boo
             )
     finally:
         model.set_attn_implementation(previous)
-    if optimize and model.config.model_type in ("bert", "roberta", "distilbert", "xlm-roberta"):
+    if optimize and model.config.model_type in ("bert", "roberta", "distilbert", "xlm-roberta", "slimtune_pruned_bert"):
         _fuse(onnx_path, model.config)
 
 
@@ -108,11 +108,19 @@ def _fuse(onnx_path: Path, config) -> None:
     """ORT's transformer optimizer: fused Attention / SkipLayerNorm / Gelu (faster on CPU, fp32)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
+    import logging
+
+    # its "input hidden size is not the q/k/v width" notice is expected for pruned heads
+    # (ORT imports its fusion modules as top-level ones, hence the bare logger name)
+    logging.getLogger("fusion_attention").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # A pruned BERT has its own head count per layer, written into each reshape: let ORT read
+        # it there (0 = detect) instead of imposing one model-wide value.
+        per_layer = config.model_type == "slimtune_pruned_bert"
         opt = optimize_model(
-            str(onnx_path), model_type="bert", num_heads=config.num_attention_heads,
-            hidden_size=config.hidden_size, opt_level=1,
+            str(onnx_path), model_type="bert", num_heads=0 if per_layer else config.num_attention_heads,
+            hidden_size=0 if per_layer else config.hidden_size, opt_level=1,
         )
     opt.save_model_to_file(str(onnx_path))
 

@@ -18,7 +18,13 @@ from __future__ import annotations
 
 import torch.nn as nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, BertConfig
-from transformers.models.bert.modeling_bert import BertForSequenceClassification, BertModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.bert.modeling_bert import (
+    BertForSequenceClassification,
+    BertModel,
+    BertSelfAttention,
+    eager_attention_forward,
+)
 
 MODEL_TYPE = "slimtune_pruned_bert"
 
@@ -41,16 +47,38 @@ class SlimtunePrunedBertConfig(BertConfig):
         return self.hidden_size // self.num_attention_heads
 
 
+class PrunedSelfAttention(BertSelfAttention):
+    """BERT self-attention (encoder only) with this layer's own head count.
+
+    The stock module reshapes to (batch, seq, -1, head_size); the -1 hides the head count from
+    the ONNX graph, and ONNX Runtime's attention fusion then falls back to one model-wide head
+    count, which is wrong for a pruned layer and leaves the graph unfused (slower). Writing the
+    head count into the reshape lets every layer fuse with its own."""
+
+    def __init__(self, config, heads: int):
+        super().__init__(config)
+        width = heads * self.attention_head_size
+        self.num_attention_heads, self.all_head_size = heads, width
+        self.query, self.key, self.value = (nn.Linear(config.hidden_size, width) for _ in range(3))
+
+    def forward(self, hidden_states, attention_mask=None, past_key_values=None, **kwargs):
+        if past_key_values is not None:
+            raise NotImplementedError("a pruned BERT is an encoder: no key/value cache")
+        input_shape = hidden_states.shape[:-1]
+        shape = (*input_shape, self.num_attention_heads, self.attention_head_size)
+        q, k, v = (p(hidden_states).view(shape).transpose(1, 2) for p in (self.query, self.key, self.value))
+        attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        out, weights = attend(self, q, k, v, attention_mask, dropout=self.dropout.p if self.training else 0.0,
+                              scaling=self.scaling, **kwargs)
+        return out.reshape(*input_shape, -1).contiguous(), weights
+
+
 def resize_layers(encoder_layers, config: SlimtunePrunedBertConfig) -> None:
     """Replace each layer's projections by (untrained) ones of the config's per-layer sizes."""
-    h, d = config.hidden_size, config.head_size
+    h = config.hidden_size
     for layer, heads, inter in zip(encoder_layers, config.layer_heads, config.layer_intermediate):
-        att = layer.attention.self
-        width = heads * d
-        if att.query.out_features != width:
-            att.query, att.key, att.value = (nn.Linear(h, width) for _ in range(3))
-            layer.attention.output.dense = nn.Linear(width, h)
-        att.num_attention_heads, att.all_head_size = heads, width
+        layer.attention.self = PrunedSelfAttention(config, heads)
+        layer.attention.output.dense = nn.Linear(heads * config.head_size, h)
         if layer.intermediate.dense.out_features != inter:
             layer.intermediate.dense = nn.Linear(h, inter)
             layer.output.dense = nn.Linear(inter, h)

@@ -131,3 +131,14 @@ def lora(model, tokenizer, cfg: LoraConfig, ctx: StageContext):
     merged = pmodel.merge_and_unload()
     merged.requires_grad_(True)
     return merged, tokenizer, info
+
+
+@dataclass
+class BaselineConfig:
+    pass
+
+
+@register("baseline", BaselineConfig)
+def baseline(model, tokenizer, cfg: BaselineConfig, ctx: StageContext):
+    """Keep the incoming model as it is: measure a trained model as a row of the report."""
+    return model, tokenizer, {}

@@ -1,0 +1,292 @@
+"""Pruning stages: `prune` (unstructured, stored sparse) and `prune_structured` (heads, FFN neurons
+and layers physically removed), each with recovery training through the one training path.
+
+Unstructured pruning happens inside that training as a Trainer callback: one-shot (prune, then
+recover with the mask held), or gradual on a cubic schedule (Zhu & Gupta), by magnitude or by
+movement scores (Sanh et al. 2020), optionally with an L1 penalty on the pruned matrices. The
+result is saved with the `sparse` codec (bitmask + non-zeros), so the size gain is real on disk;
+latency is "size-only" unless one is measured. Structured pruning repeats score -> remove ->
+recover for `rounds` rounds (cubic schedule of the removed fraction). Recovery may distil from
+the unpruned model (`alpha` < 1; its logits are computed once and cached).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import TrainerCallback
+
+from .. import pruning as P
+from ..errors import SlimtuneError
+from ..train import EncodedDataset, TrainConfig, count_trainable, train
+from . import StageContext, register
+from .distill import IGNORE, _Collator, teacher_logits
+from .distill_losses import combined, hard_ce
+
+
+@dataclass
+class RecoveryConfig(TrainConfig):
+    learning_rate: float = 3e-5
+    recover: bool = True  # False: prune only, no training
+    alpha: float = 1.0  # weight of the hard-label CE; 1 - alpha on KL to the unpruned model's logits
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.alpha <= 1 or self.temperature <= 0:
+            raise SlimtuneError("alpha must be in [0, 1] and temperature > 0")
+
+
+@dataclass
+class PruneConfig(RecoveryConfig):
+    sparsity: float = 0.8  # fraction of the prunable weights set to zero (exact)
+    scope: str = "global"  # global: one ranking over all matrices | layer: each matrix the same sparsity
+    score: str = "magnitude"  # magnitude (|w|) | movement (-sum over steps of w * grad)
+    schedule: str = "cubic"  # oneshot: prune, then recover | cubic: prune gradually while training
+    rounds: int = 10  # cubic: how many pruning steps
+    prune_fraction: float = 0.7  # cubic: pruning ends after this fraction of the training steps
+    include_embeddings: bool = True  # prune the word embeddings too (half of MiniLM's weights)
+    l1: float = 0.0  # > 0: add l1 * mean |w| over the prunable matrices to the loss (sparse training)
+    storage: str = "sparse"  # sparse (bitmask + non-zeros on disk) | dense (save_pretrained)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _one_of("scope", self.scope, ("global", "layer"))
+        _one_of("score", self.score, ("magnitude", "movement"))
+        _one_of("schedule", self.schedule, ("oneshot", "cubic"))
+        _one_of("storage", self.storage, ("sparse", "dense"))
+        if not 0 < self.sparsity < 1:
+            raise SlimtuneError(f"prune: sparsity must be in (0, 1), got {self.sparsity}")
+        if self.score == "movement" and (self.schedule != "cubic" or not self.recover):
+            raise SlimtuneError("prune: movement scores come from training; use schedule: cubic with recover: true")
+        if self.schedule == "cubic" and not self.recover:
+            raise SlimtuneError("prune: schedule cubic prunes during training; use schedule: oneshot with recover: false")
+        if self.l1 < 0 or self.rounds < 1 or not 0 < self.prune_fraction <= 1:
+            raise SlimtuneError("prune: l1 >= 0, rounds >= 1 and prune_fraction in (0, 1] are required")
+
+
+@dataclass
+class StructuredConfig(RecoveryConfig):
+    heads: float = 0.0  # fraction of all attention heads to remove
+    ffn: float = 0.5  # fraction of all FFN neurons to remove
+    layers: int = 0  # whole layers to drop, the least important by `score`
+    drop_layers: list[int] | None = None  # or name them (0-based)
+    score: str = "taylor"  # taylor (first-order, on calibration batches) | magnitude
+    scope: str = "global"  # global: rank across layers | layer: every layer loses the same share
+    calibration_batches: int = 16  # taylor: training batches used for the scores
+    rounds: int = 1  # > 1: iterative prune -> recover, the removed fraction on a cubic schedule
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _one_of("score", self.score, ("taylor", "magnitude"))
+        _one_of("scope", self.scope, ("global", "layer"))
+        if not (0 <= self.heads < 1 and 0 <= self.ffn < 1):
+            raise SlimtuneError("prune_structured: heads and ffn are fractions in [0, 1)")
+        if self.layers < 0 or self.rounds < 1 or self.calibration_batches < 1:
+            raise SlimtuneError("prune_structured: layers >= 0, rounds >= 1, calibration_batches >= 1 are required")
+        if self.layers and self.drop_layers:
+            raise SlimtuneError("prune_structured: give layers (a count) or drop_layers (a list), not both")
+
+
+def _one_of(key: str, value: str, allowed: tuple) -> None:
+    if value not in allowed:
+        raise SlimtuneError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+
+
+# ---- training pieces --------------------------------------------------------------------------
+
+
+def _trainer(cfg: RecoveryConfig, l1_weights: list | None = None):
+    """Trainer whose loss is CE (or CE + KL to cached teacher logits) plus an optional L1 term."""
+    from transformers import Trainer
+
+    l1 = getattr(cfg, "l1", 0.0)
+    n_l1 = sum(w.numel() for w in l1_weights) if l1_weights else 1
+
+    class RecoveryTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+            inputs = dict(inputs)
+            t_logits = inputs.pop("teacher_logits", None)
+            labels = inputs.pop("labels")
+            out = model(**inputs)
+            if t_logits is None:
+                loss = hard_ce(out.logits, labels)
+            else:
+                loss = combined(cfg.alpha, cfg.temperature, out.logits, t_logits, labels, IGNORE)
+            if l1 and model.training:
+                loss = loss + l1 * sum(w.abs().sum() for w in l1_weights) / n_l1
+            return (loss, out) if return_outputs else loss
+
+    return RecoveryTrainer
+
+
+def _train_set(model, tokenizer, cfg: RecoveryConfig, ctx: StageContext):
+    """Labelled training rows, with the unpruned model's logits when distilling (alpha < 1)."""
+    data = EncodedDataset(tokenizer, ctx.splits.train, cfg.max_length)
+    if cfg.alpha < 1:
+        logits, _ = teacher_logits(model, tokenizer, ctx.splits.train.texts, cfg.max_length, ctx.cache_dir or ctx.work_dir, ctx.log)
+        for row, t in zip(data.rows, logits):
+            row["teacher_logits"] = t
+    return data
+
+
+class MaskCallback(TrainerCallback):
+    """Holds unstructured masks through training; on a schedule, recomputes them at higher sparsity."""
+
+    def __init__(self, weights: dict, cfg: PruneConfig, masks: dict | None = None):
+        self.weights, self.cfg = weights, cfg
+        self.masks = masks
+        self.schedule: dict[int, float] = {}
+        self.movement = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()} if cfg.score == "movement" else None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.cfg.schedule == "cubic":
+            self.schedule = P.cubic_schedule(self.cfg.sparsity, self.cfg.rounds, state.max_steps, self.cfg.prune_fraction)
+        self._apply()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.movement is not None:  # movement: weights moving toward zero score low
+            for n, w in self.weights.items():
+                if w.grad is not None:
+                    self.movement[n] -= (w.grad * w.detach()).float()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        target = self.schedule.get(state.global_step)
+        if target is not None:
+            self.prune_to(target)
+        self._apply()
+
+    def prune_to(self, sparsity: float) -> None:
+        scores = self.movement if self.movement is not None else {n: w.detach().abs() for n, w in self.weights.items()}
+        if self.masks is not None:  # pruned weights stay pruned: masks only ever shrink
+            scores = {n: s.masked_fill(~self.masks[n], float("-inf")) for n, s in scores.items()}
+        self.masks = P.masks_for(scores, sparsity, self.cfg.scope)
+
+    def _apply(self) -> None:
+        if self.masks is not None:
+            P.apply_masks(self.weights, self.masks)
+
+
+# ---- stages -----------------------------------------------------------------------------------
+
+
+@register("prune", PruneConfig)
+def prune(model, tokenizer, cfg: PruneConfig, ctx: StageContext):
+    """Unstructured pruning to an exact sparsity (magnitude or movement), stored sparse on disk."""
+    weights = P.prunable_weights(model, cfg.include_embeddings)
+    cb = MaskCallback(weights, cfg)
+    info: dict = {}
+    if cfg.schedule == "oneshot":
+        cb.prune_to(cfg.sparsity)
+        cb._apply()
+    if cfg.recover:
+        model.requires_grad_(True)
+        data = _train_set(model, tokenizer, cfg, ctx)
+        trainable, total = count_trainable(model)
+        ctx.log(f"pruning {sum(w.numel() for w in weights.values()):,} weights to {cfg.sparsity:.0%} ({cfg.schedule}, {cfg.score}) while training {trainable:,}")
+        info = train(model, tokenizer, ctx.splits, cfg, ctx.work_dir / "trainer", callbacks=[cb, *ctx.callbacks],
+                     trainer_cls=_trainer(cfg, list(weights.values())), train_set=data, collator=_Collator(tokenizer),
+                     checkpoint_dir=ctx.checkpoint_dir)
+        info |= {"trainable_params": trainable, "total_params": total}
+    report = P.sparsity_report(weights)
+    ctx.log(f"sparsity {report['sparsity']:.4f} over {report['prunable_weights']:,} prunable weights")
+    info |= report | {"pruning": "unstructured", "speedup_kind": "size-only"}
+    if cfg.storage == "sparse":
+        info["storage"] = "sparse"
+    return model, tokenizer, info
+
+
+def _calibration_batches(model, tokenizer, cfg: StructuredConfig, ctx: StageContext):
+    from transformers import DataCollatorWithPadding
+
+    data = EncodedDataset(tokenizer, ctx.splits.train, cfg.max_length)
+    g = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(len(data), generator=g).tolist()
+    collate = DataCollatorWithPadding(tokenizer)
+    bs = cfg.batch_size
+    return [collate([data[i] for i in order[k : k + bs]]) for k in range(0, min(len(order), bs * cfg.calibration_batches), bs)]
+
+
+def _scores(model, tokenizer, cfg: StructuredConfig, ctx: StageContext):
+    if cfg.score == "magnitude":
+        return P.group_scores(model, "magnitude")
+    return P.taylor_scores(model, _calibration_batches(model, tokenizer, cfg, ctx))
+
+
+@register("prune_structured", StructuredConfig)
+def prune_structured(model, tokenizer, cfg: StructuredConfig, ctx: StageContext):
+    """Remove attention heads, FFN neurons and layers physically (smaller dense matrices)."""
+    P.check_bert(model)
+    before = P.counts(model)
+    params_before = sum(p.numel() for p in model.parameters())
+    n_heads, n_ffn = sum(before["heads"]), sum(before["ffn"])
+    drop_layers = list(cfg.drop_layers or [])
+    if any(not 0 <= i < before["layers"] for i in drop_layers) or len(set(drop_layers)) >= before["layers"]:
+        raise SlimtuneError(f"prune_structured: drop_layers {drop_layers} must name some (not all) of layers 0..{before['layers'] - 1}")
+    if cfg.layers >= before["layers"]:
+        raise SlimtuneError(f"prune_structured: layers={cfg.layers} but the model has {before['layers']}")
+    data = _train_set(model, tokenizer, cfg, ctx) if cfg.recover else None
+    history = []
+    fh, ff = P.cumulative_fractions(cfg.heads, cfg.rounds), P.cumulative_fractions(cfg.ffn, cfg.rounds)
+    for r in range(cfg.rounds):
+        head_s, ffn_s = _scores(model, tokenizer, cfg, ctx)
+        keep_layers = None
+        if r == 0 and (cfg.layers or drop_layers):
+            if cfg.layers:
+                ls = P.layer_scores(head_s, ffn_s)
+                drop_layers = sorted(sorted(range(len(ls)), key=lambda i: ls[i])[: cfg.layers])
+            keep_layers = [i for i in range(before["layers"]) if i not in drop_layers]
+        # counts are relative to the original model; layers dropped this round take theirs along
+        alive = keep_layers if keep_layers is not None else range(len(head_s))
+        cur_h = sum(head_s[i].numel() for i in alive)
+        cur_f = sum(ffn_s[i].numel() for i in alive)
+        drop_h = max(0, cur_h - round((1 - fh[r]) * n_heads))
+        drop_f = max(0, cur_f - round((1 - ff[r]) * n_ffn))
+        sub_h = [head_s[i] for i in alive]
+        sub_f = [ffn_s[i] for i in alive]
+        kh_sub = P.choose(sub_h, min(drop_h, cur_h - len(sub_h)), cfg.scope)
+        kf_sub = P.choose(sub_f, min(drop_f, cur_f - len(sub_f)), cfg.scope)
+        keep_h = [list(range(s.numel())) for s in head_s]
+        keep_f = [list(range(s.numel())) for s in ffn_s]
+        for i, kh, kf in zip(alive, kh_sub, kf_sub):
+            keep_h[i], keep_f[i] = kh, kf
+        model = P.remove_structure(model, keep_h, keep_f, keep_layers)
+        now = P.counts(model)
+        ctx.log(f"round {r + 1}/{cfg.rounds}: {now['layers']} layers, heads {now['heads']}, FFN {now['ffn']}")
+        step = {"round": r + 1, **now, "params": sum(p.numel() for p in model.parameters())}
+        if cfg.recover:
+            model.requires_grad_(True)
+            rcfg = _round_config(cfg, cfg.rounds)
+            out = train(model, tokenizer, ctx.splits, rcfg, ctx.work_dir / f"trainer-{r}", callbacks=ctx.callbacks,
+                        trainer_cls=_trainer(cfg), train_set=data, collator=_Collator(tokenizer),
+                        checkpoint_dir=None if cfg.rounds > 1 else ctx.checkpoint_dir)
+            step |= {k: out[k] for k in ("train_steps", "train_seconds", "val_accuracy")}
+        history.append(step)
+    params_after = sum(p.numel() for p in model.parameters())
+    info = {
+        "pruning": "structured", "score": cfg.score, "rounds": history,
+        "heads_before": n_heads, "ffn_before": n_ffn, "layers_before": before["layers"],
+        **{f"{k}_after": v for k, v in P.counts(model).items()},
+        "params_before": params_before, "params_removed": params_before - params_after,
+    }
+    if cfg.recover:
+        trainable, total = count_trainable(model)
+        info |= {"trainable_params": trainable, "total_params": total,
+                 "train_steps": sum(h["train_steps"] for h in history),
+                 "train_seconds": sum(h["train_seconds"] for h in history),
+                 "train_examples": len(data), "val_accuracy": [v for h in history for v in h["val_accuracy"]]}
+    return model, tokenizer, info
+
+
+def _round_config(cfg: StructuredConfig, rounds: int) -> TrainConfig:
+    """Each round recovers for its share of the epochs / steps."""
+    import dataclasses
+
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)}
+    if rounds > 1:
+        fields["epochs"] = cfg.epochs / rounds
+        fields["max_steps"] = -1 if cfg.max_steps <= 0 else max(1, cfg.max_steps // rounds)
+        fields["checkpoint_steps"] = 0
+    return TrainConfig(**fields)
+
