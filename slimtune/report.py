@@ -80,6 +80,19 @@ def markdown(report: dict) -> str:
             val = ", ".join(f"{v:.4f}" for v in m.get("val_accuracy", []))
             lines.append(f"| {s['name']} | {m['trainable_params']:,} of {m['total_params']:,} | {m['train_steps']} | "
                          f"{m['train_examples']} | {m['train_seconds']:.0f} | {val} |")
+    pruned = [s for s in report["stages"] if "pruning" in s["metrics"]]
+    if pruned:
+        lines += ["", "| stage | pruning | what was removed |", "|---|---|---|"]
+        for s in pruned:
+            m = s["metrics"]
+            if m["pruning"] == "unstructured":
+                what = (f"{m['pruned_weights']:,} of {m['prunable_weights']:,} prunable weights "
+                        f"(sparsity {m['sparsity']:.4f}; per-matrix figures in report.json), stored {m.get('storage', 'dense')}")
+            else:
+                what = (f"layers {m['layers_before']} → {m['layers_after']}, heads {m['heads_before']} → {sum(m['heads_after'])} "
+                        f"(per layer {m['heads_after']}), FFN neurons {m['ffn_before']:,} → {sum(m['ffn_after']):,}, "
+                        f"{m['params_removed']:,} parameters removed (score: {m['score']})")
+            lines.append(f"| {s['name']} | {m['pruning']} | {what} |")
     return "\n".join(lines) + "\n"
 
 

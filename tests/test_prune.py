@@ -261,6 +261,7 @@ def test_structured_stage_iterative_with_layer_drop(tiny_base6_dir, tiny_csv, tm
     model, _ = load_model(tmp_path / "stages/02-pruned")
     assert P.counts(model) == {"layers": 4, "heads": m["heads_after"], "ffn": m["ffn_after"]}
     assert m["params"] < report["stages"][0]["metrics"]["params"]
+    assert "layers 6 → 4, heads 12 → 6" in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.parametrize("stage, message", [
