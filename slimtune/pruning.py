@@ -62,10 +62,16 @@ def masks_for(scores: dict[str, torch.Tensor], sparsity: float, scope: str = "gl
 
 
 def _lowest_off(scores: torch.Tensor, k: int) -> torch.Tensor:
-    mask = torch.ones(scores.numel(), dtype=torch.bool)
+    """A mask with exactly the k lowest scores off: a kthvalue threshold (linear time; a full sort
+    of MiniLM's 22.7M weights took 12 s), then as many ties at the threshold as still needed."""
+    flat = scores.reshape(-1).float()
+    mask = torch.ones(flat.numel(), dtype=torch.bool)
     if k > 0:
-        # sort, not a threshold: ties at the threshold would make the sparsity inexact
-        mask[torch.argsort(scores.float(), stable=True)[:k]] = False
+        threshold = flat.kthvalue(k).values
+        below = flat < threshold
+        mask[below] = False
+        need = k - int(below.sum())
+        mask[(flat == threshold).nonzero().squeeze(1)[:need]] = False
     return mask
 
 

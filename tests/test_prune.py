@@ -282,3 +282,10 @@ def test_prune_recipe_is_shipped():
 
     raw = yaml.safe_load((Path(__file__).parents[1] / "recipes/prune.yaml").read_text())
     assert [s["method"] for s in raw["stages"]] == ["full", "prune_structured"] and raw["export"] == ["onnx-int8"]
+
+
+def test_masks_are_exact_with_ties():
+    """Ties at the threshold (e.g. weights already zero) still give exactly the asked count."""
+    scores = {"a": torch.zeros(100, 10), "b": torch.tensor([[0.0, 1.0], [1.0, 2.0]])}
+    masks = P.masks_for(scores, 0.37)
+    assert sum(int((~m).sum()) for m in masks.values()) == round(0.37 * 1004)
