@@ -15,6 +15,8 @@ from . import assets
 from .errors import SlimtuneError
 
 PACKAGED_MODELS = ("minilm-l6", "minilm-l3")
+ADAPTER_DIR = "adapter"  # a PEFT adapter saved with a stage (methods/adapters.py)
+ADAPTER_MARKER = "slimtune.json"  # in ADAPTER_DIR: {"merged": bool, "source": path}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "slimtune.safetensors")
 
 
@@ -102,8 +104,22 @@ def load_model(name_or_path: str | Path, label_names: list[str] | None = None):
         model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     except Exception as e:  # safetensors, torch and transformers each raise their own kinds
         raise SlimtuneError(f"{path}: cannot load weights: {_first_line(e)}") from None
-    model.eval()
-    return model, load_tokenizer(path)
+    return load_adapter(model, path).eval(), load_tokenizer(path)
+
+
+def load_adapter(model, folder: Path):
+    """Apply `folder/adapter` when the stage kept it unmerged (prompt/prefix tuning); else `model`."""
+    import json
+
+    marker = Path(folder) / ADAPTER_DIR / ADAPTER_MARKER
+    if not marker.is_file() or json.loads(marker.read_text()).get("merged", True):
+        return model
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, Path(folder) / ADAPTER_DIR)
+    except Exception as e:  # peft raises several kinds for a bad adapter folder
+        raise SlimtuneError(f"{folder}/{ADAPTER_DIR}: cannot load PEFT adapter: {_first_line(e)}") from None
 
 
 def label_names_of(model) -> list[str]:

@@ -1,4 +1,4 @@
-"""Fine-tuning: full, head only, last N encoder layers, LoRA (via PEFT, merged before saving).
+"""Fine-tuning: full, head only, last N encoder layers, BitFit (biases only). PEFT methods: adapters.py.
 
 "Head" means what `*ForSequenceClassification` adds on top of the encoder: the classifier and,
 for BERT-style models, the pooler (randomly initialised when the source had none, as MiniLM-L3).
@@ -6,7 +6,7 @@ for BERT-style models, the pooler (randomly initialised when the source had none
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch.nn as nn
 
@@ -33,20 +33,6 @@ class LastNConfig(TrainConfig):
         super().__post_init__()
         if self.layers < 1:
             raise SlimtuneError("last_n: layers must be >= 1")
-
-
-@dataclass
-class LoraConfig(TrainConfig):
-    learning_rate: float = 5e-4
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.1
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.r < 1:
-            raise SlimtuneError("lora: r must be >= 1")
 
 
 def head_names(model) -> list[str]:
@@ -107,30 +93,27 @@ def last_n(model, tokenizer, cfg: LastNConfig, ctx: StageContext):
     return _train(model, tokenizer, cfg, ctx)
 
 
-@register("lora", LoraConfig)
-def lora(model, tokenizer, cfg: LoraConfig, ctx: StageContext):
-    """LoRA adapters (PEFT) on the chosen projections plus a trained head; merged after training."""
-    import peft
+@dataclass
+class BitFitConfig(TrainConfig):
+    learning_rate: float = 1e-3
+    subset: str = "all"  # all: every bias | query_ffn: query and FFN-intermediate biases only
 
-    names = {n.split(".")[-1] for n, _ in model.named_modules()}
-    missing = [t for t in cfg.target_modules if t not in names]
-    if missing:
-        raise SlimtuneError(f"lora: target module {missing[0]!r} not in the model (e.g. query, key, value, dense)")
-    # modules_to_save keeps the head trainable and saved: PEFT's SEQ_CLS default covers only
-    # `classifier`/`score`, and an untrained random pooler would cap accuracy.
-    pcfg = peft.LoraConfig(
-        task_type=peft.TaskType.SEQ_CLS,
-        r=cfg.r,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=list(cfg.target_modules),
-        modules_to_save=[n.split(".")[-1] for n in head_names(model)],
-    )
-    pmodel = peft.get_peft_model(model, pcfg)
-    pmodel, tokenizer, info = _train(pmodel, tokenizer, cfg, ctx)
-    merged = pmodel.merge_and_unload()
-    merged.requires_grad_(True)
-    return merged, tokenizer, info
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.subset not in ("all", "query_ffn"):
+            raise SlimtuneError(f"bitfit: subset {self.subset!r} is not one of all, query_ffn")
+
+
+@register("bitfit", BitFitConfig)
+def bitfit(model, tokenizer, cfg: BitFitConfig, ctx: StageContext):
+    """BitFit (Ben Zaken et al. 2022): train only bias terms, plus the head."""
+    freeze_all_but(model, head_modules(model))
+    wanted = ("query.bias", "intermediate.dense.bias") if cfg.subset == "query_ffn" else ("bias",)
+    base = getattr(model, model.base_model_prefix)
+    for name, p in base.named_parameters():
+        if name.endswith(wanted):
+            p.requires_grad_(True)
+    return _train(model, tokenizer, cfg, ctx)
 
 
 @dataclass

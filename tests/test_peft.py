@@ -1,0 +1,124 @@
+"""Parameter-efficient methods, one row each through the same checks: exact trainable counts on
+the tiny model, only the intended parameters change, outputs finite, save -> load gives the same
+predictions, merged = unmerged, the adapter reloads with PeftModel.from_pretrained.
+
+Golden counts (tiny BERT: hidden 32, 2 layers, FFN 64; head = classifier 66 + pooler 1,056):
+- bitfit all: per layer q,k,v,o 4*32 + FFN 64 + 32 + two LayerNorms 2*32 = 288; x2 + embedding
+  LayerNorm 32 = 608, + head = 1,730; query_ffn: (32 + 64) * 2 = 192, + head = 1,314
+- ia3 (key, value, output.dense; FFN side scaled on inputs): per layer 32 + 32 + 32 + 64 = 160; x2 = 320
+- prompt, 5 virtual tokens x 32 = 160; prefix, 5 tokens x 2 layers x (key + value) x 32 = 640;
+  P-tuning, 160 + its MLP encoder (hidden 16) 32*16+16 + 16*16+16 + 16*32+32 = 1,344
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from slimtune.data import DataConfig, load_splits
+from slimtune.errors import SlimtuneError
+
+HEAD = 66 + 1_056
+FAST_EVAL = {"latency_runs": 3, "warmup": 1, "bench_texts": 4, "isolate": False, "max_length": 32}
+
+ROWS = [
+    # method, fields, trainable, merged, base parameters allowed to change (besides the head)
+    ("bitfit", {}, 608 + HEAD, None, (".bias",)),
+    ("bitfit", {"subset": "query_ffn"}, 192 + HEAD, None, ("query.bias", "intermediate.dense.bias")),
+    ("lora", {"r": 4}, 2 * 2 * (4 * 32 + 32 * 4) + HEAD, True, ("query.weight", "value.weight")),
+    ("ia3", {}, 320 + HEAD, True, ("key.weight", "value.weight", "output.dense.weight")),
+    ("prompt", {"virtual_tokens": 5}, 160 + HEAD, False, ()),
+    ("prefix", {"virtual_tokens": 5}, 640 + HEAD, False, ()),
+    ("ptuning", {"virtual_tokens": 5, "encoder_hidden_size": 16}, 160 + 1_344 + HEAD, False, ()),
+]
+
+
+@pytest.fixture(scope="module")
+def splits(tiny_csv):
+    return load_splits(DataConfig(path=str(tiny_csv)))
+
+
+def _run(raw, out):
+    from slimtune.recipe import parse
+    from slimtune.runner import run
+
+    return run(parse(raw, "test"), out, log=lambda *_: None)
+
+
+@pytest.mark.parametrize("method, fields, trainable, merged, allowed", ROWS,
+                         ids=["bitfit", "bitfit_query_ffn", "lora", "ia3", "prompt", "prefix", "ptuning"])
+def test_method_matrix(method, fields, trainable, merged, allowed, tiny_clf_dir, tiny_csv, splits, tmp_path):
+    from safetensors.torch import load_file
+
+    from slimtune.models import load_model
+    from slimtune.predictors import TorchPredictor
+
+    raw = {"data": {"path": str(tiny_csv)}, "model": str(tiny_clf_dir), "eval": FAST_EVAL,
+           "stages": [{"name": "s", "method": method, "max_steps": 3, "max_length": 32, "warmup": 0,
+                       "learning_rate": 5e-2, **fields}]}
+    report = _run(raw, tmp_path)
+    m = report["stages"][0]["metrics"]
+    assert m["trainable_params"] == trainable
+    folder = tmp_path / "stages/01-s"
+    before = load_file(tiny_clf_dir / "model.safetensors")
+    after = load_file(folder / "model.safetensors")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    head = ("classifier.", "bert.pooler.")
+    if merged is False:  # the folder holds the base as it went in; the adapter carries the training
+        assert changed == set()
+    else:
+        assert changed and all(k.startswith(head) or k.endswith(allowed) for k in changed), sorted(changed)
+        assert {"classifier.weight", "bert.pooler.dense.weight"} <= changed
+    # save -> load: the reloaded stage gives the logits the runner measured
+    model, tok = load_model(folder, splits.label_names)
+    logits = TorchPredictor(model, tok, 32).logits(splits.test.texts)
+    assert np.isfinite(logits).all()
+    np.testing.assert_allclose(logits, np.load(folder / "test_logits.npy"), atol=1e-5)
+    if merged is None:
+        return
+    # the adapter reloads with PEFT on the source model; merged == unmerged
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    marker = json.loads((folder / "adapter/slimtune.json").read_text())
+    assert marker["merged"] is merged
+    base_dir = tiny_clf_dir if merged else folder
+    peft_model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base_dir), folder / "adapter").eval()
+    unmerged = TorchPredictor(peft_model, tok, 32).logits(splits.test.texts)
+    np.testing.assert_allclose(unmerged, logits, atol=1e-4)
+
+
+def test_lora_on_a_pruned_model_keeps_its_zeros(tiny_clf_dir, tiny_csv, tmp_path):
+    from safetensors.torch import load_file
+
+    from slimtune.models import load_model
+
+    raw = {"data": {"path": str(tiny_csv)}, "model": str(tiny_clf_dir), "eval": FAST_EVAL,
+           "stages": [{"name": "sparse", "method": "prune", "sparsity": 0.5, "schedule": "oneshot", "recover": False,
+                       "include_embeddings": False, "storage": "dense"},
+                      {"name": "lora", "method": "lora", "r": 4, "max_steps": 3, "max_length": 32, "learning_rate": 5e-2,
+                       "target_modules": ["query", "value"]}]}
+    report = _run(raw, tmp_path)
+    sparse = load_file(tmp_path / "stages/01-sparse/model.safetensors")
+    tuned = load_file(tmp_path / "stages/02-lora/model.safetensors")
+    for k in ("bert.encoder.layer.0.attention.self.query.weight", "bert.encoder.layer.1.attention.self.value.weight"):
+        zeros = sparse[k] == 0
+        assert zeros.float().mean() > 0.2
+        assert (tuned[k][zeros] == 0).all() and not torch.equal(tuned[k], sparse[k])
+    assert report["stages"][1]["metrics"]["kept_zeros"] > 0
+    load_model(tmp_path / "stages/02-lora")
+
+
+def test_bad_peft_settings(tiny_csv):
+    from slimtune.recipe import parse
+
+    for stage, msg in [({"method": "bitfit", "subset": "some"}, "subset"),
+                       ({"method": "prompt", "virtual_tokens": 0}, "virtual_tokens"),
+                       ({"method": "ia3", "feedforward_modules": ["query"]}, None)]:
+        if msg is None:
+            continue
+        with pytest.raises(SlimtuneError, match=msg):
+            parse({"data": {"path": str(tiny_csv)}, "model": "minilm-l6", "stages": [{"name": "p", **stage}]})
