@@ -100,7 +100,7 @@ def write_onnx(model, tokenizer, onnx_path: Path, opset: int = 17, optimize: boo
             )
     finally:
         model.set_attn_implementation(previous)
-    if optimize and model.config.model_type in ("bert", "roberta", "distilbert", "xlm-roberta", "slimtune_pruned_bert"):
+    if optimize and model.config.model_type in ("bert", "roberta", "distilbert", "xlm-roberta", "slimtune_bert"):
         _fuse(onnx_path, model.config)
 
 
@@ -115,9 +115,9 @@ def _fuse(onnx_path: Path, config) -> None:
     logging.getLogger("fusion_attention").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # A pruned BERT has its own head count per layer, written into each reshape: let ORT read
+        # A SlimBERT (e.g. pruned) has its own head count per layer, written into each reshape: let ORT read
         # it there (0 = detect) instead of imposing one model-wide value.
-        per_layer = config.model_type == "slimtune_pruned_bert"
+        per_layer = config.model_type == "slimtune_bert"
         opt = optimize_model(
             str(onnx_path), model_type="bert", num_heads=0 if per_layer else config.num_attention_heads,
             hidden_size=0 if per_layer else config.hidden_size, opt_level=1,

@@ -74,7 +74,7 @@ def load_model(name_or_path: str | Path, label_names: list[str] | None = None):
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from . import pruned_bert, storage  # noqa: F401  (pruned_bert registers its model type)
+    from . import slim_bert, storage  # noqa: F401  (slim_bert registers its model type)
 
     path = resolve(name_or_path)
     try:

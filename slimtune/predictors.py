@@ -137,7 +137,7 @@ def load_predictor(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH, label
         folder = onnx_file.parent
         from transformers import AutoConfig
 
-        from . import pruned_bert  # noqa: F401  (its model type must be known to AutoConfig)
+        from . import slim_bert  # noqa: F401  (its model type must be known to AutoConfig)
 
         if not (folder / "config.json").is_file():
             raise SlimtuneError(f"{folder}: ONNX model has no config.json beside it (label names)")

@@ -8,7 +8,7 @@ report calls such a model "size-only" unless a speed-up is measured.
 Structured: attention heads and FFN neurons are scored as groups (magnitude: L1 norm of the
 group's weights; Taylor: (sum over the group of w * dL/dw)^2, averaged over calibration batches,
 Molchanov et al. 2019) and then *physically removed*: smaller matrices, a
-`SlimtunePrunedBertForSequenceClassification` with per-layer widths. Whole layers can be dropped
+`SlimBertForSequenceClassification` (slim_bert.py) with per-layer widths. Whole layers can be dropped
 too. torch's `torch.nn.utils.prune` only masks (the model stays as large and as slow) and
 transformers 5 removed `prune_heads`, so removal is done here with `prune_linear_layer`.
 """
@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from .errors import SlimtuneError
 
-SUPPORTED_TYPES = ("bert", "slimtune_pruned_bert")
+SUPPORTED_TYPES = ("bert", "slimtune_bert")
 
 
 # ---- unstructured --------------------------------------------------------------------------
@@ -107,6 +107,9 @@ def check_bert(model) -> None:
     kind = model.config.model_type
     if kind not in SUPPORTED_TYPES:
         raise SlimtuneError(f"structured pruning supports BERT-family models (model_type bert); this one is {kind!r}")
+    order = getattr(model.config, "layer_order", None)
+    if order is not None and order != list(range(len(order))):
+        raise SlimtuneError("structured pruning of a model with shared layers is not supported; prune before share_layers")
 
 
 def _layers(model) -> nn.ModuleList:
@@ -230,10 +233,10 @@ def _head_index(heads: list[int], d: int) -> torch.Tensor:
 
 
 def remove_structure(model, keep_heads: list[list[int]], keep_ffn: list[list[int]], keep_layers: list[int] | None = None):
-    """Physically remove heads, FFN neurons and layers; returns a SlimtunePrunedBert classifier."""
+    """Physically remove heads, FFN neurons and layers; returns a SlimBERT classifier."""
     from transformers.pytorch_utils import prune_linear_layer
 
-    from .pruned_bert import SlimtunePrunedBertConfig, SlimtunePrunedBertForSequenceClassification
+    from .slim_bert import SlimBertForSequenceClassification, slim_config
 
     check_bert(model)
     d = head_size(model)
@@ -252,11 +255,8 @@ def remove_structure(model, keep_heads: list[list[int]], keep_ffn: list[list[int
         fidx = torch.tensor(kf, dtype=torch.long)
         layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, fidx, dim=0)
         layer.output.dense = prune_linear_layer(layer.output.dense, fidx, dim=1)
-    cfg = model.config.to_dict()
-    for k in ("model_type", "architectures", "layer_heads", "layer_intermediate", "transformers_version"):
-        cfg.pop(k, None)
-    config = SlimtunePrunedBertConfig(
-        **cfg | {"num_hidden_layers": len(keep_layers)},
+    config = slim_config(
+        model.config, num_hidden_layers=len(keep_layers), layer_order=None,
         layer_heads=[len(keep_heads[i]) for i in keep_layers],
         layer_intermediate=[len(keep_ffn[i]) for i in keep_layers],
     )
@@ -270,7 +270,7 @@ def remove_structure(model, keep_heads: list[list[int]], keep_ffn: list[list[int
                 continue
             k = f"{prefix}{keep_layers.index(int(i))}.{rest}"
         renamed[k] = v
-    new = SlimtunePrunedBertForSequenceClassification(config)
+    new = SlimBertForSequenceClassification(config)
     new.load_state_dict(renamed, strict=True)
     new.config._attn_implementation = model.config._attn_implementation
     return new.eval()

@@ -147,7 +147,7 @@ def test_removed_heads_are_the_least_important_by_magnitude():
 
 
 def test_pruned_model_saves_and_loads_with_auto_classes(tmp_path):
-    import slimtune.pruned_bert  # noqa: F401
+    import slimtune.slim_bert  # noqa: F401
     from transformers import AutoModelForSequenceClassification
 
     m = tiny_classifier(layers=3)
@@ -155,7 +155,7 @@ def test_pruned_model_saves_and_loads_with_auto_classes(tmp_path):
     pruned = P.remove_structure(m, P.choose(hs, 4, "global"), P.choose(fs, 100, "global"), keep_layers=[0, 2])
     pruned.save_pretrained(tmp_path)
     back = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
-    assert type(back).__name__ == "SlimtunePrunedBertForSequenceClassification"
+    assert type(back).__name__ == "SlimBertForSequenceClassification"
     assert P.counts(back) == P.counts(pruned) and P.counts(back)["layers"] == 2
     b = batch()
     torch.testing.assert_close(logits(back, b), logits(pruned, b), atol=0, rtol=0)

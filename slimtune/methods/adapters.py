@@ -1,5 +1,7 @@
 """Parameter-efficient methods through PEFT: LoRA, IA3 (merged into the weights after training),
 prompt tuning, prefix tuning and P-tuning (kept as adapters: virtual tokens cannot be merged).
+Bottleneck adapters (Houlsby / Pfeiffer) are not in PEFT: `adapter` builds them into a SlimBERT
+(slim_bert.py), which saves and loads as an ordinary model folder.
 
 The classification head (classifier + pooler) always trains and is saved, through PEFT's
 `modules_to_save`: PEFT's SEQ_CLS default covers only `classifier`/`score`, and an untrained
@@ -186,3 +188,39 @@ def ptuning(model, tokenizer, cfg: PTuningConfig, ctx: StageContext):
                                     encoder_hidden_size=cfg.encoder_hidden_size, modules_to_save=_head_to_save(model))
     return _peft_stage(model, tokenizer, pcfg, cfg, ctx, merge=False)
 
+
+
+@dataclass
+class BottleneckConfig(TrainConfig):
+    learning_rate: float = 1e-3
+    kind: str = "pfeiffer"  # pfeiffer: after each FFN | houlsby: after attention and after FFN
+    size: int = 64  # bottleneck width
+    train_layernorm: bool = True  # Houlsby et al. train the LayerNorms with the adapters
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from ..slim_bert import ADAPTER_KINDS
+
+        if self.kind not in ADAPTER_KINDS or self.size < 1:
+            raise SlimtuneError(f"adapter: kind must be one of {', '.join(ADAPTER_KINDS)} and size >= 1")
+
+
+@register("adapter", BottleneckConfig)
+def adapter(model, tokenizer, cfg: BottleneckConfig, ctx: StageContext):
+    """Bottleneck adapters (Houlsby/Pfeiffer) in every layer; only adapters, LayerNorms and head train."""
+    from ..pruning import check_bert
+    from ..slim_bert import Adapter, SlimBertForSequenceClassification, slim_config
+    from .finetune import freeze_all_but, head_modules
+
+    check_bert(model)
+    if getattr(model.config, "adapter", None):
+        raise SlimtuneError("adapter: this model already has adapters")
+    new = SlimBertForSequenceClassification(slim_config(model.config, adapter=cfg.kind, adapter_size=cfg.size))
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(".adapter." in k for k in missing), (missing, unexpected)
+    new.config._attn_implementation = model.config._attn_implementation
+    trainable = [m for m in new.modules() if isinstance(m, Adapter)] + head_modules(new)
+    if cfg.train_layernorm:
+        trainable += [m for m in new.modules() if isinstance(m, torch.nn.LayerNorm)]
+    freeze_all_but(new, trainable)
+    return _train(new, tokenizer, cfg, ctx)
