@@ -75,6 +75,18 @@ def _lowest_off(scores: torch.Tensor, k: int) -> torch.Tensor:
     return mask
 
 
+def unused_token_rows(tokenizer, texts: list[str], vocab_rows: int, max_length: int) -> torch.Tensor:
+    """Bool per embedding row: True where the token never occurs in `texts` (specials count as used).
+
+    Their rows get no gradient and only matter for unseen words at test time, so pruning them
+    first spares the weights the task uses."""
+    used = torch.zeros(vocab_rows, dtype=torch.bool)
+    for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]:
+        used[torch.tensor(ids, dtype=torch.long)] = True
+    used[torch.tensor([i for i in tokenizer.all_special_ids if i < vocab_rows], dtype=torch.long)] = True
+    return ~used
+
+
 def apply_masks(weights: dict[str, nn.Parameter], masks: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for n, w in weights.items():

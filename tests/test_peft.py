@@ -8,6 +8,8 @@ Golden counts (tiny BERT: hidden 32, 2 layers, FFN 64; head = classifier 66 + po
 - ia3 (key, value, output.dense; FFN side scaled on inputs): per layer 32 + 32 + 32 + 64 = 160; x2 = 320
 - prompt, 5 virtual tokens x 32 = 160; prefix, 5 tokens x 2 layers x (key + value) x 32 = 640;
   P-tuning, 160 + its MLP encoder (hidden 16) 32*16+16 + 16*16+16 + 16*32+32 = 1,344
+- bottleneck adapters of width 8: 32*8+8 + 8*32+32 = 552 each; Pfeiffer 1 per layer, Houlsby 2;
+  plus all LayerNorms (2 per layer + embeddings, 64 each) = 320
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from slimtune.data import DataConfig, load_splits
 from slimtune.errors import SlimtuneError
 
 HEAD = 66 + 1_056
+ADAPTER = 32 * 8 + 8 + 8 * 32 + 32  # one bottleneck adapter of width 8: down + up = 552
+LAYERNORMS = 2 * 2 * 64 + 64  # two per layer (weight + bias of 32) and the embeddings'
+LN = ("LayerNorm.weight", "LayerNorm.bias")
 FAST_EVAL = {"latency_runs": 3, "warmup": 1, "bench_texts": 4, "isolate": False, "max_length": 32}
 
 ROWS = [
@@ -33,6 +38,8 @@ ROWS = [
     ("prompt", {"virtual_tokens": 5}, 160 + HEAD, False, ()),
     ("prefix", {"virtual_tokens": 5}, 640 + HEAD, False, ()),
     ("ptuning", {"virtual_tokens": 5, "encoder_hidden_size": 16}, 160 + 1_344 + HEAD, False, ()),
+    ("adapter", {"kind": "pfeiffer", "size": 8}, 2 * ADAPTER + LAYERNORMS + HEAD, None, LN),
+    ("adapter", {"kind": "houlsby", "size": 8}, 4 * ADAPTER + LAYERNORMS + HEAD, None, LN),
 ]
 
 
@@ -49,7 +56,7 @@ def _run(raw, out):
 
 
 @pytest.mark.parametrize("method, fields, trainable, merged, allowed", ROWS,
-                         ids=["bitfit", "bitfit_query_ffn", "lora", "ia3", "prompt", "prefix", "ptuning"])
+                         ids=["bitfit", "bitfit_query_ffn", "lora", "ia3", "prompt", "prefix", "ptuning", "pfeiffer", "houlsby"])
 def test_method_matrix(method, fields, trainable, merged, allowed, tiny_clf_dir, tiny_csv, splits, tmp_path):
     from safetensors.torch import load_file
 
@@ -122,3 +129,62 @@ def test_bad_peft_settings(tiny_csv):
             continue
         with pytest.raises(SlimtuneError, match=msg):
             parse({"data": {"path": str(tiny_csv)}, "model": "minilm-l6", "stages": [{"name": "p", **stage}]})
+
+
+def test_adapter_starts_as_the_identity_and_exports_to_onnx(tiny_clf_dir, tokenizer, tmp_path):
+    from slimtune.exporters import export_onnx
+    from slimtune.models import load_model
+    from slimtune.predictors import OnnxPredictor, TorchPredictor
+    from slimtune.slim_bert import SlimBertForSequenceClassification, slim_config
+
+    base, tok = load_model(tiny_clf_dir)
+    new = SlimBertForSequenceClassification(slim_config(base.config, adapter="houlsby", adapter_size=8)).eval()
+    new.load_state_dict(base.state_dict(), strict=False)
+    texts = ["a dull film", "brilliant and moving, a delight"]
+    np.testing.assert_allclose(TorchPredictor(new, tok).logits(texts), TorchPredictor(base, tok).logits(texts), atol=1e-5)
+    with torch.no_grad():
+        for n, p in new.named_parameters():
+            if ".adapter." in n:
+                p.normal_(0, 0.2)
+    out = export_onnx(new, tok, tmp_path / "onnx")
+    a = OnnxPredictor(out / "model.onnx", tok, ["neg", "pos"]).logits(texts)
+    assert np.abs(a - TorchPredictor(new, tok).logits(texts)).max() < 1e-4
+
+
+def test_share_layers_stores_each_block_once_and_recovers(tiny_base6_dir, tiny_csv, tmp_path, tokenizer):
+    from safetensors.torch import load_file
+
+    from slimtune.exporters import export_onnx
+    from slimtune.models import load_model
+    from slimtune.predictors import OnnxPredictor, TorchPredictor
+
+    raw = {"data": {"path": str(tiny_csv)}, "model": str(tiny_base6_dir), "eval": FAST_EVAL,
+           "stages": [{"name": "ft", "method": "full", "max_steps": 2, "max_length": 32},
+                      {"name": "shared", "method": "share_layers", "group_size": 2, "max_steps": 2, "max_length": 32}]}
+    report = _run(raw, tmp_path)
+    m = report["stages"][1]["metrics"]
+    layer = 8_544  # one tiny encoder layer
+    assert m["groups"] == [[0, 1], [2, 3], [4, 5]] and m["layer_order"] == [0, 0, 1, 1, 2, 2]
+    assert m["params_removed"] == 3 * layer and m["train_steps"] == 2
+    stored = load_file(tmp_path / "stages/02-shared/model.safetensors")
+    assert sorted({k.split(".")[3] for k in stored if ".encoder.layer." in k}) == ["0", "1", "2"]
+    model, tok = load_model(tmp_path / "stages/02-shared")
+    assert model.config.layer_order == [0, 0, 1, 1, 2, 2]
+    out = export_onnx(model, tok, tmp_path / "onnx")
+    texts = ["the plot was dull", "a superb, moving film"]
+    a = OnnxPredictor(out / "model.onnx", tok, model.config.id2label.values()).logits(texts)
+    assert np.abs(a - TorchPredictor(model, tok).logits(texts)).max() < 1e-4
+
+
+def test_share_layers_mean_init_is_the_average(tiny_clf_dir):
+    from slimtune.methods.sharing import share
+    from slimtune.models import load_model
+
+    model, _ = load_model(tiny_clf_dir)
+    q = [model.bert.encoder.layer[i].attention.self.query.weight.detach().clone() for i in (0, 1)]
+    shared = share(model, [[0, 1]], "mean")
+    torch.testing.assert_close(shared.bert.encoder.layer[0].attention.self.query.weight, (q[0] + q[1]) / 2)
+    with pytest.raises(SlimtuneError, match="exactly once"):
+        from slimtune.methods.sharing import ShareConfig, layer_groups
+
+        layer_groups(2, ShareConfig(groups=[[0], [0, 1]], max_steps=1))

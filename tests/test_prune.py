@@ -215,6 +215,17 @@ def test_prune_stage_exact_sparsity_kept_through_training_and_stored_sparse(tiny
     model, _ = load_model(tmp_path / "stages/02-sparse")
     w = P.prunable_weights(model, include_embeddings=True)
     assert sum(int((p == 0).sum()) for p in w.values()) == round(0.7 * n)
+    # embedding rows of tokens absent from the training texts are pruned first: here they outnumber
+    # the weights to prune, so no row of a token the training texts use lost a weight (the padding
+    # row was zero from the start)
+    from slimtune.data import DataConfig, load_splits
+    from slimtune.pruning import unused_token_rows
+
+    _, tok = load_model(tmp_path / "stages/02-sparse")
+    unused = unused_token_rows(tok, load_splits(DataConfig(path=str(tiny_csv))).train.texts, 30522, 32)
+    emb = model.bert.embeddings.word_embeddings.weight
+    assert unused.sum() * 32 > round(0.7 * n)
+    assert int((emb[~unused] == 0).sum()) == 32 and int((emb[unused] == 0).sum()) == round(0.7 * n) - 32
     base = report["stages"][0]["metrics"]["size_bytes"]
     assert m["size_bytes"] < 0.5 * base
     md = (tmp_path / "report.md").read_text()

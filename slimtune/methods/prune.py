@@ -47,6 +47,7 @@ class PruneConfig(RecoveryConfig):
     rounds: int = 10  # cubic: how many pruning steps
     prune_fraction: float = 0.7  # cubic: pruning ends after this fraction of the training steps
     include_embeddings: bool = True  # prune the word embeddings too (half of MiniLM's weights)
+    unused_tokens_first: bool = True  # embedding rows of tokens absent from the training texts go first
     l1: float = 0.0  # > 0: add l1 * mean |w| over the prunable matrices to the loss (sparse training)
     storage: str = "sparse"  # sparse (bitmask + non-zeros on disk) | dense (save_pretrained)
 
@@ -134,9 +135,10 @@ def _train_set(model, tokenizer, cfg: RecoveryConfig, ctx: StageContext):
 class MaskCallback(TrainerCallback):
     """Holds unstructured masks through training; on a schedule, recomputes them at higher sparsity."""
 
-    def __init__(self, weights: dict, cfg: PruneConfig, masks: dict | None = None):
+    def __init__(self, weights: dict, cfg: PruneConfig, masks: dict | None = None, first: dict | None = None):
         self.weights, self.cfg = weights, cfg
         self.masks = masks
+        self.first = first or {}  # name -> bool mask of weights to prune before any other (e.g. unused tokens)
         self.schedule: dict[int, float] = {}
         self.movement = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()} if cfg.score == "movement" else None
 
@@ -159,6 +161,10 @@ class MaskCallback(TrainerCallback):
 
     def prune_to(self, sparsity: float) -> None:
         scores = self.movement if self.movement is not None else {n: w.detach().abs() for n, w in self.weights.items()}
+        # weights already exactly zero (e.g. a padding row) cost nothing to prune; then `first`
+        scores = {n: s.masked_fill(self.weights[n].detach() == 0, float("-inf")) for n, s in scores.items()}
+        for n, f in self.first.items():
+            scores[n] = scores[n].masked_fill(f, float("-inf"))
         if self.masks is not None:  # pruned weights stay pruned: masks only ever shrink
             scores = {n: s.masked_fill(~self.masks[n], float("-inf")) for n, s in scores.items()}
         self.masks = P.masks_for(scores, sparsity, self.cfg.scope)
@@ -175,7 +181,13 @@ class MaskCallback(TrainerCallback):
 def prune(model, tokenizer, cfg: PruneConfig, ctx: StageContext):
     """Unstructured pruning to an exact sparsity (magnitude or movement), stored sparse on disk."""
     weights = P.prunable_weights(model, cfg.include_embeddings)
-    cb = MaskCallback(weights, cfg)
+    first = {}
+    if cfg.include_embeddings and cfg.unused_tokens_first:
+        name = next(n for n in weights if n.endswith("word_embeddings.weight"))
+        unused = P.unused_token_rows(tokenizer, ctx.splits.train.texts, weights[name].shape[0], cfg.max_length)
+        first[name] = unused.unsqueeze(1).expand_as(weights[name])
+        ctx.log(f"{int(unused.sum()):,} of {unused.numel():,} vocabulary rows never occur in the training texts: pruned first")
+    cb = MaskCallback(weights, cfg, first=first)
     info: dict = {}
     if cfg.schedule == "oneshot":
         cb.prune_to(cfg.sparsity)
