@@ -70,6 +70,15 @@ def benchmark(pred: Predictor, texts: list[str], runs: int = 100, warmup: int = 
     }
 
 
+def reset_peak_rss() -> bool:
+    """Start the peak-RSS count afresh (Linux: writing 5 to clear_refs resets VmHWM); False if not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process.
 

@@ -3,7 +3,8 @@
     data:   {name: rotten_tomatoes} | {path: FILE, text_column: text, label_column: label, ...}
     model:  minilm-l6 | minilm-l3 | PATH/TO/HF_FOLDER
     stages: [{name: finetune, method: full, epochs: 1, ...}, ...]   # method fields inline;
-                                                                    # `from: NAME` branches off an earlier stage
+                                                                    # `from: NAME` branches off an earlier stage,
+                                                                    # `from: model` starts from the recipe's model
     export: [onnx, onnx-int8]                                       # formats, from the last stage
     eval:   {max_length: 128, latency_runs: 100, ...}               # how every artifact is measured
     baseline: finetune                                              # default: the first stage
@@ -25,6 +26,7 @@ from .exporters import FORMATS
 from .methods import METHODS
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+FROM_MODEL = "model"  # `from: model`: a stage that starts from the recipe's model, not an earlier stage
 
 
 @dataclass
@@ -148,12 +150,12 @@ def parse(raw: dict, source: str = "<recipe>") -> Recipe:
         if not isinstance(st, dict) or "method" not in st or "name" not in st:
             raise SlimtuneError(f"{where}: each stage needs `name` and `method`")
         name, method = str(st["name"]), st["method"]
-        if not NAME_RE.match(name) or name in seen:
+        if not NAME_RE.match(name) or name in seen or name == FROM_MODEL:
             raise SlimtuneError(f"{where}: name {name!r} must be unique and use only letters, digits, _ . -")
         if method not in METHODS:
             raise SlimtuneError(f"{where}: unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
         source = st.get("from")
-        if source is not None and source not in seen:
+        if source is not None and source != FROM_MODEL and source not in seen:
             raise SlimtuneError(f"{where}: from {source!r} is not an earlier stage ({', '.join(seen) or 'none'})")
         fields = {k: v for k, v in st.items() if k not in ("name", "method", "from")}
         stages.append(Stage(name, method, build(METHODS[method].config_cls, fields, f"{where} ({method})"), source))

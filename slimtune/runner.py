@@ -29,7 +29,7 @@ from .metrics import evaluate, parity
 from .methods import METHODS, StageContext
 from .models import load_model
 from .predictors import load_predictor
-from .recipe import EvalConfig, Recipe
+from .recipe import FROM_MODEL, EvalConfig, Recipe
 
 
 def _fingerprint(recipe: Recipe, upto: int | None, fmt: str | None = None) -> dict:
@@ -88,8 +88,8 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
     folders: dict[str, Path] = {}
     for i, stage in enumerate(recipe.stages):
         folder = folders[stage.name] = out / "stages" / f"{i + 1:02d}-{stage.name}"
-        if stage.source:
-            source = folders[stage.source]
+        if stage.source:  # `from: model` starts again from the recipe's model
+            source = recipe.model if stage.source == FROM_MODEL else folders[stage.source]
         fp = _fingerprint(recipe, i)
         done = _finished(folder, fp)
         if done:

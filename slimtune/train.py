@@ -36,6 +36,7 @@ class TrainConfig:
     eval_steps: int = 0  # validation every N steps (0: once per epoch)
     group_by_length: bool = True
     checkpoint_steps: int = 0  # > 0: keep a resumable checkpoint every N steps (interrupted runs continue)
+    max_minutes: float = 0  # > 0: stop training after this much wall time (methods compared on one budget)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -134,8 +135,12 @@ def train(
         data_collator=collator or DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics if val_set is not None else None,
         optimizers=optimizers,
-        callbacks=[*callbacks, *([EarlyStoppingCallback(cfg.early_stopping_patience)] if early else [])],
+        callbacks=[*callbacks, *([EarlyStoppingCallback(cfg.early_stopping_patience)] if early else []),
+                   *([TimeBudget(cfg.max_minutes)] if cfg.max_minutes > 0 else [])],
     )
+    from .benchmark import peak_rss_mb, reset_peak_rss
+
+    fresh_peak = reset_peak_rss()  # the training's own peak, not the loading before it
     last = _last_checkpoint(checkpoint_dir) if resumable else None
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
     history = trainer.state.log_history
@@ -148,7 +153,26 @@ def train(
         "train_examples": len(train_set),
         "val_accuracy": val_acc,
         "resumed_from_step": int(last.name.split("-")[-1]) if last else 0,
+        "seconds_per_step": float(result.metrics.get("train_runtime", 0.0)) / max(1, trainer.state.global_step),
+        "train_peak_rss_mb": peak_rss_mb() if fresh_peak else None,
     }
+
+
+def TimeBudget(minutes: float):
+    """A Trainer callback that ends training once `minutes` of wall time have passed since it began."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class _TimeBudget(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.deadline = time.monotonic() + 60 * minutes
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time.monotonic() >= self.deadline:
+                control.should_training_stop = True
+
+    return _TimeBudget()
 
 
 def _last_checkpoint(folder: Path) -> Path | None:
