@@ -188,3 +188,21 @@ def test_share_layers_mean_init_is_the_average(tiny_clf_dir):
         from slimtune.methods.sharing import ShareConfig, layer_groups
 
         layer_groups(2, ShareConfig(groups=[[0], [0, 1]], max_steps=1))
+
+
+def test_time_budget_stops_training_and_from_model_restarts(tiny_clf_dir, tiny_csv, tmp_path):
+    raw = {"data": {"path": str(tiny_csv)}, "model": str(tiny_clf_dir), "eval": FAST_EVAL,
+           "stages": [{"name": "a", "method": "head_only", "max_steps": 400, "max_length": 32, "max_minutes": 0.002},
+                      {"name": "b", "method": "bitfit", "from": "model", "max_steps": 2, "max_length": 32}]}
+    report = _run(raw, tmp_path)
+    a, b = (s["metrics"] for s in report["stages"])
+    assert 1 <= a["train_steps"] < 400 and b["train_steps"] == 2
+    assert a["seconds_per_step"] > 0 and (a["train_peak_rss_mb"] is None or a["train_peak_rss_mb"] > 50)
+    assert json.loads((tmp_path / "stages/02-b/metrics.json").read_text())["source"] == str(tiny_clf_dir)
+
+
+def test_stage_cannot_be_named_model(tiny_csv):
+    from slimtune.recipe import parse
+
+    with pytest.raises(SlimtuneError, match="must be unique"):
+        parse({"data": {"path": str(tiny_csv)}, "model": "minilm-l6", "stages": [{"name": "model", "method": "full"}]})
