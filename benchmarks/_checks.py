@@ -1,6 +1,24 @@
-"""Shared by the benchmark scripts: print measured figures against their targets."""
+"""Shared by the benchmark scripts: run a recipe afresh, print measured figures against targets."""
 
 from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+
+def run_fresh(raw: dict, out: Path, source: str) -> tuple[dict, float]:
+    """Run recipe `raw` into an emptied `out` (a benchmark measures a whole run, never a resume);
+    returns (report, wall seconds)."""
+    from slimtune.models import quiet_libraries
+    from slimtune.recipe import parse
+    from slimtune.runner import run
+
+    shutil.rmtree(out, ignore_errors=True)
+    quiet_libraries()
+    start = time.perf_counter()
+    report = run(parse(raw, source), Path(out), log=lambda m: print(m, flush=True))
+    return report, time.perf_counter() - start
 
 
 def report_checks(report: dict, checks: list[tuple[str, float, str, bool]]) -> int:

@@ -12,23 +12,17 @@ than the fp32 teacher with accuracy within 1.5 points; distillation better than 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _checks import report_checks  # noqa: E402
+from _checks import report_checks, run_fresh  # noqa: E402
 
 
 def main() -> int:
-    from slimtune.models import quiet_libraries
-    from slimtune.recipe import parse
-    from slimtune.runner import run
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-distill"))
     args = ap.parse_args()
@@ -42,11 +36,7 @@ def main() -> int:
     trunc = kd | {"name": "student_truncated", "student": "truncate", "layers": [0, 2, 4]}
     raw["stages"].append(trunc)
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
-    quiet_libraries()
-    start = time.perf_counter()
-    report = run(parse(raw, "recipes/distill.yaml + hard-label student"), out, log=lambda m: print(m, flush=True))
-    wall = time.perf_counter() - start
+    report, wall = run_fresh(raw, out, "recipes/distill.yaml + hard-label student")
     m = {s["name"]: s["metrics"] for s in report["stages"]}
     t, s, h, q = m["teacher"], m["student"], m["student_hard_labels"], m["onnx-int8"]
     tr = m["student_truncated"]

@@ -13,16 +13,14 @@ RSS, steps done in the budget, test accuracy. Targets (Rotten Tomatoes, 2 CPU co
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _checks import report_checks  # noqa: E402
+from _checks import report_checks, run_fresh  # noqa: E402
 
 
 def encoder_bytes(folder: Path) -> int:
@@ -41,10 +39,6 @@ def encoder_bytes(folder: Path) -> int:
 
 
 def main() -> int:
-    from slimtune.models import quiet_libraries
-    from slimtune.recipe import parse
-    from slimtune.runner import run
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-peft"))
     ap.add_argument("--minutes", type=float, default=None, help="override every stage's max_minutes")
@@ -54,11 +48,7 @@ def main() -> int:
         for st in raw["stages"]:
             st["max_minutes"] = args.minutes
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
-    quiet_libraries()
-    start = time.perf_counter()
-    report = run(parse(raw, "recipes/peft.yaml"), out, log=lambda m: print(m, flush=True))
-    wall = time.perf_counter() - start
+    report, wall = run_fresh(raw, out, "recipes/peft.yaml")
     m = {s["name"]: s["metrics"] for s in report["stages"]}
     print(f"\n{'method':10s} {'trainable':>12s} {'share':>7s} {'s/step':>7s} {'steps':>6s} {'train RSS MiB':>13s} {'acc':>7s}")
     for name, x in m.items():

@@ -14,23 +14,17 @@ Targets (Rotten Tomatoes, 2 CPU cores, one run):
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _checks import report_checks  # noqa: E402
+from _checks import report_checks, run_fresh  # noqa: E402
 
 
 def main() -> int:
-    from slimtune.models import quiet_libraries
-    from slimtune.recipe import parse
-    from slimtune.runner import run
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", help="an already fine-tuned classifier folder (skips fine-tuning)")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-prune"))
@@ -47,11 +41,7 @@ def main() -> int:
     # the int8 export is of the structurally pruned model
     raw["stages"] = [finetune, sparse | {"from": "unpruned"}, structured | {"from": "unpruned"}]
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
-    quiet_libraries()
-    start = time.perf_counter()
-    report = run(parse(raw, "recipes/prune.yaml + prune_unstructured.yaml"), out, log=lambda m: print(m, flush=True))
-    wall = time.perf_counter() - start
+    report, wall = run_fresh(raw, out, "recipes/prune.yaml + prune_unstructured.yaml")
     m = {s["name"]: s["metrics"] for s in report["stages"]}
     base, st, sp, q = m["unpruned"], m["pruned"], m["sparse80"], m["onnx-int8"]
 
