@@ -35,12 +35,13 @@ def run(recipe_path: str | Path, out: str | Path, log: Callable[[str], None] = p
     return run_recipe(load(recipe_path), Path(out), log)
 
 
-def evaluate(model: str | Path, data: DataConfig, split: str = "test", max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 32) -> dict:
+def evaluate(model: str | Path, data: DataConfig, split: str = "test", max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 32,
+             task: str | None = None) -> dict:
     """Accuracy, macro F1/precision/recall and confusion matrix of `model` on `data`'s test split (or all of it)."""
     from .metrics import evaluate as evaluate_predictor
 
     texts, label_names = _eval_set(data, split)
-    pred = load_predictor(model, max_length, label_names)
+    pred = load_predictor(model, max_length, label_names, task)
     metrics, _ = evaluate_predictor(pred, texts, batch_size, progress="evaluating")
     return metrics | {"labels": label_names, "split": split}
 
@@ -61,7 +62,8 @@ def bench(model: str | Path, texts: list[str] | None = None, runs: int = 100, wa
     return result | {"hardware": hardware()}
 
 
-def export(model: str | Path, fmt: str, out: str | Path, data: DataConfig | None = None, max_length: int = 128) -> dict:
+def export(model: str | Path, fmt: str, out: str | Path, data: DataConfig | None = None, max_length: int = 128,
+           task: str | None = None) -> dict:
     """Export an HF classifier folder to `fmt` (hf, onnx, onnx-int8) at `out`, then check parity.
 
     Parity (max |Δlogit|, argmax agreement) is measured on `data`'s test split, or on real
@@ -73,7 +75,7 @@ def export(model: str | Path, fmt: str, out: str | Path, data: DataConfig | None
     from .predictors import TorchPredictor, batched_logits
 
     out = Path(out)
-    torch_model, tokenizer = load_model(model)
+    torch_model, tokenizer = load_model(model, task=task)
     if data is not None:
         test, _ = _eval_set(data, "test")
         texts = test.texts
@@ -90,10 +92,10 @@ def export(model: str | Path, fmt: str, out: str | Path, data: DataConfig | None
     return result
 
 
-def predict(model: str | Path, texts: list[str], max_length: int = DEFAULT_MAX_LENGTH) -> list[Prediction]:
+def predict(model: str | Path, texts: list[str], max_length: int = DEFAULT_MAX_LENGTH, task: str | None = None) -> list[Prediction]:
     """Label and probability for each text."""
     from .predictors import predict as predict_texts
 
     if not texts:
         raise SlimtuneError("predict: give at least one text")
-    return predict_texts(load_predictor(model, max_length), texts)
+    return predict_texts(load_predictor(model, max_length, task=task), texts)

@@ -28,6 +28,7 @@ DataOpt = Annotated[str, typer.Option(help="packaged dataset (rotten_tomatoes, t
 TextCol = Annotated[str, typer.Option(help="text column of a data file")]
 LabelCol = Annotated[str, typer.Option(help="label column of a data file")]
 MaxLen = Annotated[int, typer.Option(help="tokens per text (longer texts are truncated)")]
+Task = Annotated[Optional[str], typer.Option(help="one task of a multi-task model (default: its primary task)")]
 
 
 def _console():
@@ -60,10 +61,11 @@ def eval_(
     label_column: LabelCol = "label",
     split: Annotated[str, typer.Option(help="test (the same split `run` uses) or all")] = "test",
     max_length: MaxLen = 128,
+    task: Task = None,
 ):
     """Accuracy, macro F1/precision/recall and confusion matrix on held-out data."""
     cfg = api.data_config(data, text_column, label_column)
-    _print_json(api.evaluate(model, cfg, split=split, max_length=max_length))
+    _print_json(api.evaluate(model, cfg, split=split, max_length=max_length, task=task))
 
 
 @app.command()
@@ -93,11 +95,12 @@ def export(
     text_column: TextCol = "text",
     label_column: LabelCol = "label",
     max_length: MaxLen = 128,
+    task: Task = None,
 ):
     """Export to an HF folder, ONNX or ONNX int8, and check parity with the source."""
     target = out or Path(f"{str(model).rstrip('/')}-{format}")
     cfg = api.data_config(data, text_column, label_column) if data else None
-    _print_json(api.export(model, format, target, cfg, max_length=max_length))
+    _print_json(api.export(model, format, target, cfg, max_length=max_length, task=task))
 
 
 @app.command()
@@ -105,9 +108,10 @@ def predict(
     model: Annotated[str, typer.Argument(help="model folder (HF or holding model.onnx)")],
     texts: Annotated[list[str], typer.Argument(help="one or more texts")],
     max_length: MaxLen = 256,
+    task: Task = None,
 ):
     """Predicted label and its probability for each text."""
-    for text, p in zip(texts, api.predict(model, texts, max_length)):
+    for text, p in zip(texts, api.predict(model, texts, max_length, task)):
         typer.echo(f"{p.label}\t{p.probability:.4f}\t{text}")
 
 

@@ -65,8 +65,8 @@ def load_tokenizer(path: Path):
         raise SlimtuneError(f"{path}: cannot load tokenizer: {_first_line(e)}") from None
 
 
-def load_model(name_or_path: str | Path, label_names: list[str] | None = None):
-    """Return `(model, tokenizer)` for classification.
+def load_model(name_or_path: str | Path, label_names: list[str] | None = None, task: str | None = None):
+    """Return `(model, tokenizer)` for classification (`task`: one head of a multi-task folder).
 
     A base model (e.g. a sentence encoder) gets a new classification head sized for
     `label_names`. A folder that already holds a classifier keeps its head; if `label_names` is
@@ -82,6 +82,15 @@ def load_model(name_or_path: str | Path, label_names: list[str] | None = None):
     except (OSError, ValueError) as e:
         raise SlimtuneError(f"{path}/config.json: {_first_line(e)}") from None
     kwargs = {}
+    if task is not None:  # a multi-task folder: swap in that task's head, then check its labels
+        from .methods.multitask import load_task
+
+        model, tokenizer = load_model(path)
+        model = load_task(model, path, task)
+        have = label_names_of(model)
+        if label_names is not None and list(label_names) != have:
+            raise SlimtuneError(f"{path}: task {task!r} was trained for labels {have}, but the data has {list(label_names)}")
+        return model, tokenizer
     if is_classifier(config):
         have = [config.id2label[i] for i in range(config.num_labels)]
         if label_names is not None and list(label_names) != have:

@@ -127,13 +127,16 @@ def predict(pred: Predictor, texts: list[str]) -> list[Prediction]:
     return result
 
 
-def load_predictor(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH, label_names: list[str] | None = None) -> Predictor:
+def load_predictor(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH, label_names: list[str] | None = None,
+                   task: str | None = None) -> Predictor:
     """A predictor for an artifact: an HF folder (torch), or a folder/file holding `model.onnx`."""
     from .models import load_model, load_tokenizer
 
     path = Path(path)
     onnx_file = path if path.suffix == ".onnx" else path / "model.onnx"
     if onnx_file.is_file():
+        if task is not None:
+            raise SlimtuneError(f"{path}: an ONNX export holds one task; export it with --task instead")
         folder = onnx_file.parent
         from transformers import AutoConfig
 
@@ -148,5 +151,5 @@ def load_predictor(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH, label
         return OnnxPredictor(onnx_file, load_tokenizer(folder), names, max_length)
     if not path.exists():
         raise SlimtuneError(f"model not found: {path}")
-    model, tokenizer = load_model(path, label_names)
+    model, tokenizer = load_model(path, label_names, task)
     return TorchPredictor(model, tokenizer, max_length)
