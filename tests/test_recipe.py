@@ -65,4 +65,8 @@ def test_from_must_name_an_earlier_stage():
     with pytest.raises(SlimtuneError, match=r"stages\[1\]: from 'c' is not an earlier stage \(a\)"):
         parse(raw)
     raw["stages"][1]["from"] = "a"
-    assert parse(raw).stages[1].source == "a"
+    recipe = parse(raw, "my.yaml")
+    assert recipe.stages[1].source == "a"
+    assert recipe.source == "my.yaml"  # the recipe's own name is not overwritten by a stage's `from`
+    raw["stages"][1]["from"] = "model"
+    assert parse(raw).stages[1].source == "model"
