@@ -300,3 +300,20 @@ def test_masks_are_exact_with_ties():
     scores = {"a": torch.zeros(100, 10), "b": torch.tensor([[0.0, 1.0], [1.0, 2.0]])}
     masks = P.masks_for(scores, 0.37)
     assert sum(int((~m).sum()) for m in masks.values()) == round(0.37 * 1004)
+
+
+def test_mask_callback_holds_the_zeros_of_a_resumed_run():
+    from types import SimpleNamespace
+
+    from slimtune.methods.prune import MaskCallback, PruneConfig
+
+    m = tiny_classifier()
+    w = P.prunable_weights(m)
+    P.apply_masks(w, P.masks_for({n: p.detach().abs() for n, p in w.items()}, 0.5))
+    cb = MaskCallback(w, PruneConfig(sparsity=0.8, rounds=2, max_steps=10))
+    cb.on_train_begin(None, SimpleNamespace(max_steps=10, global_step=3), None)
+    with torch.no_grad():
+        for p in w.values():
+            p.add_(1.0)  # an optimizer step moves every weight
+    cb.on_step_end(None, SimpleNamespace(global_step=4), None)
+    assert P.sparsity_report(w)["sparsity"] == 0.5

@@ -145,6 +145,9 @@ class MaskCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if self.cfg.schedule == "cubic":
             self.schedule = P.cubic_schedule(self.cfg.sparsity, self.cfg.rounds, state.max_steps, self.cfg.prune_fraction)
+        if self.masks is None and state.global_step > 0:
+            # resumed from a checkpoint: the pruned weights are its zeros; hold them
+            self.masks = {n: w.detach() != 0 for n, w in self.weights.items()}
         self._apply()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
