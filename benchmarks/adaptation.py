@@ -1,7 +1,8 @@
-"""Adaptation benchmark: recipes/peft.yaml, every method from the packaged MiniLM-L6 on the same
+"""Adaptation benchmark (not `peft.py`: a script's folder comes first on sys.path, and that name
+shadowed the peft package): recipes/peft.yaml, every method from the packaged MiniLM-L6 on the same
 wall-time budget, plus ALBERT-style layer sharing of the fully fine-tuned model, in one run.
 
-    python benchmarks/peft.py [--out runs/bench-peft] [--minutes 3]
+    python benchmarks/adaptation.py [--out runs/bench-adaptation] [--minutes 3]
 
 Prints one table: method, trainable parameters (exact), seconds per training step, training peak
 RSS, steps done in the budget, test accuracy. Targets (Rotten Tomatoes, 2 CPU cores):
@@ -40,7 +41,7 @@ def encoder_bytes(folder: Path) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=str(REPO / "runs" / "bench-peft"))
+    ap.add_argument("--out", default=str(REPO / "runs" / "bench-adaptation"))
     ap.add_argument("--minutes", type=float, default=None, help="override every stage's max_minutes")
     args = ap.parse_args()
     raw = yaml.safe_load((REPO / "recipes" / "peft.yaml").read_text())
