@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,8 +127,6 @@ def _peft_stage(model, tokenizer, pcfg, cfg: TrainConfig, ctx: StageContext, mer
         from ..exporters import save_hf
 
         save_hf(base if base is not None else out, tokenizer, folder)
-        import shutil
-
         shutil.copytree(adapter, folder / ADAPTER_DIR)
 
     info["save"] = save
