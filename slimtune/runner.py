@@ -146,13 +146,16 @@ def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: 
         ctx = StageContext(splits, tmp / "_work", log, cache_dir=folder.parent.parent / "cache", checkpoint_dir=ckpt)
         model, tokenizer, info = method.apply(model, tokenizer, stage.config, ctx)
         info["stage_seconds"] = time.perf_counter() - start
-        shutil.rmtree(tmp / "_work", ignore_errors=True)
         codec = info.pop("storage", None)  # a method may ask for compact storage (e.g. sparse)
-        if codec:
+        write = info.pop("write", None)  # or write its own artifact (an ONNX Runtime graph)
+        if write:
+            write(tmp)
+        elif codec:
             storage.save(model, tokenizer, tmp, codec, info.pop("runtime", None))
             info["storage"] = codec
         else:
             exporting.save_hf(model, tokenizer, tmp)
+        shutil.rmtree(tmp / "_work", ignore_errors=True)
         del model
         metrics, logits = measure(tmp, splits, ev, log)
         np.save(tmp / "test_logits.npy", logits, allow_pickle=False)
