@@ -46,4 +46,4 @@ def register(name: str, config_cls: type):
 
 
 # Importing the modules fills METHODS.
-from . import distill, finetune, onnx_int8, quantize  # noqa: E402,F401
+from . import distill, finetune, onnx_int8, quantize, vocab  # noqa: E402,F401
