@@ -63,6 +63,7 @@ def markdown(report: dict) -> str:
         "Size: bytes of the weight files on disk (tokenizer excluded). Peak RSS: the benchmarking "
         "process, Python and libraries included.",
     ]
+    lines += int8_speed_notes(report, base)
     trained = [s for s in report["stages"] if "trainable_params" in s["metrics"]]
     if trained:
         lines += ["", "| stage | trainable params | train steps | train examples | train s | val accuracy |", "|---|---|---|---|---|---|"]
@@ -72,6 +73,26 @@ def markdown(report: dict) -> str:
             lines.append(f"| {s['name']} | {m['trainable_params']:,} of {m['total_params']:,} | {m['train_steps']} | "
                          f"{m['train_examples']} | {m['train_seconds']:.0f} | {val} |")
     return "\n".join(lines) + "\n"
+
+
+def int8_speed_notes(report: dict, base: dict | None) -> list[str]:
+    """Int8 is not faster everywhere (CPUs without VNNI): say plainly what it measured here."""
+    rows = [s for s in report["stages"] if s["metrics"].get("int8_compute") or s["name"] == "onnx-int8"]
+    if not rows or base is None:
+        return []
+    isa = report["hardware"]["isa"]
+    vnni = [k for k in ("avx512_vnni", "avx_vnni", "amx_int8") if isa.get(k)]
+    lines = ["", f"Int8 on this CPU ({'has ' + ', '.join(vnni) if vnni else 'no VNNI or AMX int8 instructions'}), "
+                 f"batch-1 p50 against {base['name']} (fp32):"]
+    b = base["metrics"]["latency_ms_p50"]
+    for s in rows:
+        p50 = s["metrics"]["latency_ms_p50"]
+        if p50 >= b:
+            lines.append(f"- **{s['name']}: int8 is NOT faster than fp32 on this machine** ({p50:.2f} ms vs {b:.2f} ms); "
+                         "keep fp32 here unless size matters more than speed.")
+        else:
+            lines.append(f"- {s['name']}: {b / p50:.2f}x faster than fp32 ({p50:.2f} ms vs {b:.2f} ms).")
+    return lines
 
 
 def plot(report: dict, x_key: str, x_label: str, path: Path) -> None:

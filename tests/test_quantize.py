@@ -288,3 +288,20 @@ def test_onnx_int8_config_errors():
         build(METHODS["onnx_int8"].config_cls, {"mode": "weird"}, "onnx_int8")
     with pytest.raises(SlimtuneError, match="calibration must be one of minmax, entropy, percentile"):
         build(METHODS["onnx_int8"].config_cls, {"calibration": "mse"}, "onnx_int8")
+
+
+def test_report_says_plainly_when_int8_is_not_faster():
+    from slimtune.report import int8_speed_notes
+
+    def row(name, p50, **m):
+        return {"name": name, "metrics": {"latency_ms_p50": p50, **m}}
+
+    base = row("fp32", 10.0)
+    report = {"hardware": {"isa": {"avx2": True, "avx512_vnni": False}},
+              "stages": [base, row("torch-int8", 12.0, int8_compute=True), row("onnx-int8-static", 4.0, int8_compute=True),
+                         row("fp16", 11.0), row("onnx-int8", 5.0)]}
+    notes = "\n".join(int8_speed_notes(report, base))
+    assert "no VNNI or AMX int8 instructions" in notes
+    assert "**torch-int8: int8 is NOT faster than fp32 on this machine** (12.00 ms vs 10.00 ms)" in notes
+    assert "onnx-int8-static: 2.50x faster than fp32" in notes and "onnx-int8: 2.00x faster" in notes
+    assert "fp16" not in notes

@@ -1,0 +1,88 @@
+"""Quantization benchmark: recipes/quantize.yaml, every precision side by side in one run.
+
+    python benchmarks/quantize.py [--model runs/.../01-fp32] [--out runs/bench-quantize]
+
+With --model (an already fine-tuned classifier folder) the first stage becomes `method: baseline`
+(measured, not trained), which saves the fine-tuning minutes. Wrap it in
+`flock /tmp/slimtune-bench.lock` on a shared machine so latencies are not measured under load.
+
+Targets (Rotten Tomatoes, 2 CPU cores, one run): ONNX int8 (dynamic or static) accuracy drop
+<= 0.5 point and batch-1 p50 >= 2x lower than torch fp32; weight-only int4 accuracy drop
+<= 1.5 points and >= 5x smaller than fp32; vocabulary trimming >= 40% smaller with identical
+predictions on the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _checks import report_checks  # noqa: E402
+
+
+def main() -> int:
+    from slimtune.models import quiet_libraries
+    from slimtune.recipe import parse
+    from slimtune.runner import run
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(REPO / "runs" / "bench-quantize"))
+    ap.add_argument("--model", help="a fine-tuned classifier folder: skip the fine-tuning stage")
+    args = ap.parse_args()
+    raw = yaml.safe_load((REPO / "recipes" / "quantize.yaml").read_text())
+    if args.model:
+        raw["model"] = str(Path(args.model).resolve())
+        raw["stages"][0] = {"name": raw["stages"][0]["name"], "method": "baseline"}
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)  # a benchmark measures a whole run, never a resume
+    quiet_libraries()
+    start = time.perf_counter()
+    report = run(parse(raw, "recipes/quantize.yaml" + (f" from {args.model}" if args.model else "")), out,
+                 log=lambda m: print(m, flush=True))
+    wall = time.perf_counter() - start
+    m = {s["name"]: s["metrics"] for s in report["stages"]}
+    base = m["fp32"]
+
+    def drop(name):  # accuracy points lost against fp32
+        return 100 * (base["accuracy"] - m[name]["accuracy"])
+
+    def speedup(name):
+        return base["latency_ms_p50"] / m[name]["latency_ms_p50"]
+
+    def smaller(name):
+        return base["size_bytes"] / m[name]["size_bytes"]
+
+    def agreement(name):  # argmax agreement with fp32 on the test split
+        folders = {s["name"]: out / s["artifact"] for s in report["stages"]}
+        a, b = (np.load(folders[n] / "test_logits.npy") for n in ("fp32", name))
+        return float((a.argmax(1) == b.argmax(1)).mean())
+
+    best = min(("onnx-int8-dynamic", "onnx-int8-static"), key=lambda n: (drop(n) > 0.5, -speedup(n)))
+    trim_saving = 1 - m["trim-vocab"]["size_bytes"] / base["size_bytes"]
+    checks = [
+        (f"ONNX int8 ({best}) accuracy drop (points)", drop(best), "<= 0.5", drop(best) <= 0.5),
+        (f"ONNX int8 ({best}) p50 speed-up vs torch fp32", speedup(best), ">= 2x", speedup(best) >= 2),
+        ("int4 weights accuracy drop (points)", drop("int4-weights"), "<= 1.5", drop("int4-weights") <= 1.5),
+        ("int4 weights size ratio vs fp32", smaller("int4-weights"), ">= 5x", smaller("int4-weights") >= 5),
+        ("trim-vocab size saving vs fp32", trim_saving, ">= 0.40", trim_saving >= 0.40),
+        ("trim-vocab test prediction agreement", agreement("trim-vocab"), "== 1.0", agreement("trim-vocab") == 1.0),
+        ("trim-vocab-fp16 size saving vs fp32", 1 - 1 / smaller("trim-vocab-fp16"), "(info)", True),
+        ("trim-vocab-fp16 test prediction agreement", agreement("trim-vocab-fp16"), "(info)", True),
+        ("ONNX static: guard fell back (1 = yes)", float(m["onnx-int8-static"]["fell_back"]), "(info)", True),
+        ("torch-int8 p50 speed-up vs torch fp32", speedup("torch-int8"), "(info)", True),
+        ("bf16-compute p50 speed-up vs torch fp32", speedup("bf16-compute"), "(info)", True),
+        ("whole run wall time (min)", wall / 60, "(info)", True),
+    ]
+    return report_checks(report, checks)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
