@@ -64,7 +64,12 @@ def cast(model, tokenizer, cfg: CastConfig, ctx: StageContext):
     """Store every float tensor in fp16 or bf16 (half the size); optionally compute in bf16."""
     info = {"storage": cfg.dtype}
     if cfg.compute == "bf16":
-        info["runtime"] = "bf16"
+        from ..benchmark import hardware
+
+        isa = hardware()["isa"]
+        info |= {"runtime": "bf16", "cpu_bf16": bool(isa.get("avx512_bf16") or isa.get("amx_bf16"))}
+        if not info["cpu_bf16"]:
+            ctx.log("  this CPU has no avx512_bf16/amx_bf16: bf16 matmuls are emulated and may be slower than fp32")
     return model, tokenizer, info
 
 
