@@ -59,7 +59,7 @@ def test_eval_prints_metrics(tiny_clf_dir, tiny_csv):
     "args, expected",
     [
         (["run", "{root}/missing.yaml", "--out", "{root}/out"], "recipe not found"),
-        (["run", "{root}/r.yaml", "--out", "{root}/out"], "unknown method 'prune'; known: distill, full, head_only, last_n, lora"),
+        (["run", "{root}/r.yaml", "--out", "{root}/out"], "unknown method 'prune'; known: baseline, cast, distill, full, head_only, last_n, lora, onnx_int8, torch_int8, trim_vocab, weight_only"),
         (["eval", "{clf}", "--data", "{root}/missing.csv"], "data file not found"),
         (["predict", "{root}/nowhere", "hi"], "model not found"),
         (["predict", "{root}/empty", "hi"], "not a model folder (no config.json)"),

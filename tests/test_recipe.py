@@ -30,7 +30,7 @@ def test_good_recipe_round_trips():
         (with_(stagez=[]), "unknown key 'stagez'; allowed: baseline, data, eval, export, model, stages"),
         (with_(data={"name": "rotten_tomatoes", "txt_column": "x"}), r"data: unknown key 'txt_column'; allowed: name, path, test_path, text_column"),
         (with_(stages=[{"name": "ft", "method": "full", "epoch": 1}]), r"stages\[0\] \(full\): unknown key 'epoch'; allowed: epochs, max_steps"),
-        (with_(stages=[{"name": "ft", "method": "distil"}]), r"stages\[0\]: unknown method 'distil'; known: distill, full, head_only, last_n, lora"),
+        (with_(stages=[{"name": "ft", "method": "distil"}]), r"stages\[0\]: unknown method 'distil'; known: baseline, cast, distill, full, head_only, last_n, lora, onnx_int8, torch_int8, trim_vocab, weight_only"),
         (with_(stages=[{"name": "ft", "method": "full", "epochs": "two"}]), r"stages\[0\] \(full\).epochs: expected float, got 'two'"),
         (with_(stages=[{"name": "ft", "method": "lora", "target_modules": "query"}]), r"target_modules: expected list\[str\]"),
         (with_(stages=[{"method": "full"}]), "each stage needs `name` and `method`"),
