@@ -176,9 +176,12 @@ def test_method_logits_against_fp32_after_save_and_load(method, fields, min_sqnr
         ref, got = ref_model(**x).logits, loaded(**x).logits.float()
     assert sqnr_db(ref, got) >= min_sqnr
     assert artifact_size(out) <= max_ratio * artifact_size(sharp_dir)
-    if info.get("runtime") == "torch-int8-dynamic":
-        assert type(loaded.bert.encoder.layer[0].attention.self.query).__name__ == "Linear"
+    if info.get("runtime") == "torch-int8-dynamic":  # every Linear quantized, and only Linear weights stored int8
         assert "quantized" in type(loaded.bert.encoder.layer[0].attention.self.query).__module__
+        assert not any(type(m) is torch.nn.Linear for m in loaded.modules())
+        _, header = storage.read_state_dict(out / storage.WEIGHTS_FILE)
+        int8 = {n for n, e in header["tensors"].items() if e["codec"] == "int8"}
+        assert int8 == {f"{n}.weight" for n, m in ref_model.named_modules() if isinstance(m, torch.nn.Linear)}
     if fields.get("compute") == "bf16":
         assert loaded.bert.embeddings.word_embeddings.weight.dtype == torch.bfloat16
 

@@ -14,13 +14,15 @@ re-load + measure sees exactly what a user loading that folder gets.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+import torch
 
 from ..errors import SlimtuneError
 from . import StageContext, register
 
 EMBEDDINGS = r"embeddings\."  # tensor names of the embedding tables (BERT-style models)
-LINEAR_WEIGHTS = r"(query|key|value|dense|classifier)\.weight$"  # every nn.Linear of a BERT classifier
 
 
 def int8_isa(log) -> dict:
@@ -84,7 +86,8 @@ def torch_int8(model, tokenizer, cfg: TorchInt8Config, ctx: StageContext):
     if cfg.embeddings not in ("fp32", "int8", "int4"):
         raise SlimtuneError(f"torch_int8: embeddings must be fp32, int8 or int4, got {cfg.embeddings!r}")
     info = int8_isa(ctx.log)
-    spec = [{"match": LINEAR_WEIGHTS, "codec": "int8"}]
+    linear = [re.escape(f"{n}.weight") for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    spec = [{"match": f"^({'|'.join(linear)})$", "codec": "int8"}]  # exactly what quantize_dynamic will quantize
     if cfg.embeddings != "fp32":
         spec.insert(0, {"match": EMBEDDINGS, "codec": cfg.embeddings})
     return model, tokenizer, info | {"storage": spec, "runtime": "torch-int8-dynamic"}
