@@ -180,8 +180,9 @@ def test_method_logits_against_fp32_after_save_and_load(method, fields, min_sqnr
         assert "quantized" in type(loaded.bert.encoder.layer[0].attention.self.query).__module__
         assert not any(type(m) is torch.nn.Linear for m in loaded.modules())
         _, header = storage.read_state_dict(out / storage.WEIGHTS_FILE)
-        int8 = {n for n, e in header["tensors"].items() if e["codec"] == "int8"}
-        assert int8 == {f"{n}.weight" for n, m in ref_model.named_modules() if isinstance(m, torch.nn.Linear)}
+        int8 = {n for n, e in header["tensors"].items() if e["codec"] == "int8" and "embeddings" not in n}
+        assert int8 == {f"{n}.weight" for n, m in ref_model.named_modules()
+                        if isinstance(m, torch.nn.Linear) and m.weight.numel() >= 1024}  # the 2x32 classifier stays fp32
     if fields.get("compute") == "bf16":
         assert loaded.bert.embeddings.word_embeddings.weight.dtype == torch.bfloat16
 
