@@ -83,7 +83,7 @@ def int8_speed_notes(report: dict, base: dict | None) -> list[str]:
     isa = report["hardware"]["isa"]
     vnni = [k for k in ("avx512_vnni", "avx_vnni", "amx_int8") if isa.get(k)]
     lines = ["", f"Int8 on this CPU ({'has ' + ', '.join(vnni) if vnni else 'no VNNI or AMX int8 instructions'}), "
-                 f"batch-1 p50 against {base['name']} (fp32):"]
+                 f"batch-1 p50 against the baseline {base['name']}:"]
     b = base["metrics"]["latency_ms_p50"]
     for s in rows:
         p50 = s["metrics"]["latency_ms_p50"]
