@@ -179,6 +179,9 @@ def test_method_logits_against_fp32_after_save_and_load(method, fields, min_sqnr
     if info.get("runtime") == "torch-int8-dynamic":  # every Linear quantized, and only Linear weights stored int8
         assert "quantized" in type(loaded.bert.encoder.layer[0].attention.self.query).__module__
         assert not any(type(m) is torch.nn.Linear for m in loaded.modules())
+        from slimtune.predictors import TorchPredictor
+
+        assert TorchPredictor(loaded, tok).num_params() == sum(p.numel() for p in ref_model.parameters())
         _, header = storage.read_state_dict(out / storage.WEIGHTS_FILE)
         int8 = {n for n, e in header["tensors"].items() if e["codec"] == "int8" and "embeddings" not in n}
         assert int8 == {f"{n}.weight" for n, m in ref_model.named_modules()
