@@ -152,11 +152,11 @@ def parse(raw: dict, source: str = "<recipe>") -> Recipe:
             raise SlimtuneError(f"{where}: name {name!r} must be unique and use only letters, digits, _ . -")
         if method not in METHODS:
             raise SlimtuneError(f"{where}: unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
-        branch = st.get("from")  # not `source`: that names the recipe in every message below
-        if branch is not None and branch not in seen:
-            raise SlimtuneError(f"{where}: from {branch!r} is not an earlier stage ({', '.join(seen) or 'none'})")
+        source = st.get("from")
+        if source is not None and source not in seen:
+            raise SlimtuneError(f"{where}: from {source!r} is not an earlier stage ({', '.join(seen) or 'none'})")
         fields = {k: v for k, v in st.items() if k not in ("name", "method", "from")}
-        stages.append(Stage(name, method, build(METHODS[method].config_cls, fields, f"{where} ({method})"), branch))
+        stages.append(Stage(name, method, build(METHODS[method].config_cls, fields, f"{where} ({method})"), source))
         seen.add(name)
     export = raw.get("export") or []
     if not isinstance(export, list) or any(f not in FORMATS for f in export):

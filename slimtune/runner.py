@@ -146,10 +146,10 @@ def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: 
         ctx = StageContext(splits, tmp / "_work", log, cache_dir=folder.parent.parent / "cache", checkpoint_dir=ckpt)
         model, tokenizer, info = method.apply(model, tokenizer, stage.config, ctx)
         info["stage_seconds"] = time.perf_counter() - start
-        codec = info.pop("storage", None)  # a method may ask for compact storage (e.g. sparse)
-        write = info.pop("write", None)  # or write its own artifact (an ONNX Runtime graph)
-        if write:
-            write(tmp)
+        saver = info.pop("save", None)  # a method may save its own way (e.g. a PEFT adapter beside the model)
+        codec = info.pop("storage", None)  # or ask for compact storage (e.g. sparse)
+        if saver:
+            saver(tmp)
         elif codec:
             storage.save(model, tokenizer, tmp, codec, info.pop("runtime", None))
             info["storage"] = codec

@@ -259,7 +259,7 @@ def test_onnx_int8_static_calibrates_on_the_given_training_texts(sharp_dir, self
     assert not info["fell_back"] and info["guard_val_accuracy_fp32"] == 1.0
     out = tmp_path / "out"
     out.mkdir()
-    info["write"](out)
+    info["save"](out)
     assert (out / "model.onnx").is_file() and (out / "config.json").is_file()
     ref, _ = load_model(sharp_dir)
     texts = self_labelled.test.texts[:32]

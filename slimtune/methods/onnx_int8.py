@@ -11,7 +11,7 @@ more than `max_accuracy_drop` it falls back to the next safer setting, and says 
 
 It is a stage rather than an export because calibration needs the run's data and the guard its
 validation split, which stages get (`ctx.splits`) and exports do not. The stage writes
-`model.onnx` (+ config + tokenizer) itself; being ONNX, it ends a chain (no later stage can start
+`model.onnx` (+ config + tokenizer) itself (`info["save"]`); being ONNX, it ends a chain (no later stage can start
 from it).
 """
 
@@ -196,9 +196,9 @@ def onnx_int8(model, tokenizer, cfg: OnnxInt8Config, ctx: StageContext):
     if base is None:
         ctx.log("  guard skipped: the data has no validation split (data.val_size is 0)")
 
-    def write(folder: Path) -> None:
+    def save(folder: Path) -> None:
         shutil.move(str(path), str(Path(folder) / "model.onnx"))
         model.config.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
-    return model, tokenizer, info | {"write": write}
+    return model, tokenizer, info | {"save": save}
