@@ -112,7 +112,7 @@ def hardware() -> dict:
                 break
     except OSError:
         pass
-    isa = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "fma", "f16c"]
+    isa = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "fma", "f16c"]
     return {
         "cpu": model,
         "machine": platform.machine(),

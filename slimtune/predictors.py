@@ -55,7 +55,12 @@ class TorchPredictor(Predictor):
         return out.float().numpy()
 
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        n = sum(p.numel() for p in self.model.parameters())
+        # torch's dynamically quantized Linear packs its weight and bias outside parameters()
+        for m in self.model.modules():
+            if hasattr(m, "_packed_params") and callable(getattr(m, "weight", None)):
+                n += m.weight().numel() + (m.bias().numel() if m.bias() is not None else 0)
+        return n
 
 
 class OnnxPredictor(Predictor):

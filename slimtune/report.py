@@ -72,6 +72,7 @@ def markdown(report: dict) -> str:
     if any(s["metrics"].get("speedup_kind") == "size-only" for s in report["stages"]):
         lines += ["", "size-only: unstructured sparsity stores fewer bytes (sparse format on disk) but runs on the "
                   "same dense kernels once loaded, so it is not faster; the speed-up shown is measured, not assumed."]
+    lines += int8_speed_notes(report, base)
     trained = [s for s in report["stages"] if "trainable_params" in s["metrics"]]
     if trained:
         lines += ["", "| stage | trainable params | train steps | train examples | train s | val accuracy |", "|---|---|---|---|---|---|"]
@@ -94,6 +95,26 @@ def markdown(report: dict) -> str:
                         f"{m['params_removed']:,} parameters removed (score: {m['score']})")
             lines.append(f"| {s['name']} | {m['pruning']} | {what} |")
     return "\n".join(lines) + "\n"
+
+
+def int8_speed_notes(report: dict, base: dict | None) -> list[str]:
+    """Int8 is not faster everywhere (CPUs without VNNI): say plainly what it measured here."""
+    rows = [s for s in report["stages"] if s["metrics"].get("int8_compute") or s["name"] == "onnx-int8"]
+    if not rows or base is None:
+        return []
+    isa = report["hardware"]["isa"]
+    vnni = [k for k in ("avx512_vnni", "avx_vnni", "amx_int8") if isa.get(k)]
+    lines = ["", f"Int8 on this CPU ({'has ' + ', '.join(vnni) if vnni else 'no VNNI or AMX int8 instructions'}), "
+                 f"batch-1 p50 against the baseline {base['name']}:"]
+    b = base["metrics"]["latency_ms_p50"]
+    for s in rows:
+        p50 = s["metrics"]["latency_ms_p50"]
+        if p50 >= b:
+            lines.append(f"- **{s['name']}: int8 is NOT faster than fp32 on this machine** ({p50:.2f} ms vs {b:.2f} ms); "
+                         "keep fp32 here unless size matters more than speed.")
+        else:
+            lines.append(f"- {s['name']}: {b / p50:.2f}x faster than fp32 ({p50:.2f} ms vs {b:.2f} ms).")
+    return lines
 
 
 def plot(report: dict, x_key: str, x_label: str, path: Path) -> None:

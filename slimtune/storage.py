@@ -86,25 +86,55 @@ register_codec(Codec("sparse", _sparse_encode, _sparse_decode, is_matrix))
 
 # --- save / load ------------------------------------------------------------------------------
 
-def save(model, tokenizer, folder: Path, codec: str, runtime: str | None = None) -> dict:
-    """Write `model` to `folder` (which exists) with every matrix encoded by `codec`.
+def rules(spec) -> list[tuple]:
+    """Normalise a storage spec into [(regex or None, codec name, options)], checked.
+
+    A spec is a codec name ("int8"), a mapping {"codec": name, **options} ({"codec": "int4",
+    "group_size": 64}), or a list of such mappings, each optionally with "match" (a regex searched
+    in the tensor name); the first entry that matches a tensor (and that its codec applies to)
+    encodes it, e.g. [{"match": "embeddings", "codec": "int8"}, {"codec": "kmeans", "centroids": 16}].
+    """
+    import re
+
+    items = spec if isinstance(spec, list) else [spec]
+    out = []
+    for item in items:
+        entry = {"codec": item} if isinstance(item, str) else dict(item) if isinstance(item, dict) else None
+        if entry is None or "codec" not in entry:
+            raise SlimtuneError(f"storage spec {item!r}: expected a codec name or a mapping with 'codec'")
+        name, match = entry.pop("codec"), entry.pop("match", None)
+        if name not in CODECS:
+            raise SlimtuneError(f"storage codec {name!r} is not one of {', '.join(CODECS)}")
+        try:
+            regex = re.compile(match) if match is not None else None
+        except re.error as e:
+            raise SlimtuneError(f"storage spec match {match!r}: not a regular expression ({e})") from None
+        out.append((regex, name, entry))
+    return out
+
+
+def save(model, tokenizer, folder: Path, codec, runtime: str | None = None) -> dict:
+    """Write `model` to `folder` (which exists), each tensor encoded as `codec` says (see `rules`).
 
     Returns {tensor name: codec used} for the report."""
     from safetensors.torch import save_file
 
-    if codec not in CODECS:
-        raise SlimtuneError(f"storage codec {codec!r} is not one of {', '.join(CODECS)}")
+    table = rules(codec)
     if runtime is not None and runtime not in RUNTIMES:
         raise SlimtuneError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES) or 'none'}")
-    enc = CODECS[codec]
     tensors, index = {}, {}
     for name, t in model.state_dict().items():
-        if enc.applies(name, t):
-            parts, meta = enc.encode(t)
+        t = t.detach()
+        rule = next(((c, o) for rx, c, o in table if (rx is None or rx.search(name)) and CODECS[c].applies(name, t)), None)
+        if rule:
+            try:
+                parts, meta = CODECS[rule[0]].encode(t, **rule[1])
+            except (TypeError, ValueError) as e:  # bad option, or values the codec cannot hold
+                raise SlimtuneError(f"storage codec {rule[0]!r} on {name}: {e}") from None
             tensors |= {f"{name}::{k}": v.contiguous() for k, v in parts.items()}
-            index[name] = {"codec": codec, "meta": meta, "parts": sorted(parts)}
+            index[name] = {"codec": rule[0], "meta": meta, "parts": sorted(parts)}
         else:
-            tensors[name] = t.detach().contiguous()
+            tensors[name] = t.contiguous()
             index[name] = {"codec": None}
     header = {"format": FORMAT, "runtime": runtime, "tensors": index}
     save_file(tensors, str(Path(folder) / WEIGHTS_FILE), metadata={"slimtune": json.dumps(header)})
@@ -161,3 +191,29 @@ def load(folder: Path, config):
             raise SlimtuneError(f"{folder}: needs runtime {runtime!r}, which this slimtune does not have")
         model = RUNTIMES[runtime](model)
     return model.eval()
+
+
+# --- runtimes: what to do with the decoded fp32 model before it runs --------------------------
+
+def _bf16(model):
+    import torch
+
+    return model.to(torch.bfloat16)
+
+
+def _torch_int8_dynamic(model):
+    """torch's dynamic int8 on every Linear (per-channel weight scales; activations quantized
+    per call). A dynamically quantized model cannot be save_pretrained'ed, so it is rebuilt here."""
+    import warnings
+
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch 2.13 marks torch.ao.quantization deprecated
+        return quantize_dynamic(model.float(), {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+
+
+RUNTIMES |= {"bf16": _bf16, "torch-int8-dynamic": _torch_int8_dynamic}
+
+from . import codecs  # noqa: E402,F401  (registers fp16, bf16, int8, int4, kmeans)

@@ -36,7 +36,7 @@ def bad_dirs(tmp_path_factory, tiny_clf_dir):
     shutil.copytree(tiny_clf_dir, corrupt)
     (corrupt / "model.safetensors").write_bytes(b"\x00" * 64)
     recipe = root / "r.yaml"
-    recipe.write_text("data: {name: rotten_tomatoes}\nmodel: minilm-l6\nstages:\n  - {name: a, method: prune}\n")
+    recipe.write_text("data: {name: rotten_tomatoes}\nmodel: minilm-l6\nstages:\n  - {name: a, method: sparsify}\n")
     return root
 
 
@@ -59,7 +59,7 @@ def test_eval_prints_metrics(tiny_clf_dir, tiny_csv):
     "args, expected",
     [
         (["run", "{root}/missing.yaml", "--out", "{root}/out"], "recipe not found"),
-        (["run", "{root}/r.yaml", "--out", "{root}/out"], "unknown method 'prune'; known: distill, full, head_only, last_n, lora"),
+        (["run", "{root}/r.yaml", "--out", "{root}/out"], "unknown method 'sparsify'; known: adapter, baseline, bitfit, cast, distill"),
         (["eval", "{clf}", "--data", "{root}/missing.csv"], "data file not found"),
         (["predict", "{root}/nowhere", "hi"], "model not found"),
         (["predict", "{root}/empty", "hi"], "not a model folder (no config.json)"),

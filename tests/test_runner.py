@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -128,7 +129,8 @@ def test_shipped_recipe_runs_on_tiny_model(recipe, tiny_base6_dir, tmp_path):
     raw["model"] = str(tiny_base6_dir)
     raw["data"] |= {"max_train_samples": 64, "max_test_samples": 48, "val_size": 0.01}
     for st in raw["stages"]:
-        st |= {"max_steps": 2, "epochs": 1, "max_length": 32}
+        fields = {f.name for f in dataclasses.fields(METHODS[st["method"]].config_cls)}
+        st |= {k: v for k, v in {"max_steps": 2, "epochs": 1, "max_length": 32}.items() if k in fields}  # training stages only
         st.pop("early_stopping_patience", None)
         if "extra_texts" in st:
             st["max_extra_texts"] = 16
