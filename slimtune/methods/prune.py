@@ -18,6 +18,7 @@ import torch
 from transformers import TrainerCallback
 
 from .. import pruning as P
+from ..data import TextSet
 from ..errors import SlimtuneError
 from ..train import EncodedDataset, TrainConfig, count_trainable, train
 from . import StageContext, register
@@ -215,12 +216,14 @@ def prune(model, tokenizer, cfg: PruneConfig, ctx: StageContext):
 def _calibration_batches(model, tokenizer, cfg: StructuredConfig, ctx: StageContext):
     from transformers import DataCollatorWithPadding
 
-    data = EncodedDataset(tokenizer, ctx.splits.train, cfg.max_length)
-    g = torch.Generator().manual_seed(cfg.seed)
-    order = torch.randperm(len(data), generator=g).tolist()
-    collate = DataCollatorWithPadding(tokenizer)
+    train = ctx.splits.train
     bs = cfg.batch_size
-    return [collate([data[i] for i in order[k : k + bs]]) for k in range(0, min(len(order), bs * cfg.calibration_batches), bs)]
+    g = torch.Generator().manual_seed(cfg.seed)
+    # the same seeded sample as before, but only the sampled texts are tokenized (not all of train, every round)
+    picked = torch.randperm(len(train), generator=g).tolist()[: bs * cfg.calibration_batches]
+    data = EncodedDataset(tokenizer, TextSet([train.texts[i] for i in picked], [train.labels[i] for i in picked]), cfg.max_length)
+    collate = DataCollatorWithPadding(tokenizer)
+    return [collate(data.rows[k : k + bs]) for k in range(0, len(data), bs)]
 
 
 def _scores(model, tokenizer, cfg: StructuredConfig, ctx: StageContext):
