@@ -125,6 +125,9 @@ def load_adapter(model, folder: Path):
         return model
     from peft import PeftModel
 
+    from .compat import expose_past_key_values
+
+    expose_past_key_values(model)  # prefix tuning on transformers >= 5.24 (see compat.py)
     try:
         return PeftModel.from_pretrained(model, Path(folder) / ADAPTER_DIR)
     except Exception as e:  # peft raises several kinds for a bad adapter folder

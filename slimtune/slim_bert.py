@@ -75,8 +75,8 @@ class ExplicitHeadsSelfAttention(BertSelfAttention):
         self.num_attention_heads, self.all_head_size = heads, width
         self.query, self.key, self.value = (nn.Linear(config.hidden_size, width) for _ in range(3))
 
-    def forward(self, hidden_states, attention_mask=None, past_key_values=None, **kwargs):
-        if past_key_values is not None:
+    def forward(self, hidden_states, attention_mask=None, past_key_values=None, cache=None, **kwargs):
+        if past_key_values is not None or cache is not None:  # `cache` is its name from transformers 5.24
             raise NotImplementedError("a SlimBERT is an encoder: no key/value cache")
         input_shape = hidden_states.shape[:-1]
         shape = (*input_shape, self.num_attention_heads, self.attention_head_size)

@@ -92,8 +92,14 @@ def test_method_matrix(method, fields, trainable, merged, allowed, tiny_clf_dir,
 
     marker = json.loads((folder / "adapter/slimtune.json").read_text())
     assert marker["merged"] is merged
+    from slimtune.compat import expose_past_key_values
+
     base_dir = tiny_clf_dir if merged else folder
-    peft_model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base_dir), folder / "adapter").eval()
+    base = AutoModelForSequenceClassification.from_pretrained(base_dir)
+    if not merged:  # the adapter must act: the base model alone gives other logits
+        assert not np.allclose(TorchPredictor(base, tok, 32).logits(splits.test.texts), logits, atol=1e-4)
+    expose_past_key_values(base)  # prefix tuning on transformers >= 5.24 (README: PEFT adapters)
+    peft_model = PeftModel.from_pretrained(base, folder / "adapter").eval()
     unmerged = TorchPredictor(peft_model, tok, 32).logits(splits.test.texts)
     np.testing.assert_allclose(unmerged, logits, atol=1e-4)
 
@@ -255,3 +261,24 @@ def test_predict_task_through_the_cli(tmp_path, tiny_base_dir, tiny_csv):
     assert ok.returncode == 0 and ok.stdout.split("\t")[0] in ("neg", "pos"), ok.stderr
     bad = subprocess.run([sys.executable, "-m", "slimtune.cli", "predict", folder, "x", "--task", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no task 'nope'" in bad.stderr
+
+
+def test_prefix_keys_reach_attention(tiny_clf_dir):
+    """The prefix must act inside attention on the installed transformers (5.24 renamed the cache
+    argument; a prefix silently dropped would still train the head): with the head untouched,
+    the prefix alone must change the logits."""
+    import peft
+    from transformers import AutoModelForSequenceClassification
+
+    from slimtune.compat import expose_past_key_values
+
+    torch.manual_seed(0)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_clf_dir).eval()
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
+    with torch.no_grad():
+        plain = base(input_ids=ids).logits
+    expose_past_key_values(base)
+    pm = peft.get_peft_model(base, peft.PrefixTuningConfig(task_type=peft.TaskType.SEQ_CLS, num_virtual_tokens=4)).eval()
+    with torch.no_grad():
+        prefixed = pm(input_ids=ids).logits
+    assert not torch.allclose(plain, prefixed, atol=1e-4)

@@ -172,6 +172,12 @@ def prefix(model, tokenizer, cfg: PrefixConfig, ctx: StageContext):
     """Prefix tuning (PEFT): trained keys/values prepended in every layer; kept as an adapter."""
     import peft
 
+    from ..compat import expose_past_key_values
+
+    if model.config.model_type == "slimtune_bert":
+        raise SlimtuneError("prefix: a pruned/shared/adapter model (SlimBERT) has no key/value cache to prepend to; "
+                            "use lora, ia3 or bitfit on it, or run prefix before slimming")
+    expose_past_key_values(model)
     pcfg = peft.PrefixTuningConfig(task_type=peft.TaskType.SEQ_CLS, num_virtual_tokens=cfg.virtual_tokens,
                                    prefix_projection=cfg.projection, encoder_hidden_size=cfg.encoder_hidden_size,
                                    modules_to_save=_head_to_save(model))
