@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -115,25 +116,46 @@ def predict(
         typer.echo(f"{p.label}\t{p.probability:.4f}\t{text}")
 
 
-def main() -> None:
+def _cli_exceptions():
+    """(exit, usage error, abort) classes of the click that typer runs on: typer >= 0.2x vendors
+    its own copy, whose classes are not click's, so catching click's alone misses every one."""
+    import typer
+
+    if hasattr(typer, "TyperException"):
+        return typer.Exit, typer.TyperException, typer.Abort
     import click
 
+    return click.exceptions.Exit, click.ClickException, click.exceptions.Abort
+
+
+def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    debug = "--debug" in sys.argv[1:]  # a global flag: the full traceback of an error
+    args = [a for a in sys.argv[1:] if a != "--debug"]
     quiet_libraries()
+    exit_, usage, abort = _cli_exceptions()
     try:
-        app(standalone_mode=False)
+        code = app(args, prog_name="slimtune", standalone_mode=False)
     except SlimtuneError as e:
+        if debug:
+            traceback.print_exception(e)
         print(f"slimtune: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except click.exceptions.Exit as e:
+    except exit_ as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except usage as e:
+        ctx = getattr(e, "ctx", None)
+        if ctx is not None and type(e).__name__ == "NoArgsIsHelpError":  # a bare `slimtune`: its help
+            typer.echo(ctx.get_help(), err=True)
+        else:
+            where = ctx.command_path if ctx is not None else "slimtune"
+            print(f"slimtune: error: {e.format_message()} (see `{where} --help`)", file=sys.stderr)
+        sys.exit(2)
+    except (KeyboardInterrupt, abort):
         print("slimtune: interrupted; finished stages are kept, run the same command to resume", file=sys.stderr)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ stage whose recipe changed since it ran is an error rather than silently reused.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -96,7 +97,8 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
             log(f"stage {stage.name}: finished earlier, skipped")
         else:
             log(f"stage {stage.name} ({stage.method})")
-            done = _run_stage(stage, source, splits, recipe.eval, folder, fp, log)
+            with _failing_step(f"stage {stage.name} ({stage.method})", out):
+                done = _run_stage(stage, source, splits, recipe.eval, folder, fp, log)
         rows.append(_row(stage.name, stage.method, folder, out, done))
         source, source_logits = folder, np.load(folder / "test_logits.npy", allow_pickle=False)
 
@@ -112,9 +114,10 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
             log(f"export {fmt}: finished earlier, skipped")
         else:
             log(f"export {fmt}")
-            model, tokenizer = load_model(source, splits.label_names)
-            exporting.export(model, tokenizer, fmt, folder)
-            metrics, _ = measure(folder, splits, recipe.eval, log, source_logits)
+            with _failing_step(f"export {fmt}", out):
+                model, tokenizer = load_model(source, splits.label_names)
+                exporting.export(model, tokenizer, fmt, folder)
+                metrics, _ = measure(folder, splits, recipe.eval, log, source_logits)
             done = {"metrics": metrics, "fingerprint": fp, "source": str(source)}
             _write_json(folder / "metrics.json", done)
         rows.append(_row(fmt, "export", folder, out, done))
@@ -128,6 +131,26 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
     }
     write_report(report, out)
     return report
+
+
+@contextlib.contextmanager
+def _failing_step(what: str, out: Path):
+    """A stage or export that fails ends the run with one line: which step, the cause, how to resume.
+
+    The traceback stays on the exception chain (`slimtune --debug` prints it); finished stages are
+    already renamed into place, and the failed step's temp folder is removed by `atomic_dir`.
+    """
+    try:
+        yield
+    except SlimtuneError as e:
+        raise SlimtuneError(f"{what}: {e}") from e
+    except Exception as e:  # anything from torch / transformers / peft / onnxruntime deep inside a step
+        text = str(e).strip()
+        cause = f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+        raise SlimtuneError(
+            f"{what} failed: {cause}. Finished stages are kept in {out}; fix the cause and run the same "
+            "command to resume (--debug shows the traceback)"
+        ) from e
 
 
 def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: dict, log) -> dict:

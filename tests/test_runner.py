@@ -111,6 +111,34 @@ def test_interrupted_run_resumes_at_unfinished_stage(tiny_base_dir, tiny_csv, tm
     assert [s["name"] for s in report["stages"]] == ["ft", "head", "onnx", "onnx-int8"]
 
 
+def test_failing_stage_ends_with_one_line_and_resumes(tiny_base_dir, tiny_csv, tmp_path, monkeypatch, capsys):
+    """A library error deep inside a stage: one line naming the stage, the cause and how to
+    resume, exit 2; the finished stage is kept; `--debug` adds the traceback."""
+    from slimtune import cli
+
+    real = METHODS["head_only"]
+
+    def boom(*args, **kw):
+        raise RuntimeError("expected all tensors to be on the same device\nsecond line of torch's message")
+
+    monkeypatch.setitem(METHODS, "head_only", Method("head_only", real.config_cls, boom))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_base_dir, tiny_csv)))
+    out = tmp_path / "out"
+    for debug in ([], ["--debug"]):
+        monkeypatch.setattr("sys.argv", ["slimtune", *debug, "run", str(recipe), "--out", str(out)])
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        lines = [l for l in err.splitlines() if l.startswith("slimtune: error:")]
+        assert lines == [f"slimtune: error: stage head (head_only) failed: RuntimeError: expected all tensors to be on "
+                         f"the same device. Finished stages are kept in {out}; fix the cause and run the same command "
+                         "to resume (--debug shows the traceback)"]
+        assert ("Traceback" in err) == bool(debug)
+        assert sorted(p.name for p in (out / "stages").iterdir()) == ["01-ft"]
+
+
 def test_unknown_label_for_trained_model(finished, tmp_path):
     out, _, _ = finished
     csv = tmp_path / "three.csv"
