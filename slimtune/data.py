@@ -9,6 +9,7 @@ in sorted order (numeric labels in numeric order) and travel with the model as `
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -64,29 +65,91 @@ class Splits:
     source: str
     stats: dict = field(default_factory=dict)
 
+    @cached_property
+    def digest(self) -> str:
+        """A hash of what the splits hold (texts, labels, label names): changes when the data does."""
+        import hashlib
+        import json
+
+        parts = [self.label_names] + [[s.texts, s.labels] for s in (self.train, self.val, self.test)]
+        return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()[:16]
+
     @property
     def id2label(self) -> dict[int, str]:
         return dict(enumerate(self.label_names))
 
 
+def _read_text(path: Path, encoding: str) -> str:
+    """The file's text, decompressed; a decoding error names the line and byte where it happened."""
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    suffix = path.suffix.lower()
+    if suffix == ".zip":
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if not n.endswith("/")]
+            if len(names) != 1:
+                raise SlimtuneError(f"{path}: a .zip must hold exactly one data file, found {len(names)}")
+            raw = z.read(names[0])
+    else:
+        opener = {".bz2": bz2.open, ".gz": gzip.open, ".xz": lzma.open}.get(suffix, open)
+        try:
+            with opener(path, "rb") as f:
+                raw = f.read()
+        except (OSError, EOFError, lzma.LZMAError) as e:
+            raise SlimtuneError(f"{path}: cannot read: {e}") from None
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise SlimtuneError(
+            f"{path}: line {line} (byte {e.start}) is not valid {encoding} text; set data.encoding in the recipe "
+            "or --encoding on the command line (e.g. latin-1)"
+        ) from None
+    except LookupError:
+        raise SlimtuneError(f"{path}: unknown encoding {encoding!r}") from None
+
+
+def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
+    """One JSON object per line; a broken line is reported with its line number."""
+    import json
+
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SlimtuneError(f"{path} line {n}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise SlimtuneError(f"{path} line {n}: expected a JSON object with named fields, got {type(row).__name__}")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def read_table(path: str | Path, text_column: str, label_column: str | None, encoding: str = "utf-8") -> pd.DataFrame:
     """Read a CSV/TSV/JSONL file into a frame with columns `text` (and `label`), checked."""
+    import csv
+    import io
+
     path = Path(path)
     if not path.is_file():
         raise SlimtuneError(f"data file not found: {path}")
     suffixes = [s.lower() for s in path.suffixes if s.lower() not in (".bz2", ".gz", ".xz", ".zip")]
     kind = suffixes[-1] if suffixes else ""
+    if kind not in (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".txt"):
+        raise SlimtuneError(f"{path}: unknown file type {kind or '(none)'!r}; use .csv, .tsv or .jsonl")
+    text = _read_text(path, encoding)
     try:
         if kind in (".jsonl", ".json", ".ndjson"):
-            df = pd.read_json(path, lines=True, encoding=encoding, dtype=False)
-        elif kind in (".csv", ".tsv", ".txt"):
-            df = pd.read_csv(path, sep="\t" if kind == ".tsv" else ",", encoding=encoding, dtype=str, keep_default_na=False)
+            df = _read_jsonl(path, text)
+        elif kind == ".tsv":  # tab-separated values have no quoting: a quote is part of the text
+            df = pd.read_csv(io.StringIO(text), sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False)
         else:
-            raise SlimtuneError(f"{path}: unknown file type {kind or '(none)'!r}; use .csv, .tsv or .jsonl")
-    except UnicodeDecodeError as e:
-        raise SlimtuneError(
-            f"{path}: not readable as {encoding} text (byte {e.start}); set data.encoding (e.g. latin-1)"
-        ) from None
+            df = pd.read_csv(io.StringIO(text), sep=",", dtype=str, keep_default_na=False)
     except (ValueError, pd.errors.ParserError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SlimtuneError(f"{path}: cannot parse as {kind[1:]}: {first}") from None
@@ -125,11 +188,21 @@ def _clean(df: pd.DataFrame, where: str) -> pd.DataFrame:
     if bad.any():
         row = int(bad.to_numpy().nonzero()[0][0])
         raise SlimtuneError(f"{where}: empty label in data row {row + 1}")
-    df["label"] = lab
+    df["label"] = _canonical_labels(lab)
     df = df.drop_duplicates(subset="text", keep="first")
     if df.empty:
         raise SlimtuneError(f"{where}: no usable rows (all texts empty)")
     return df.reset_index(drop=True)
+
+
+def _canonical_labels(labels: pd.Series) -> pd.Series:
+    """Numeric labels written two ways (`1` and `1.0`, as a spreadsheet export mixes them) are one
+    class: when every label is a number, integral ones are written as integers."""
+    try:
+        values = labels.map(float)
+    except ValueError:
+        return labels
+    return values.map(lambda v: str(int(v)) if v.is_integer() else repr(v))
 
 
 def _label_order(values) -> list[str]:

@@ -64,7 +64,7 @@ def test_max_train_samples_subsamples_train_only(tmp_path):
         (lambda p: p.write_text("text,label\n"), "no rows"),
         (lambda p: p.write_text("sentence,y\na,1\nb,0\n"), "missing column 'text'; columns present: sentence, y"),
         (lambda p: p.write_text("text,label\n" + "".join(f"t{i},good\n" for i in range(10))), "only one class"),
-        (lambda p: p.write_bytes(b"text,label\ncaf\xe9,a\nb,b\n"), "not readable as utf-8"),
+        (lambda p: p.write_bytes(b"text,label\ncaf\xe9,a\nb,b\n"), r"line 2 \(byte 14\) is not valid utf-8 text; set data.encoding in the recipe or --encoding"),
         (lambda p: p.write_text("text,label\n" + "".join(f"t{i},{'a' if i else 'b'}\n" for i in range(10))), "label 'b' has only 1 example"),
         (lambda p: p.write_text("text,label\nhello,\nworld,a\n"), "empty label in data row 1"),
     ],
