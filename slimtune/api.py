@@ -62,18 +62,43 @@ def bench(model: str | Path, texts: list[str] | None = None, runs: int = 100, wa
     return result | {"hardware": hardware()}
 
 
+def check_export_target(model: str | Path, fmt: str, out: str | Path, overwrite: bool = False) -> None:
+    """Refuse an export target that would destroy something: the source itself (or a folder
+    holding it, or inside it), or a non-empty folder that is not a finished export of the same
+    format (unless `overwrite`). Checked before any work; nothing is touched."""
+    from .exporters import FORMATS, check_writable
+
+    if fmt not in FORMATS:
+        raise SlimtuneError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
+    out, src = Path(out).resolve(), Path(model).resolve()
+    if out == src or src in out.parents or out in src.parents:
+        raise SlimtuneError(f"--out {out} is the source model's folder (or holds it, or is inside it); choose another folder")
+    check_writable(out, "--out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        try:
+            same_kind = json.loads((out / "metrics.json").read_text()).get("format") == fmt
+        except (OSError, ValueError, AttributeError):
+            same_kind = False
+        if not same_kind:
+            raise SlimtuneError(f"--out {out} is not empty and is not a finished {fmt} export; "
+                                "choose an empty or new folder, or pass --overwrite to replace what it holds")
+
+
 def export(model: str | Path, fmt: str, out: str | Path, data: DataConfig | None = None, max_length: int = 128,
-           task: str | None = None) -> dict:
+           task: str | None = None, overwrite: bool = False) -> dict:
     """Export an HF classifier folder to `fmt` (hf, onnx, onnx-int8) at `out`, then check parity.
 
     Parity (max |Δlogit|, argmax agreement) is measured on `data`'s test split, or on real
     Rotten Tomatoes sentences when no data is given; with data, accuracy is reported too.
+    `out` must be new, empty or a finished export of the same format (`overwrite` replaces
+    anything else); it is never the source.
     """
     from .metrics import classification_metrics, parity
     from .exporters import export as do_export
     from .models import load_model
     from .predictors import TorchPredictor, batched_logits
 
+    check_export_target(model, fmt, out, overwrite)
     out = Path(out)
     torch_model, tokenizer = load_model(model, task=task)
     if data is not None:

@@ -44,6 +44,25 @@ def atomic_dir(final: Path):
         os.replace(tmp, final)
 
 
+def check_writable(out: Path, what: str) -> None:
+    """Fail before any work when `out` cannot become a folder we write into (a file is in the
+    way, or its nearest existing folder is read-only). Leaves nothing behind."""
+    import tempfile
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SlimtuneError(f"{what} {out} is a file, not a folder")
+    # atomic_dir writes a temp sibling in the parent, and a run writes inside `out`: probe both
+    parent = next((p for p in out.parents if p.exists()), Path("."))
+    for probe_in in [parent] + ([out] if out.is_dir() else []):
+        if not probe_in.is_dir():
+            raise SlimtuneError(f"{what} {out}: {probe_in} is a file, not a folder")
+        try:
+            tempfile.TemporaryDirectory(dir=probe_in, prefix=".slimtune-probe-").cleanup()
+        except OSError as e:
+            raise SlimtuneError(f"{what} {out}: cannot write in {probe_in} ({e.strerror or e})") from None
+
+
 def clean_temp(folder: Path) -> None:
     """Remove leftovers of interrupted atomic writes in `folder`."""
     for p in Path(folder).glob(".tmp-*"):

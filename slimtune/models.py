@@ -56,13 +56,26 @@ def is_classifier(config) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
 
 
-def load_tokenizer(path: Path):
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+
+
+def load_tokenizer(path: Path, vocab_size: int | None = None):
+    """The folder's own tokenizer, checked: without its files, transformers quietly builds a
+    5-token tokenizer from the config and every word becomes [UNK] (garbage predictions, exit 0)."""
     from transformers import AutoTokenizer
 
+    path = Path(path)
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise SlimtuneError(f"{path}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)}); "
+                            "copy them from the model the folder was trained from")
     try:
-        return AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError) as e:
         raise SlimtuneError(f"{path}: cannot load tokenizer: {_first_line(e)}") from None
+    if vocab_size and len(tokenizer) < vocab_size // 2:
+        raise SlimtuneError(f"{path}: the tokenizer has {len(tokenizer)} tokens but the model's embedding table has "
+                            f"{vocab_size}; the tokenizer files do not belong to this model")
+    return tokenizer
 
 
 def load_model(name_or_path: str | Path, label_names: list[str] | None = None, task: str | None = None):
@@ -108,12 +121,12 @@ def load_model(name_or_path: str | Path, label_names: list[str] | None = None, t
     if storage.is_compact(path):
         if kwargs:
             raise SlimtuneError(f"{path}: compact weights must hold a trained classifier")
-        return storage.load(path, config), load_tokenizer(path)
+        return storage.load(path, config), load_tokenizer(path, getattr(config, "vocab_size", None))
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     except Exception as e:  # safetensors, torch and transformers each raise their own kinds
         raise SlimtuneError(f"{path}: cannot load weights: {_first_line(e)}") from None
-    return load_adapter(model, path).eval(), load_tokenizer(path)
+    return load_adapter(model, path).eval(), load_tokenizer(path, getattr(config, "vocab_size", None))
 
 
 def load_adapter(model, folder: Path):

@@ -107,11 +107,9 @@ def batched_logits(pred: Predictor, texts: list[str], batch_size: int = 32, prog
 
 
 def _progress(items, description: str | None):
-    if not description:
-        return items
-    from rich.progress import track
+    from .console import track
 
-    return track(items, description=description, transient=True)
+    return track(items, description)
 
 
 @dataclass
@@ -153,7 +151,7 @@ def load_predictor(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH, label
         names = [config.id2label[i] for i in range(config.num_labels)]
         if label_names is not None and list(label_names) != names:
             raise SlimtuneError(f"{folder}: model was trained for labels {names}, but the data has {list(label_names)}")
-        return OnnxPredictor(onnx_file, load_tokenizer(folder), names, max_length)
+        return OnnxPredictor(onnx_file, load_tokenizer(folder, getattr(config, "vocab_size", None)), names, max_length)
     if not path.exists():
         raise SlimtuneError(f"model not found: {path}")
     model, tokenizer = load_model(path, label_names, task)
