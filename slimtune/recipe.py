@@ -40,6 +40,12 @@ class EvalConfig:
     bench_texts: int = 200  # how many test sentences the latency loop cycles through
     isolate: bool = True  # benchmark each artifact in a fresh process (clean memory and caches)
 
+    def __post_init__(self) -> None:
+        # checked when the recipe is read: a bad value found after training would throw the training away
+        for name, low in (("max_length", 2), ("batch_size", 1), ("latency_runs", 1), ("warmup", 0), ("bench_texts", 1)):
+            if getattr(self, name) < low:
+                raise SlimtuneError(f"{name} must be >= {low}, not {getattr(self, name)!r}")
+
 
 @dataclass
 class Stage:

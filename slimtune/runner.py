@@ -24,20 +24,23 @@ from typing import Callable
 import numpy as np
 
 from . import benchmark as bench, exporters as exporting, storage
+from .console import trainer_progress
 from .data import Splits, load_splits
 from .errors import SlimtuneError
 from .metrics import evaluate, parity
 from .methods import METHODS, StageContext
 from .models import load_model
-from .predictors import load_predictor
+from .predictors import batched_logits, load_predictor
 from .recipe import FROM_MODEL, EvalConfig, Recipe
 
 
-def _fingerprint(recipe: Recipe, upto: int | None, fmt: str | None = None) -> dict:
-    """What a folder's content depends on: data, model, eval and every stage up to it."""
+def _fingerprint(recipe: Recipe, splits: Splits, upto: int | None, fmt: str | None = None) -> dict:
+    """What a folder's content depends on: the data (its settings and its content: editing the
+    file must not reuse stages trained on the old one), model, eval and every stage up to it."""
     d = recipe.to_dict()
     stages = d["stages"] if upto is None else d["stages"][: upto + 1]
-    return {"data": d["data"], "model": d["model"], "eval": d["eval"], "stages": stages, "format": fmt}
+    return {"data": d["data"], "data_digest": splits.digest, "model": d["model"], "eval": d["eval"],
+            "stages": stages, "format": fmt}
 
 
 def _finished(folder: Path, fingerprint: dict) -> dict | None:
@@ -47,8 +50,8 @@ def _finished(folder: Path, fingerprint: dict) -> dict | None:
     saved = json.loads(path.read_text())
     if saved.get("fingerprint") != fingerprint:
         raise SlimtuneError(
-            f"{folder} was made by a different recipe (stage or data settings changed); "
-            "use a new --out folder or delete that one"
+            f"{folder} was made by a different recipe or data (stage settings, data settings or the data "
+            "file's content changed); use a new --out folder or delete that one"
         )
     return saved
 
@@ -59,15 +62,21 @@ def measure(artifact: Path, splits: Splits, ev: EvalConfig, log: Callable[[str],
     metrics, logits = evaluate(pred, splits.test, ev.batch_size, progress=f"evaluating {artifact.name}")
     if source_logits is not None:
         metrics["parity"] = parity(source_logits, logits)
-    log(f"  accuracy {metrics['accuracy']:.4f}  f1 {metrics['f1_macro']:.4f}; benchmarking ({ev.latency_runs} runs)")
     texts = splits.test.texts[: ev.bench_texts]
+    # Dynamic int8 computes its activation scales over the whole batch, so a text's prediction can
+    # depend on its batch-mates: how often does a text alone get the label it got in its batch?
+    alone = batched_logits(pred, texts, batch_size=1, progress=f"batch-1 predictions {artifact.name}")
+    metrics["batch1_agreement"] = float((alone.argmax(1) == logits[: len(texts)].argmax(1)).mean())
+    metrics["batch1_agreement_texts"] = len(texts)
+    log(f"  accuracy {metrics['accuracy']:.4f}  f1 {metrics['f1_macro']:.4f}; benchmarking ({ev.latency_runs} runs)")
     if ev.isolate:
         del pred
         metrics |= bench.benchmark_in_subprocess(artifact, texts, ev.max_length, ev.latency_runs, ev.warmup, ev.batch_size)
     else:
         metrics |= bench.benchmark(pred, texts, ev.latency_runs, ev.warmup, ev.batch_size) | {"peak_rss_note": "in-process"}
     metrics["size_bytes"] = bench.artifact_size(artifact)
-    log(f"  p50 {metrics['latency_ms_p50']:.2f} ms  size {metrics['size_bytes'] / 2**20:.1f} MiB")
+    noisy = " (noisy: the machine was busy; compare with care)" if metrics.get("noisy") else ""
+    log(f"  p50 {metrics['latency_ms_p50']:.2f} ms{noisy}  size {metrics['size_bytes'] / 2**20:.1f} MiB")
     return metrics, logits
 
 
@@ -75,12 +84,20 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
     from .report import write_report
 
     out = Path(out)
+    # Nothing is written until the output folder, the data and every finished folder's recipe
+    # are known good: a rejected run leaves OUT exactly as it was.
+    exporting.check_writable(out, "--out")
+    splits = load_splits(recipe.data)
+    stage_dirs = [out / "stages" / f"{i + 1:02d}-{st.name}" for i, st in enumerate(recipe.stages)]
+    for i, folder in enumerate(stage_dirs):
+        _finished(folder, _fingerprint(recipe, splits, i))
+    for fmt in recipe.export:
+        _finished(out / "exports" / fmt, _fingerprint(recipe, splits, None, fmt))
     out.mkdir(parents=True, exist_ok=True)
     for sub in ("stages", "exports"):
         (out / sub).mkdir(exist_ok=True)
         exporting.clean_temp(out / sub)
     (out / "recipe.yaml").write_text(_yaml(recipe.to_dict()))
-    splits = load_splits(recipe.data)
     log(f"data {splits.source}: {splits.stats}")
     rows: list[dict] = []
     source: str | Path = recipe.model
@@ -88,10 +105,10 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
 
     folders: dict[str, Path] = {}
     for i, stage in enumerate(recipe.stages):
-        folder = folders[stage.name] = out / "stages" / f"{i + 1:02d}-{stage.name}"
+        folder = folders[stage.name] = stage_dirs[i]
         if stage.source:  # `from: model` starts again from the recipe's model
             source = recipe.model if stage.source == FROM_MODEL else folders[stage.source]
-        fp = _fingerprint(recipe, i)
+        fp = _fingerprint(recipe, splits, i)
         done = _finished(folder, fp)
         if done:
             log(f"stage {stage.name}: finished earlier, skipped")
@@ -108,7 +125,7 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         del pred
     for fmt in recipe.export:
         folder = out / "exports" / fmt
-        fp = _fingerprint(recipe, None, fmt)
+        fp = _fingerprint(recipe, splits, None, fmt)
         done = _finished(folder, fp)
         if done:
             log(f"export {fmt}: finished earlier, skipped")
@@ -127,6 +144,7 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         "data": {"source": splits.source, **splits.stats, "labels": splits.label_names},
         "hardware": bench.hardware(),
         "baseline": recipe.baseline_name,
+        "eval_batch_size": recipe.eval.batch_size,
         "stages": rows,
     }
     write_report(report, out)
@@ -166,7 +184,8 @@ def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: 
     ckpt = folder.parent.parent / "checkpoints" / f"{folder.name}-{key}"
     with exporting.atomic_dir(folder) as tmp:
         start = time.perf_counter()
-        ctx = StageContext(splits, tmp / "_work", log, cache_dir=folder.parent.parent / "cache", checkpoint_dir=ckpt)
+        ctx = StageContext(splits, tmp / "_work", log, cache_dir=folder.parent.parent / "cache", checkpoint_dir=ckpt,
+                           callbacks=[trainer_progress(log)])
         model, tokenizer, info = method.apply(model, tokenizer, stage.config, ctx)
         info["stage_seconds"] = time.perf_counter() - start
         saver = info.pop("save", None)  # a method may save its own way (e.g. a PEFT adapter beside the model)

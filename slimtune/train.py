@@ -43,6 +43,15 @@ class TrainConfig:
             raise SlimtuneError(f"optimizer: {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if self.batch_size < 1 or self.learning_rate <= 0 or (self.epochs <= 0 and self.max_steps <= 0):
             raise SlimtuneError("training: batch_size >= 1, learning_rate > 0 and epochs or max_steps > 0 are required")
+        for name, ok, rule in [("max_length", self.max_length >= 2, ">= 2 (room for [CLS] and [SEP])"),
+                               ("warmup", 0 <= self.warmup < 1, "a fraction of the steps in [0, 1)"),
+                               ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                               ("early_stopping_patience", self.early_stopping_patience >= 0, ">= 0"),
+                               ("eval_steps", self.eval_steps >= 0, ">= 0"),
+                               ("checkpoint_steps", self.checkpoint_steps >= 0, ">= 0"),
+                               ("max_minutes", self.max_minutes >= 0, ">= 0")]:
+            if not ok:
+                raise SlimtuneError(f"{name} must be {rule}, not {getattr(self, name)!r}")
 
 
 class EncodedDataset:
@@ -117,6 +126,7 @@ def train(
         optim="adamw_torch",
         save_only_model=not resumable,  # resuming needs optimizer and scheduler state
         dataloader_num_workers=0,
+        disable_tqdm=True,  # progress goes to stderr through console.trainer_progress, not tqdm on stdout
     )
     optimizers = (None, None)
     if cfg.optimizer == "sgd":
@@ -138,6 +148,9 @@ def train(
         callbacks=[*callbacks, *([EarlyStoppingCallback(cfg.early_stopping_patience)] if early else []),
                    *([TimeBudget(cfg.max_minutes)] if cfg.max_minutes > 0 else [])],
     )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts on stdout
     from .benchmark import peak_rss_mb, reset_peak_rss
 
     fresh_peak = reset_peak_rss()  # the training's own peak, not the loading before it
