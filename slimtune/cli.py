@@ -22,20 +22,16 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Make a pretrained language model small, fast and good at one task on this machine.",
+    help="Make a pretrained language model small, fast and good at one task on this machine.\n\n"
+         "Global flags (anywhere on the line): --quiet / -q (no progress on stderr), --debug (tracebacks).",
 )
 
 DataOpt = Annotated[str, typer.Option(help="packaged dataset (rotten_tomatoes, tweets_sentiment) or a CSV/TSV/JSONL file")]
 TextCol = Annotated[str, typer.Option(help="text column of a data file")]
 LabelCol = Annotated[str, typer.Option(help="label column of a data file")]
-MaxLen = Annotated[int, typer.Option(help="tokens per text (longer texts are truncated)")]
+Encoding = Annotated[str, typer.Option(help="text encoding of a data file (e.g. latin-1)")]
+MaxLen = Annotated[int, typer.Option(min=2, help="tokens per text (longer texts are truncated)")]
 Task = Annotated[Optional[str], typer.Option(help="one task of a multi-task model (default: its primary task)")]
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True)
 
 
 def _print_json(obj) -> None:
@@ -46,12 +42,22 @@ def _print_json(obj) -> None:
 def run(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
     out: Annotated[Path, typer.Option("--out", "-o", help="run folder; run again with the same folder to resume")],
+    as_json: Annotated[bool, typer.Option("--json", help="print report.json instead of report.md")] = False,
 ):
     """Run a recipe: data, model, stages, exports, report (resumable)."""
-    console = _console()
-    api.run(recipe, out, log=lambda msg: console.print(msg, markup=False, highlight=False))
-    typer.echo((out / "report.md").read_text())
-    console.print(f"report: {out / 'report.md'} (json: {out / 'report.json'})", markup=False)
+    from .console import log_line
+
+    try:
+        report = api.run(recipe, out, log=log_line)
+    except KeyboardInterrupt:
+        print(f"slimtune: interrupted; finished stages are kept in {out}; resume with: slimtune run {recipe} --out {out}",
+              file=sys.stderr)
+        sys.exit(130)
+    if as_json:
+        _print_json(report)
+    else:
+        typer.echo((out / "report.md").read_text())
+    log_line(f"report: {out / 'report.md'} (json: {out / 'report.json'})")
 
 
 @app.command("eval")
@@ -60,22 +66,25 @@ def eval_(
     data: DataOpt,
     text_column: TextCol = "text",
     label_column: LabelCol = "label",
+    encoding: Encoding = "utf-8",
     split: Annotated[str, typer.Option(help="test (the same split `run` uses) or all")] = "test",
     max_length: MaxLen = 128,
+    batch_size: Annotated[int, typer.Option(min=1, help="texts per batch (dynamic int8 results can depend on it)")] = 32,
     task: Task = None,
 ):
     """Accuracy, macro F1/precision/recall and confusion matrix on held-out data."""
-    cfg = api.data_config(data, text_column, label_column)
-    _print_json(api.evaluate(model, cfg, split=split, max_length=max_length, task=task))
+    cfg = api.data_config(data, text_column, label_column, encoding=encoding)
+    _print_json(api.evaluate(model, cfg, split=split, max_length=max_length, batch_size=batch_size, task=task))
 
 
 @app.command()
 def bench(
     model: Annotated[str, typer.Argument(help="model folder (HF or holding model.onnx)")],
-    runs: Annotated[int, typer.Option(help="timed batch-1 runs after warm-up")] = 100,
+    runs: Annotated[int, typer.Option(min=1, help="timed batch-1 runs after warm-up")] = 100,
     data: Annotated[Optional[str], typer.Option(help="texts to time on (default: Rotten Tomatoes test sentences)")] = None,
     text_column: TextCol = "text",
     label_column: LabelCol = "label",
+    encoding: Encoding = "utf-8",
     max_length: MaxLen = 128,
 ):
     """Latency p50/p95 at batch 1, throughput at batch 32, peak RSS, params, size, hardware."""
@@ -83,7 +92,7 @@ def bench(
     if data:
         from .data import load_splits
 
-        texts = load_splits(api.data_config(data, text_column, label_column)).test.texts[:200]
+        texts = load_splits(api.data_config(data, text_column, label_column, encoding=encoding)).test.texts[:200]
     _print_json(api.bench(model, texts, runs=runs, max_length=max_length))
 
 
@@ -92,16 +101,19 @@ def export(
     model: Annotated[str, typer.Argument(help="fine-tuned HF classifier folder")],
     format: Annotated[str, typer.Option("--format", "-f", help="hf, onnx or onnx-int8")] = "onnx",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output folder (default: MODEL-FORMAT)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace what a non-empty --out holds (never the source)")] = False,
     data: Annotated[Optional[str], typer.Option(help="check parity and accuracy on this data's test split")] = None,
     text_column: TextCol = "text",
     label_column: LabelCol = "label",
+    encoding: Encoding = "utf-8",
     max_length: MaxLen = 128,
     task: Task = None,
 ):
     """Export to an HF folder, ONNX or ONNX int8, and check parity with the source."""
     target = out or Path(f"{str(model).rstrip('/')}-{format}")
-    cfg = api.data_config(data, text_column, label_column) if data else None
-    _print_json(api.export(model, format, target, cfg, max_length=max_length, task=task))
+    api.check_export_target(model, format, target, overwrite)  # before reading any data
+    cfg = api.data_config(data, text_column, label_column, encoding=encoding) if data else None
+    _print_json(api.export(model, format, target, cfg, max_length=max_length, task=task, overwrite=overwrite))
 
 
 @app.command()
@@ -110,10 +122,15 @@ def predict(
     texts: Annotated[list[str], typer.Argument(help="one or more texts")],
     max_length: MaxLen = 256,
     task: Task = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per text, with every label's probability")] = False,
 ):
     """Predicted label and its probability for each text."""
     for text, p in zip(texts, api.predict(model, texts, max_length, task)):
-        typer.echo(f"{p.label}\t{p.probability:.4f}\t{text}")
+        if as_json:
+            typer.echo(json.dumps({"text": text, "label": p.label, "probability": p.probability,
+                                   "probabilities": p.probabilities}))
+        else:
+            typer.echo(f"{p.label}\t{p.probability:.4f}\t{text}")
 
 
 def _cli_exceptions():
@@ -131,8 +148,11 @@ def _cli_exceptions():
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    debug = "--debug" in sys.argv[1:]  # a global flag: the full traceback of an error
-    args = [a for a in sys.argv[1:] if a != "--debug"]
+    # global flags, before or after the subcommand: --debug (tracebacks), --quiet (no progress)
+    debug = "--debug" in sys.argv[1:]
+    if "--quiet" in sys.argv[1:] or "-q" in sys.argv[1:]:
+        os.environ["SLIMTUNE_QUIET"] = "1"
+    args = [a for a in sys.argv[1:] if a not in ("--debug", "--quiet", "-q")]
     quiet_libraries()
     exit_, usage, abort = _cli_exceptions()
     try:

@@ -40,7 +40,8 @@ def markdown(report: dict) -> str:
         f"onnxruntime {hw['onnxruntime']}, transformers {hw['transformers']}.",
         "",
     ]
-    head = ["stage", "method"] + [c[1] for c in COLUMNS] + ["speed-up", "size ratio", "parity (max |Δlogit|, agree)"]
+    # a literal | inside a cell must be escaped, or the table gets extra columns and does not render
+    head = ["stage", "method"] + [c[1] for c in COLUMNS] + ["speed-up", "size ratio", r"parity (max \|Δlogit\|, agree)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in report["stages"]:
         m = s["metrics"]
@@ -48,6 +49,8 @@ def markdown(report: dict) -> str:
         for key, _, fmt in COLUMNS:
             v = m.get(key)
             cells.append("" if v is None else (f"{v / 2**20:.1f}" if key == "size_bytes" else fmt.format(v)))
+            if key == "latency_ms_p50" and m.get("noisy"):
+                cells[-1] += " (noisy)"
         if base is not None:
             bm = base["metrics"]
             speedup = bm["latency_ms_p50"] / m["latency_ms_p50"]
@@ -61,14 +64,31 @@ def markdown(report: dict) -> str:
         cells.append(f"{p['max_abs_logit_diff']:.2e}, {p['argmax_agreement']:.4f}" if p else "")
         lines.append("| " + " | ".join(cells) + " |")
     runs = next((s["metrics"].get("latency_runs") for s in report["stages"]), None)
+    in_process = any(s["metrics"].get("peak_rss_note") == "in-process" for s in report["stages"])
+    where = ("in the run's own process (eval.isolate: false), so peak RSS includes what ran before it"
+             if in_process else "in a fresh process")
+    loads = [s["metrics"]["load_avg_1m"] for s in report["stages"] if "load_avg_1m" in s["metrics"]]
     lines += [
         "",
         f"Latency: batch 1 over real test sentences, {runs} timed runs after warm-up, tokenization included; "
-        "throughput at batch 32. Each artifact is benchmarked in a fresh process, one after another on "
+        f"throughput at batch 32. Each artifact is benchmarked {where}, one after another on "
         "this machine; compare ratios within this report rather than absolute times across machines. "
         "Size: bytes of the weight files on disk (tokenizer excluded). Peak RSS: the benchmarking "
-        "process, Python and libraries included.",
+        "process, Python and libraries included."
+        + (f" 1-minute load average while timing: {min(loads):.2f} to {max(loads):.2f}." if loads else ""),
     ]
+    noisy = [s["name"] for s in report["stages"] if s["metrics"].get("noisy")]
+    if noisy:
+        lines += ["", f"**noisy**: {', '.join(noisy)} were timed while the machine was busy (load average or a p95/p50 "
+                  "spread above the limits in slimtune/benchmark.py, still so after re-measuring); their latency and "
+                  "speed-up are not to be trusted. Re-run `slimtune bench` on an idle machine."]
+    varying = [s for s in report["stages"] if s["metrics"].get("batch1_agreement", 1.0) < 1.0]
+    if varying:
+        lines += ["", "Batch-mates change predictions (dynamic int8 computes activation scales per batch, padding "
+                  "included): share of texts that get the same label alone as in an evaluation batch of "
+                  f"{report.get('eval_batch_size', 32)}: "
+                  + ", ".join(f"{s['name']} {s['metrics']['batch1_agreement']:.4f}" for s in varying)
+                  + ". Accuracy above is at that batch size; evaluate at the batch size you will serve at (eval.batch_size)."]
     if any(s["metrics"].get("speedup_kind") == "size-only" for s in report["stages"]):
         lines += ["", "size-only: unstructured sparsity stores fewer bytes (sparse format on disk) but runs on the "
                   "same dense kernels once loaded, so it is not faster; the speed-up shown is measured, not assumed."]
