@@ -133,8 +133,11 @@ def predict(pred: Predictor, texts: list[str]) -> list[Prediction]:
 
 
 def load_predictor(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH, label_names: list[str] | None = None,
-                   task: str | None = None) -> Predictor:
-    """A predictor for an artifact: an HF folder (torch), or a folder/file holding `model.onnx`."""
+                   task: str | None = None, threads: int | None = None) -> Predictor:
+    """A predictor for an artifact: an HF folder (torch), or a folder/file holding `model.onnx`.
+
+    `threads`: ONNX Runtime's intra-op threads (default: its own choice, one per core).
+    """
     from .models import load_model, load_tokenizer
 
     path = Path(path)
@@ -153,7 +156,7 @@ def load_predictor(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH, label
         names = [config.id2label[i] for i in range(config.num_labels)]
         if label_names is not None and list(label_names) != names:
             raise SlimtuneError(f"{folder}: model was trained for labels {names}, but the data has {list(label_names)}")
-        return OnnxPredictor(onnx_file, load_tokenizer(folder), names, max_length)
+        return OnnxPredictor(onnx_file, load_tokenizer(folder), names, max_length, threads)
     if not path.exists():
         raise SlimtuneError(f"model not found: {path}")
     model, tokenizer = load_model(path, label_names, task)
