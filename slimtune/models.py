@@ -57,10 +57,24 @@ def is_classifier(config) -> bool:
 
 
 def load_tokenizer(path: Path):
-    from transformers import AutoTokenizer
+    """The tokenizer class named in `tokenizer_config.json`, loaded directly when transformers has it.
+
+    AutoTokenizer resolves the class through the model-config modules, which import torch: seconds
+    of start-up that an ONNX session (`slimtune predict` / `serve` on an export) never uses.
+    """
+    import json
+
+    import transformers
 
     try:
-        return AutoTokenizer.from_pretrained(path)
+        name = json.loads((Path(path) / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    cls = getattr(transformers, name, None) if isinstance(name, str) and name.isidentifier() else None
+    try:
+        if cls is not None and hasattr(cls, "from_pretrained"):
+            return cls.from_pretrained(path)
+        return transformers.AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError) as e:
         raise SlimtuneError(f"{path}: cannot load tokenizer: {_first_line(e)}") from None
 

@@ -132,6 +132,25 @@ def predict(pred: Predictor, texts: list[str]) -> list[Prediction]:
     return result
 
 
+def _label_names(folder: Path) -> list[str]:
+    """The labels in an ONNX export's config.json, read as JSON: AutoConfig would import torch and
+    the model classes (seconds of start-up) for a session that needs neither."""
+    import json
+
+    path = folder / "config.json"
+    if not path.is_file():
+        raise SlimtuneError(f"{folder}: ONNX model has no config.json beside it (label names)")
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as e:
+        raise SlimtuneError(f"{path}: not valid JSON: {e}") from None
+    id2label = config.get("id2label") or {str(i): f"LABEL_{i}" for i in range(config.get("num_labels", 2))}
+    try:
+        return [id2label[str(i)] for i in range(len(id2label))]
+    except KeyError:
+        raise SlimtuneError(f"{path}: id2label must number the labels 0..{len(id2label) - 1}") from None
+
+
 def load_predictor(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH, label_names: list[str] | None = None,
                    task: str | None = None, threads: int | None = None) -> Predictor:
     """A predictor for an artifact: an HF folder (torch), or a folder/file holding `model.onnx`.
@@ -146,14 +165,7 @@ def load_predictor(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH, label
         if task is not None:
             raise SlimtuneError(f"{path}: an ONNX export holds one task; export it with --task instead")
         folder = onnx_file.parent
-        from transformers import AutoConfig
-
-        from . import slim_bert  # noqa: F401  (its model type must be known to AutoConfig)
-
-        if not (folder / "config.json").is_file():
-            raise SlimtuneError(f"{folder}: ONNX model has no config.json beside it (label names)")
-        config = AutoConfig.from_pretrained(folder)
-        names = [config.id2label[i] for i in range(config.num_labels)]
+        names = _label_names(folder)
         if label_names is not None and list(label_names) != names:
             raise SlimtuneError(f"{folder}: model was trained for labels {names}, but the data has {list(label_names)}")
         return OnnxPredictor(onnx_file, load_tokenizer(folder), names, max_length, threads)
