@@ -1,4 +1,4 @@
-"""The library functions behind each CLI subcommand (same names): run, evaluate, bench, export, predict."""
+"""The library functions behind each CLI subcommand (same names): run, evaluate, bench, export, predict, serve."""
 
 from __future__ import annotations
 
@@ -124,3 +124,13 @@ def predict(model: str | Path, texts: list[str], max_length: int = DEFAULT_MAX_L
     if not texts:
         raise SlimtuneError("predict: give at least one text")
     return predict_texts(load_predictor(model, max_length, task=task), texts)
+
+
+def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 32, max_wait_ms: float = 5.0,
+          workers: int = 1, max_queue: int = 1024, max_texts: int = 64, max_length: int = 128, per_row: str = "auto",
+          log: Callable[[str], None] = print) -> None:
+    """Serve `artifact` over HTTP (POST /predict, GET /health /ready /metrics /info) with dynamic
+    micro-batching, until SIGTERM or Ctrl-C; in-flight requests are answered before it returns."""
+    from .server import serve as run_server
+
+    run_server(artifact, host, port, max_batch, max_wait_ms, workers, max_queue, max_texts, max_length, per_row, log)

@@ -61,15 +61,30 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model
 
 def load_tokenizer(path: Path, vocab_size: int | None = None):
     """The folder's own tokenizer, checked: without its files, transformers quietly builds a
-    5-token tokenizer from the config and every word becomes [UNK] (garbage predictions, exit 0)."""
-    from transformers import AutoTokenizer
+    5-token tokenizer from the config and every word becomes [UNK] (garbage predictions, exit 0).
+
+    The class named in `tokenizer_config.json` is loaded directly when transformers has it:
+    AutoTokenizer resolves it through the model-config modules, which import torch, seconds of
+    start-up that an ONNX session (`slimtune predict` / `serve` on an export) never uses.
+    """
+    import json
+
+    import transformers
 
     path = Path(path)
     if not any((path / f).is_file() for f in TOKENIZER_FILES):
         raise SlimtuneError(f"{path}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)}); "
                             "copy them from the model the folder was trained from")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        name = json.loads((path / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    cls = getattr(transformers, name, None) if isinstance(name, str) and name.isidentifier() else None
+    try:
+        if cls is not None and hasattr(cls, "from_pretrained"):
+            tokenizer = cls.from_pretrained(path)
+        else:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError) as e:
         raise SlimtuneError(f"{path}: cannot load tokenizer: {_first_line(e)}") from None
     if vocab_size and len(tokenizer) < vocab_size // 2:

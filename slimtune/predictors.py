@@ -6,6 +6,7 @@ Evaluation, benchmarking, export parity checks and `slimtune predict` all go thr
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,9 +131,30 @@ def predict(pred: Predictor, texts: list[str]) -> list[Prediction]:
     return result
 
 
+def _label_names(folder: Path) -> list[str]:
+    """The labels in an ONNX export's config.json, read as JSON: AutoConfig would import torch and
+    the model classes (seconds of start-up) for a session that needs neither."""
+
+    path = folder / "config.json"
+    if not path.is_file():
+        raise SlimtuneError(f"{folder}: ONNX model has no config.json beside it (label names)")
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as e:
+        raise SlimtuneError(f"{path}: not valid JSON: {e}") from None
+    id2label = config.get("id2label") or {str(i): f"LABEL_{i}" for i in range(config.get("num_labels", 2))}
+    try:
+        return [id2label[str(i)] for i in range(len(id2label))]
+    except KeyError:
+        raise SlimtuneError(f"{path}: id2label must number the labels 0..{len(id2label) - 1}") from None
+
+
 def load_predictor(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH, label_names: list[str] | None = None,
-                   task: str | None = None) -> Predictor:
-    """A predictor for an artifact: an HF folder (torch), or a folder/file holding `model.onnx`."""
+                   task: str | None = None, threads: int | None = None) -> Predictor:
+    """A predictor for an artifact: an HF folder (torch), or a folder/file holding `model.onnx`.
+
+    `threads`: ONNX Runtime's intra-op threads (default: its own choice, one per core).
+    """
     from .models import load_model, load_tokenizer
 
     path = Path(path)
@@ -141,17 +163,11 @@ def load_predictor(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH, label
         if task is not None:
             raise SlimtuneError(f"{path}: an ONNX export holds one task; export it with --task instead")
         folder = onnx_file.parent
-        from transformers import AutoConfig
-
-        from . import slim_bert  # noqa: F401  (its model type must be known to AutoConfig)
-
-        if not (folder / "config.json").is_file():
-            raise SlimtuneError(f"{folder}: ONNX model has no config.json beside it (label names)")
-        config = AutoConfig.from_pretrained(folder)
-        names = [config.id2label[i] for i in range(config.num_labels)]
+        names = _label_names(folder)
         if label_names is not None and list(label_names) != names:
             raise SlimtuneError(f"{folder}: model was trained for labels {names}, but the data has {list(label_names)}")
-        return OnnxPredictor(onnx_file, load_tokenizer(folder, getattr(config, "vocab_size", None)), names, max_length)
+        vocab_size = json.loads((folder / "config.json").read_text()).get("vocab_size")
+        return OnnxPredictor(onnx_file, load_tokenizer(folder, vocab_size), names, max_length, threads)
     if not path.exists():
         raise SlimtuneError(f"model not found: {path}")
     model, tokenizer = load_model(path, label_names, task)
