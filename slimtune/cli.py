@@ -116,6 +116,23 @@ def predict(
         typer.echo(f"{p.label}\t{p.probability:.4f}\t{text}")
 
 
+@app.command("profile")
+def profile_(
+    data: DataOpt,
+    model: Annotated[str, typer.Option(help="whose tokenizer counts the tokens: minilm-l6, minilm-l3 or a folder")] = "minilm-l6",
+    text_column: TextCol = "text",
+    label_column: LabelCol = "label",
+    json_: Annotated[bool, typer.Option("--json", help="print the whole profile as JSON")] = False,
+):
+    """Token lengths per split, [UNK] share, class balance, duplicates removed: the data as the model sees it."""
+    from .profile import markdown, profile
+
+    console = _console()
+    p = profile(api.data_config(data, text_column, label_column), model,
+                log=lambda m: console.print(m, markup=False, highlight=False))
+    typer.echo(json.dumps(p, indent=2) if json_ else "\n".join(markdown(p)).strip())
+
+
 def _cli_exceptions():
     """(exit, usage error, abort) classes of the click that typer runs on: typer >= 0.2x vendors
     its own copy, whose classes are not click's, so catching click's alone misses every one."""
