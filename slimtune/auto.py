@@ -89,6 +89,8 @@ class AutoConfig:
                 raise SlimtuneError(f"--{name.replace('_', '-')} {v}: must be > 0")
         if self.minutes <= 0:
             raise SlimtuneError(f"--minutes {self.minutes}: must be > 0")
+        if self.data.val_size <= 0:
+            raise SlimtuneError("auto: the data needs a validation split (data.val_size > 0): candidates are chosen on it, never on test")
         if self.max_trials is not None and self.max_trials < 0:
             raise SlimtuneError("max_trials must be >= 0 (0: only report what is measured)")
 
