@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..errors import SlimtuneError
 from . import StageContext, register
+from .onnx_int8 import _quiet_root_logger
 from .quantize import int8_isa
 
 PRECISIONS = ("int8", "int4", "fp32")
@@ -81,7 +82,8 @@ def build(model, tokenizer, cfg: OnnxCompactConfig, work: Path) -> Path:
     int8_ops = (["MatMul", "Attention"] if cfg.matmul == "int8" else ["Attention"] if cfg.matmul == "int4" else []) \
         + (["Gather", "EmbedLayerNormalization"] if cfg.embeddings == "int8" else [])
     nbits_ops = (("MatMul",) if cfg.matmul == "int4" else ()) + (("Gather",) if cfg.embeddings == "int4" else ())
-    with warnings.catch_warnings():
+    # ORT's quantizers log every tensor at INFO on the root logger once the 4-bit one has run
+    with warnings.catch_warnings(), _quiet_root_logger():
         warnings.simplefilter("ignore")
         if nbits_ops:  # 4-bit first: the int8 pass would turn the float MatMuls into integer ones
             nxt = work / "nbits.onnx"
