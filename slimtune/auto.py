@@ -347,6 +347,11 @@ def auto(cfg: AutoConfig, out: str | Path, log: Callable[[str], None] = print, p
     candidate when nothing meets the constraints (the report is written first)."""
     from optuna.trial import TrialState
 
+    from .data import load_splits
+    from .models import resolve
+
+    load_splits(cfg.data)  # bad data or model: one line before anything is created in OUT
+    resolve(cfg.model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
