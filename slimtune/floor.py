@@ -119,7 +119,7 @@ def floor_row(splits, ev, out: Path, log, fingerprint: dict) -> dict:
     folder = Path(out) / "floor"
     done = _finished(folder, fingerprint)
     if done:
-        log("floor (TF-IDF + logistic regression): finished earlier, skipped")
+        log("floor (TF-IDF + logistic regression): measured earlier, reused")
     else:
         log("floor: TF-IDF 1-2-grams + logistic regression (C chosen on validation)")
         with atomic_dir(folder) as tmp:

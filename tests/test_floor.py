@@ -31,5 +31,5 @@ def test_floor_row_in_every_report(tiny_base_dir, tiny_csv, tmp_path):
     pred = load_floor(tmp_path / "floor")
     assert pred.logits(["a wonderful film", "an awful film"]).argmax(1).tolist() == [1, 0]  # labels neg, pos
     again = runner.run(parse(raw), tmp_path, log=(logs := []).append)
-    assert any("floor (TF-IDF + logistic regression): finished earlier, skipped" in l for l in logs)
+    assert any("floor (TF-IDF + logistic regression): measured earlier, reused" in l for l in logs)
     assert again["floor"]["metrics"]["latency_ms_p50"] == m["latency_ms_p50"]
