@@ -1,15 +1,18 @@
 """The main job as a benchmark: run recipes/default.yaml into a fresh folder and check the
-issue's targets, all measured side by side in this one run on this machine.
+targets, all measured side by side in this one run on this machine.
 
     python benchmarks/main_job.py [--out runs/bench-main]
 
-Targets (2 CPU cores): whole job <= 15 min wall; fine-tuned accuracy >= 0.80; ONNX int8 within
-1 point of fp32 and >= 1.8x lower batch-1 p50 latency than torch fp32. Not a timed test.
+Targets (2 CPU cores; issue 12): the final artifact (the last row) against the fine-tuned torch
+fp32 model of the same report: >= 10x lower batch-1 p50 latency, >= 10x smaller on disk, accuracy
+drop <= 1 point; fine-tuned accuracy >= 0.80; whole job <= 15 min wall. Not a timed test; the
+load average is printed because the machine may be shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -31,18 +34,22 @@ def main() -> int:
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)  # a benchmark measures a whole run, never a resume
     quiet_libraries()
+    load = os.getloadavg()
     start = time.perf_counter()
     report = slimtune.run(args.recipe, out, log=lambda m: print(m, flush=True))
     wall = time.perf_counter() - start
     m = {s["name"]: s["metrics"] for s in report["stages"]}
-    base, int8 = m[report["baseline"]], m["onnx-int8"]
+    base, final = m[report["baseline"]], report["stages"][-1]["metrics"]
+    name = report["stages"][-1]["name"]
+    print(f"\nload average (1 min) at start {load[0]:.2f}, at end {os.getloadavg()[0]:.2f}; final artifact: {name}")
+    floor = report.get("floor", {}).get("metrics", {})
     checks = [
         ("whole job wall time (min)", wall / 60, "<= 15", wall <= 15 * 60),
         ("fine-tuned accuracy", base["accuracy"], ">= 0.80", base["accuracy"] >= 0.80),
-        ("int8 accuracy drop (points)", 100 * (base["accuracy"] - int8["accuracy"]), "<= 1.0", base["accuracy"] - int8["accuracy"] <= 0.01),
-        ("int8 p50 speed-up vs torch fp32", base["latency_ms_p50"] / int8["latency_ms_p50"], ">= 1.8x", base["latency_ms_p50"] / int8["latency_ms_p50"] >= 1.8),
-        ("int8 size ratio vs fp32", base["size_bytes"] / int8["size_bytes"], "(info)", True),
-        ("onnx fp32 p50 speed-up vs torch fp32", base["latency_ms_p50"] / m["onnx"]["latency_ms_p50"], "(info)", True),
+        (f"{name} accuracy drop (points)", 100 * (base["accuracy"] - final["accuracy"]), "<= 1.0", base["accuracy"] - final["accuracy"] <= 0.01),
+        (f"{name} p50 speed-up vs torch fp32", base["latency_ms_p50"] / final["latency_ms_p50"], ">= 10x", base["latency_ms_p50"] / final["latency_ms_p50"] >= 10),
+        (f"{name} size ratio vs fp32", base["size_bytes"] / final["size_bytes"], ">= 10x", base["size_bytes"] / final["size_bytes"] >= 10),
+        ("TF-IDF floor test accuracy", floor.get("accuracy", float("nan")), "(info)", True),
     ]
     return report_checks(report, checks)
 

@@ -152,6 +152,47 @@ def serve(
               log=lambda msg: typer.echo(msg, err=True))  # unwrapped: scripts read the address from it
 
 
+@app.command("profile")
+def profile_(
+    data: DataOpt,
+    model: Annotated[str, typer.Option(help="whose tokenizer counts the tokens: minilm-l6, minilm-l3 or a folder")] = "minilm-l6",
+    text_column: TextCol = "text",
+    label_column: LabelCol = "label",
+    json_: Annotated[bool, typer.Option("--json", help="print the whole profile as JSON")] = False,
+):
+    """Token lengths per split, [UNK] share, class balance, duplicates removed: the data as the model sees it."""
+    from .profile import markdown, profile
+
+    console = _console()
+    p = profile(api.data_config(data, text_column, label_column), model,
+                log=lambda m: console.print(m, markup=False, highlight=False))
+    typer.echo(json.dumps(p, indent=2) if json_ else "\n".join(markdown(p)).strip())
+
+
+@app.command("auto")
+def auto_(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder; run again with the same folder to continue")],
+    model: Annotated[str, typer.Option(help="the model to fine-tune and slim: minilm-l6, minilm-l3 or a folder")] = "minilm-l6",
+    max_drop: Annotated[float, typer.Option(help="accuracy drop allowed against the fine-tuned reference, on validation (0.01 = 1 point)")] = 0.01,
+    max_latency_ms: Annotated[Optional[float], typer.Option(help="batch-1 p50 latency limit")] = None,
+    max_size_mb: Annotated[Optional[float], typer.Option(help="size limit on disk (MiB)")] = None,
+    minutes: Annotated[float, typer.Option(help="wall-time budget of this run")] = 60,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL shared by several workers (default: sqlite in OUT)")] = None,
+    max_train_samples: Annotated[Optional[int], typer.Option(help="subsample the training split (shorter CPU runs)")] = None,
+    text_column: TextCol = "text",
+    label_column: LabelCol = "label",
+):
+    """Search slimmed pipelines for the data under a budget; report, Pareto front and chosen.yaml."""
+    from .auto import AutoConfig, auto
+
+    cfg = AutoConfig(api.data_config(data, text_column, label_column, max_train_samples=max_train_samples), model,
+                     max_drop, max_latency_ms, max_size_mb, minutes, storage)
+    report = auto(cfg, out, progress=True)
+    typer.echo((out / "report.md").read_text())
+    _console().print(f"report: {out / 'report.md'} (json: {out / 'report.json'}, plot: {out / 'pareto.png'})", markup=False)
+
+
 def _cli_exceptions():
     """(exit, usage error, abort) classes of the click that typer runs on: typer >= 0.2x vendors
     its own copy, whose classes are not click's, so catching click's alone misses every one."""

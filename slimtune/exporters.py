@@ -91,7 +91,7 @@ def _onnx_inputs(model, tokenizer):
     return names, tuple(enc[n] for n in names)
 
 
-def write_onnx(model, tokenizer, onnx_path: Path, opset: int = 17, optimize: bool = True) -> None:
+def write_onnx(model, tokenizer, onnx_path: Path, opset: int = 17, optimize: bool = True, embed_layer_norm: bool = True) -> None:
     """Export a torch classifier to `onnx_path` with dynamic batch and sequence axes."""
     import torch
 
@@ -120,11 +120,12 @@ def write_onnx(model, tokenizer, onnx_path: Path, opset: int = 17, optimize: boo
     finally:
         model.set_attn_implementation(previous)
     if optimize and model.config.model_type in ("bert", "roberta", "distilbert", "xlm-roberta", "slimtune_bert"):
-        _fuse(onnx_path, model.config)
+        _fuse(onnx_path, model.config, embed_layer_norm)
 
 
-def _fuse(onnx_path: Path, config) -> None:
+def _fuse(onnx_path: Path, config, embed_layer_norm: bool = True) -> None:
     """ORT's transformer optimizer: fused Attention / SkipLayerNorm / Gelu (faster on CPU, fp32)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     import logging
@@ -137,9 +138,12 @@ def _fuse(onnx_path: Path, config) -> None:
         # A SlimBERT (e.g. pruned) has its own head count per layer, written into each reshape: let ORT read
         # it there (0 = detect) instead of imposing one model-wide value.
         per_layer = config.model_type == "slimtune_bert"
+        options = FusionOptions("bert")
+        # unfused embeddings keep the word-embedding Gather that a 4-bit GatherBlockQuantized can replace
+        options.enable_embed_layer_norm = embed_layer_norm
         opt = optimize_model(
             str(onnx_path), model_type="bert", num_heads=0 if per_layer else config.num_attention_heads,
-            hidden_size=0 if per_layer else config.hidden_size, opt_level=1,
+            hidden_size=0 if per_layer else config.hidden_size, opt_level=1, optimization_options=options,
         )
     opt.save_model_to_file(str(onnx_path))
 

@@ -22,6 +22,7 @@ class Predictor:
     label_names: list[str]
     tokenizer = None
     max_length: int = DEFAULT_MAX_LENGTH
+    truncation: str = "head"  # or head_tail: how the model was trained to see long texts
 
     def logits(self, texts: list[str]) -> np.ndarray:  # (B, num_labels) float32
         raise NotImplementedError
@@ -30,10 +31,9 @@ class Predictor:
         raise NotImplementedError
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        enc = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
-        )
-        return {k: v.astype(np.int64) for k, v in enc.items()}
+        from .profile import encode_padded
+
+        return encode_padded(self.tokenizer, texts, self.max_length, self.truncation)
 
 
 class TorchPredictor(Predictor):
@@ -46,6 +46,7 @@ class TorchPredictor(Predictor):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.label_names = label_names_of(model)
+        self.truncation = getattr(model.config, "slimtune_truncation", "head")
 
     def logits(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -166,8 +167,14 @@ def load_predictor(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH, label
         names = _label_names(folder)
         if label_names is not None and list(label_names) != names:
             raise SlimtuneError(f"{folder}: model was trained for labels {names}, but the data has {list(label_names)}")
-        vocab_size = json.loads((folder / "config.json").read_text()).get("vocab_size")
-        return OnnxPredictor(onnx_file, load_tokenizer(folder, vocab_size), names, max_length, threads)
+        config = json.loads((folder / "config.json").read_text())
+        pred = OnnxPredictor(onnx_file, load_tokenizer(folder, config.get("vocab_size")), names, max_length, threads)
+        pred.truncation = config.get("slimtune_truncation", "head")
+        return pred
+    from .floor import FLOOR_FILE, load_floor
+
+    if (path / FLOOR_FILE).is_file():
+        return load_floor(path, label_names)
     if not path.exists():
         raise SlimtuneError(f"model not found: {path}")
     model, tokenizer = load_model(path, label_names, task)

@@ -33,17 +33,18 @@ FROM_MODEL = "model"  # `from: model`: a stage that starts from the recipe's mod
 class EvalConfig:
     """How every artifact is measured (the same for all stages of a run)."""
 
-    max_length: int = 128
+    max_length: int | None = None  # unset: 128, or the longest max_length a stage trains with if longer
     batch_size: int = 32  # evaluation and throughput batch size
     latency_runs: int = 100  # timed batch-1 calls (at least 50 recommended)
     warmup: int = 10
     bench_texts: int = 200  # how many test sentences the latency loop cycles through
     isolate: bool = True  # benchmark each artifact in a fresh process (clean memory and caches)
+    floor: bool = True  # fit and measure the TF-IDF + linear floor on the same split (report row)
 
     def __post_init__(self) -> None:
         # checked when the recipe is read: a bad value found after training would throw the training away
         for name, low in (("max_length", 2), ("batch_size", 1), ("latency_runs", 1), ("warmup", 0), ("bench_texts", 1)):
-            if getattr(self, name) < low:
+            if getattr(self, name) is not None and getattr(self, name) < low:
                 raise SlimtuneError(f"{name} must be >= {low}, not {getattr(self, name)!r}")
 
 

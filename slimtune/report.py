@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .floor import verdict as floor_verdict
+from .profile import markdown as profile_markdown
+
 COLUMNS = [
     ("accuracy", "acc", "{:.4f}"),
     ("f1_macro", "F1", "{:.4f}"),
@@ -43,7 +46,7 @@ def markdown(report: dict) -> str:
     # a literal | inside a cell must be escaped, or the table gets extra columns and does not render
     head = ["stage", "method"] + [c[1] for c in COLUMNS] + ["speed-up", "size ratio", r"parity (max \|Δlogit\|, agree)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for s in report["stages"]:
+    for s in report["stages"] + ([report["floor"]] if report.get("floor") else []):
         m = s["metrics"]
         cells = [s["name"] + (" (baseline)" if base is s else ""), s["method"]]
         for key, _, fmt in COLUMNS:
@@ -93,6 +96,11 @@ def markdown(report: dict) -> str:
         lines += ["", "size-only: unstructured sparsity stores fewer bytes (sparse format on disk) but runs on the "
                   "same dense kernels once loaded, so it is not faster; the speed-up shown is measured, not assumed."]
     lines += int8_speed_notes(report, base)
+    verdict = floor_verdict(report)
+    if verdict:
+        lines += ["", "tfidf-floor: TF-IDF over 1-2-grams + logistic regression (scikit-learn), fitted on the same "
+                  "training split, C chosen on validation; measured like every other row.", "", verdict]
+    lines += profile_markdown(report.get("profile"))
     trained = [s for s in report["stages"] if "trainable_params" in s["metrics"]]
     if trained:
         lines += ["", "| stage | trainable params | train steps | train examples | train s | val accuracy |", "|---|---|---|---|---|---|"]
@@ -144,7 +152,7 @@ def plot(report: dict, x_key: str, x_label: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for s in report["stages"]:
+    for s in report["stages"] + ([report["floor"]] if report.get("floor") else []):
         m = s["metrics"]
         x = m[x_key] / 2**20 if x_key == "size_bytes" else m[x_key]
         ax.scatter(x, m["accuracy"], s=40)

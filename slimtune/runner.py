@@ -30,7 +30,9 @@ from .errors import SlimtuneError
 from .metrics import evaluate, parity
 from .methods import METHODS, StageContext
 from .models import load_model
+from .floor import floor_row
 from .predictors import batched_logits, load_predictor
+from .profile import eval_config, fill_max_length, profile_data
 from .recipe import FROM_MODEL, EvalConfig, Recipe
 
 
@@ -99,12 +101,15 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         exporting.clean_temp(out / sub)
     (out / "recipe.yaml").write_text(_yaml(recipe.to_dict()))
     log(f"data {splits.source}: {splits.stats}")
+    data_profile = profile_data(splits, recipe.model, log)
+    stages = [fill_max_length(s, data_profile, log) for s in recipe.stages]
+    ev = eval_config(recipe.eval, stages)
     rows: list[dict] = []
     source: str | Path = recipe.model
     source_logits = None
 
     folders: dict[str, Path] = {}
-    for i, stage in enumerate(recipe.stages):
+    for i, stage in enumerate(stages):
         folder = folders[stage.name] = stage_dirs[i]
         if stage.source:  # `from: model` starts again from the recipe's model
             source = recipe.model if stage.source == FROM_MODEL else folders[stage.source]
@@ -115,13 +120,13 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         else:
             log(f"stage {stage.name} ({stage.method})")
             with _failing_step(f"stage {stage.name} ({stage.method})", out):
-                done = _run_stage(stage, source, splits, recipe.eval, folder, fp, log)
+                done = _run_stage(stage, source, splits, ev, folder, fp, log)
         rows.append(_row(stage.name, stage.method, folder, out, done))
         source, source_logits = folder, np.load(folder / "test_logits.npy", allow_pickle=False)
 
     if recipe.export and not recipe.stages:  # exporting a fine-tuned folder given as `model`
-        pred = load_predictor(source, recipe.eval.max_length, splits.label_names)
-        _, source_logits = evaluate(pred, splits.test, recipe.eval.batch_size, progress="source logits")
+        pred = load_predictor(source, ev.max_length, splits.label_names)
+        _, source_logits = evaluate(pred, splits.test, ev.batch_size, progress="source logits")
         del pred
     for fmt in recipe.export:
         folder = out / "exports" / fmt
@@ -134,7 +139,7 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
             with _failing_step(f"export {fmt}", out):
                 model, tokenizer = load_model(source, splits.label_names)
                 exporting.export(model, tokenizer, fmt, folder)
-                metrics, _ = measure(folder, splits, recipe.eval, log, source_logits)
+                metrics, _ = measure(folder, splits, ev, log, source_logits)
             done = {"metrics": metrics, "fingerprint": fp, "source": str(source)}
             _write_json(folder / "metrics.json", done)
         rows.append(_row(fmt, "export", folder, out, done))
@@ -146,7 +151,10 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         "baseline": recipe.baseline_name,
         "eval_batch_size": recipe.eval.batch_size,
         "stages": rows,
+        "profile": data_profile,
     }
+    if ev.floor:  # the classical baseline every transformer row has to beat
+        report["floor"] = floor_row(splits, ev, out, log, _fingerprint(recipe, splits, -1, "floor"))
     write_report(report, out)
     return report
 

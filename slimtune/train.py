@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .data import Splits, TextSet
 from .errors import SlimtuneError
+from .profile import check_truncation, encode
 
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -30,7 +31,8 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.01
     warmup: float = 0.06  # fraction of the steps
-    max_length: int = 128
+    max_length: int | None = None  # unset: the data's 95th percentile (profile.fill_max_length)
+    truncation: str = "head"  # head | head_tail (keep the start and the end of long texts)
     seed: int = 42
     early_stopping_patience: int = 0  # > 0: stop when validation accuracy stops improving
     eval_steps: int = 0  # validation every N steps (0: once per epoch)
@@ -43,7 +45,7 @@ class TrainConfig:
             raise SlimtuneError(f"optimizer: {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if self.batch_size < 1 or self.learning_rate <= 0 or (self.epochs <= 0 and self.max_steps <= 0):
             raise SlimtuneError("training: batch_size >= 1, learning_rate > 0 and epochs or max_steps > 0 are required")
-        for name, ok, rule in [("max_length", self.max_length >= 2, ">= 2 (room for [CLS] and [SEP])"),
+        for name, ok, rule in [("max_length", self.max_length is None or self.max_length >= 2, ">= 2 (room for [CLS] and [SEP])"),
                                ("warmup", 0 <= self.warmup < 1, "a fraction of the steps in [0, 1)"),
                                ("weight_decay", self.weight_decay >= 0, ">= 0"),
                                ("early_stopping_patience", self.early_stopping_patience >= 0, ">= 0"),
@@ -52,13 +54,15 @@ class TrainConfig:
                                ("max_minutes", self.max_minutes >= 0, ">= 0")]:
             if not ok:
                 raise SlimtuneError(f"{name} must be {rule}, not {getattr(self, name)!r}")
+        check_truncation(self.truncation)
 
 
 class EncodedDataset:
     """A torch-style dataset of tokenized examples; padding happens per batch in the collator."""
 
-    def __init__(self, tokenizer, data: TextSet, max_length: int):
-        enc = tokenizer(data.texts, truncation=True, max_length=max_length)
+    def __init__(self, tokenizer, data: TextSet, max_length: int | None, truncation: str = "head"):
+        limit = max_length or _tokenizer_limit(tokenizer)
+        enc = encode(tokenizer, data.texts, limit, truncation)
         self.rows = [
             {"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": data.labels[i]}
             | ({"token_type_ids": enc["token_type_ids"][i]} if "token_type_ids" in enc else {})
@@ -70,6 +74,11 @@ class EncodedDataset:
 
     def __getitem__(self, i: int) -> dict:
         return self.rows[i]
+
+
+def _tokenizer_limit(tokenizer) -> int:
+    n = getattr(tokenizer, "model_max_length", None)
+    return int(n) if isinstance(n, int) and 0 < n < 100_000 else 512
 
 
 def count_trainable(model) -> tuple[int, int]:
@@ -92,8 +101,8 @@ def train(
     import torch
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments
 
-    train_set = train_set if train_set is not None else EncodedDataset(tokenizer, splits.train, cfg.max_length)
-    val_set = EncodedDataset(tokenizer, splits.val, cfg.max_length) if len(splits.val) else None
+    train_set = train_set if train_set is not None else EncodedDataset(tokenizer, splits.train, cfg.max_length, cfg.truncation)
+    val_set = EncodedDataset(tokenizer, splits.val, cfg.max_length, cfg.truncation) if len(splits.val) else None
     early = cfg.early_stopping_patience > 0 and val_set is not None
     strategy = ("steps" if cfg.eval_steps else "epoch") if val_set is not None else "no"
     resumable = cfg.checkpoint_steps > 0 and checkpoint_dir is not None
@@ -159,6 +168,8 @@ def train(
     history = trainer.state.log_history
     val_acc = [h["eval_accuracy"] for h in history if "eval_accuracy" in h]
     model.eval()
+    if cfg.truncation != "head":  # predictors cut texts the way the model was trained
+        model.config.slimtune_truncation = cfg.truncation
     return {
         "train_steps": int(trainer.state.global_step),
         "train_seconds": float(result.metrics.get("train_runtime", 0.0)),

@@ -46,4 +46,4 @@ def register(name: str, config_cls: type):
 
 
 # Importing the modules fills METHODS.
-from . import adapters, distill, finetune, multitask, onnx_int8, prune, quantize, sharing, vocab  # noqa: E402,F401
+from . import adapters, distill, finetune, multitask, onnx_compact, onnx_int8, prune, quantize, sharing, vocab  # noqa: E402,F401

@@ -256,7 +256,7 @@ def distill(model, tokenizer, cfg: DistillConfig, ctx: StageContext):
     if not online and teacher is model:
         teacher.to("meta")  # release the teacher's weights (the caller's reference included)
 
-    data = EncodedDataset(s_tok, TextSet(texts, splits.train.labels + [IGNORE] * len(extra)), cfg.max_length)
+    data = EncodedDataset(s_tok, TextSet(texts, splits.train.labels + [IGNORE] * len(extra)), cfg.max_length, cfg.truncation)
     for row, t in zip(data.rows, logits):
         row["teacher_logits"] = t
     student.requires_grad_(True)

@@ -1,0 +1,129 @@
+"""A compact ONNX artifact: int8 or 4-bit weights *inside the graph*, embeddings included.
+
+MiniLM's word-embedding table is 11.7M of its 22.7M parameters, so after int8 matmuls the
+embeddings are what size is made of. This stage writes one fused ONNX Runtime graph where:
+
+- `matmul: int8` quantizes MatMul and fused Attention weights dynamically (per channel, 7-bit: the
+  spine's int8); `int4` makes MatMuls `MatMulNBits` (4-bit blocks, int8 compute with
+  `accuracy_level: 4`) and keeps int8 for the fused Attention, which MatMulNBits does not cover;
+  `fp32` leaves them;
+- `embeddings: int8` quantizes the embedding Gathers with the int8 pass; `int4` replaces them by
+  `GatherBlockQuantized` (4-bit blocks of `block_size` along the hidden axis, fp32 out); `fp32`
+  leaves them. For int4 the embedding LayerNorm is not fused (EmbedLayerNormalization takes the
+  table as a plain initializer, with no 4-bit form), so the word-embedding Gather stays a node.
+
+Put `trim_vocab` before this stage and the table itself is smaller. The stage checks parity against
+the torch model it came from on validation texts (max |Δlogit|, argmax agreement) like every export.
+Whether 4-bit is faster or only smaller is measured by the run, not assumed (report: latency column).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import SlimtuneError
+from . import StageContext, register
+from .onnx_int8 import _quiet_root_logger
+from .quantize import int8_isa
+
+PRECISIONS = ("int8", "int4", "fp32")
+
+
+@dataclass
+class OnnxCompactConfig:
+    matmul: str = "int8"  # int8 | int4 | fp32: encoder weights
+    embeddings: str = "int4"  # int8 | int4 | fp32: embedding tables
+    block_size: int = 32  # 4-bit: weights per scale (a power of 2, >= 16)
+    parity_texts: int = 256  # validation texts the parity check runs on
+
+    def __post_init__(self) -> None:
+        if self.matmul not in PRECISIONS or self.embeddings not in PRECISIONS:
+            raise SlimtuneError(f"onnx_compact: matmul and embeddings must be one of {', '.join(PRECISIONS)}, "
+                                f"got {self.matmul!r}, {self.embeddings!r}")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise SlimtuneError(f"onnx_compact: block_size must be a power of 2 >= 16, got {self.block_size}")
+
+    def label(self) -> str:
+        return f"ONNX matmul {self.matmul}, embeddings {self.embeddings}"
+
+
+def _nbits(src: Path, dst: Path, op_types: tuple[str, ...], block_size: int) -> None:
+    """ORT's weight-only 4-bit quantizer: MatMul -> MatMulNBits, Gather -> GatherBlockQuantized."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
+    q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=block_size, is_symmetric=True,
+                             accuracy_level=4, op_types_to_quantize=op_types,
+                             quant_axes=(("MatMul", 0), ("Gather", 1)))
+    q.process()
+    q.model.save_model_to_file(str(dst), use_external_data_format=False)
+
+
+def _dynamic(src: Path, dst: Path, op_types: list[str]) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                     op_types_to_quantize=op_types, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+def build(model, tokenizer, cfg: OnnxCompactConfig, work: Path) -> Path:
+    """Write the compact graph for `model` into `work`; returns its path."""
+    from ..exporters import write_onnx
+
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "fp32.onnx"
+    write_onnx(model, tokenizer, path, embed_layer_norm=cfg.embeddings != "int4")
+    int8_ops = (["MatMul", "Attention"] if cfg.matmul == "int8" else ["Attention"] if cfg.matmul == "int4" else []) \
+        + (["Gather", "EmbedLayerNormalization"] if cfg.embeddings == "int8" else [])
+    nbits_ops = (("MatMul",) if cfg.matmul == "int4" else ()) + (("Gather",) if cfg.embeddings == "int4" else ())
+    # ORT's quantizers log every tensor at INFO on the root logger once the 4-bit one has run
+    with warnings.catch_warnings(), _quiet_root_logger():
+        warnings.simplefilter("ignore")
+        if nbits_ops:  # 4-bit first: the int8 pass would turn the float MatMuls into integer ones
+            nxt = work / "nbits.onnx"
+            _nbits(path, nxt, nbits_ops, cfg.block_size)
+            path = nxt
+        if int8_ops:
+            nxt = work / "int8.onnx"
+            _dynamic(path, nxt, int8_ops)
+            path = nxt
+    return path
+
+
+@register("onnx_compact", OnnxCompactConfig)
+def onnx_compact(model, tokenizer, cfg: OnnxCompactConfig, ctx: StageContext):
+    """One ONNX graph with int8/4-bit weights and int8/4-bit embeddings inside, parity-checked."""
+    from ..metrics import parity
+    from ..predictors import OnnxPredictor, TorchPredictor, batched_logits
+
+    info = int8_isa(ctx.log) if "int8" in (cfg.matmul, cfg.embeddings) or cfg.matmul == "int4" else {}
+    work = Path(ctx.work_dir)
+    try:
+        path = build(model, tokenizer, cfg, work)
+    except SlimtuneError:
+        raise
+    except Exception as e:  # exporter / quantizer failures are deep: one line
+        raise SlimtuneError(f"onnx_compact: {cfg.label()} of {type(model).__name__} failed: {str(e).splitlines()[0]}") from e
+    texts = (ctx.splits.val.texts or ctx.splits.train.texts)[: cfg.parity_texts]
+    check = {}
+    if texts:
+        names = ctx.splits.label_names
+        src = batched_logits(TorchPredictor(model, tokenizer, 128), texts)
+        out = batched_logits(OnnxPredictor(path, tokenizer, names, 128), texts)
+        check = parity(src, out)
+        ctx.log(f"  {cfg.label()}: parity on {len(texts)} validation texts: max |Δlogit| "
+                f"{check['max_abs_logit_diff']:.3g}, argmax agreement {check['argmax_agreement']:.4f}")
+    info |= {"onnx_quantization": cfg.label(), "parity_val": check, "int8_compute": cfg.matmul != "fp32"}
+
+    def save(folder: Path) -> None:
+        shutil.move(str(path), str(Path(folder) / "model.onnx"))
+        model.config.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return model, tokenizer, info | {"save": save}

@@ -1,0 +1,47 @@
+"""onnx_compact: int8 / 4-bit weights and embeddings inside one ONNX graph, parity with torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from slimtune.errors import SlimtuneError
+from slimtune.methods.onnx_compact import OnnxCompactConfig, build
+
+TEXTS = ["a gorgeous, witty, seductive movie", "dull and lifeless", "the cast is great but the plot is thin"] * 4
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_clf_dir):
+    from slimtune.models import load_model
+
+    return load_model(tiny_clf_dir)
+
+
+@pytest.mark.parametrize("matmul, embeddings, ops", [
+    ("int8", "int8", {"QAttention", "QEmbedLayerNormalization"}),
+    ("int8", "int4", {"QAttention", "GatherBlockQuantized"}),
+    ("int4", "int4", {"MatMulNBits", "GatherBlockQuantized"}),
+])
+def test_compact_graph_ops_size_and_parity(tiny, tmp_path, matmul, embeddings, ops):
+    import onnx
+
+    from slimtune.predictors import OnnxPredictor, TorchPredictor
+
+    model, tok = tiny
+    path = build(model, tok, OnnxCompactConfig(matmul=matmul, embeddings=embeddings, block_size=16), tmp_path)
+    have = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert ops <= have
+    ref = TorchPredictor(model, tok, 64).logits(TEXTS)
+    out = OnnxPredictor(path, tok, ["neg", "pos"], 64).logits(TEXTS)
+    assert np.abs(ref - out).max() < 0.05 and (ref.argmax(1) == out.argmax(1)).mean() >= 0.9
+    fp32 = build(model, tok, OnnxCompactConfig(matmul="fp32", embeddings="fp32"), tmp_path / "fp32")
+    ratio = fp32.stat().st_size / path.stat().st_size
+    assert ratio > (3.5 if embeddings == "int8" else 4.5)  # the tiny model is mostly its 30,522-row table
+
+
+def test_bad_settings():
+    with pytest.raises(SlimtuneError, match="matmul and embeddings must be one of int8, int4, fp32"):
+        OnnxCompactConfig(embeddings="int2")
+    with pytest.raises(SlimtuneError, match="block_size must be a power of 2 >= 16"):
+        OnnxCompactConfig(block_size=24)
