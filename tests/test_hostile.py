@@ -211,7 +211,8 @@ def test_12_13_report_table_renders_and_names_where_it_was_benchmarked(finished_
             cells += 1
         elif t.type == "tr_close":
             rows.append(cells)
-    assert tables and len(tables[0]) == 3  # header + two artifacts, all parsed as one table
+    # header + two artifacts + the TF-IDF floor row, all parsed as one table
+    assert tables and len(tables[0]) == 4 and "| tfidf-floor |" in md
     for table in tables:
         assert len(set(table)) == 1, table  # every row has as many cells as the header
     assert "max \\|Δlogit\\|" in md
