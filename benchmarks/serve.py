@@ -229,7 +229,8 @@ def main() -> int:
     print(f"  batch-32 throughput {bench['throughput_per_s']:.1f}/s, batch-1 p50 {bench['latency_ms_p50']:.2f} ms "
           f"({1000 / bench['latency_ms_p50']:.1f}/s)", flush=True)
 
-    configs = {"default": [], "max-batch-1": ["--max-batch", "1"], "batched (per-row off)": ["--per-row", "off"]}
+    configs = {"default": [], "max-batch-1": ["--max-batch", "1"], "batched (per-row off)": ["--per-row", "off"],
+               "workers-2": ["--workers", "2"]}
     out["servers"] = {}
     for name, options in configs.items():
         print(f"server {name}: {' '.join(options) or '(defaults)'}", flush=True)
@@ -242,14 +243,14 @@ def main() -> int:
             soak.pop("answers")
             row["soak"] = soak
             print(f"  {args.clients} clients x {args.requests} requests: {soak['ok']} ok, {soak['errors']} errors, "
-                  f"{soak['lost']} lost, p50 {soak['p50_ms']:.1f} ms p99 {soak['p99_ms']:.1f} ms, "
-                  f"{soak['requests_per_s']:.1f} req/s", flush=True)
+                  f"{soak['lost']} lost {soak['failures'] or ''}, p50 {soak['p50_ms']:.1f} ms p99 {soak['p99_ms']:.1f} ms "
+                  f"max {soak['max_ms']:.0f} ms, {soak['requests_per_s']:.1f} req/s", flush=True)
         tp = served_throughput(server, texts, 32, args.throughput_requests)
         tp.pop("answers")
         row["throughput_32"] = tp
         print(f"  32 clients, one text each: {tp['texts_per_s']:.1f} texts/s, mean batch {tp['mean_batch']:.2f}, "
               f"p50 {tp['p50_ms']:.1f} ms p99 {tp['p99_ms']:.1f} ms, errors {tp['errors']}", flush=True)
-        if name != "max-batch-1":
+        if name in ("default", "batched (per-row off)"):
             inv = invariance(server, texts[: args.invariance_texts])
             row["invariance"] = inv
             print(f"  invariance: {inv['identical_labels']}/{inv['compared']} labels, {inv['identical_probabilities']} "
@@ -259,8 +260,19 @@ def main() -> int:
         print(f"  SIGTERM: exit code {row['exit_code']}", flush=True)
         out["servers"][name] = row
 
+    has_fp32 = (fp32 / "model.onnx").is_file()
+    if has_fp32:  # a batched (not per-row) model: what micro-batching does where it is used
+        out["fp32_servers"] = {}
+        for name, options in {"default": [], "max-batch-1": ["--max-batch", "1"]}.items():
+            server = Server(fp32, *options, log=logs / f"fp32-{name}.log")
+            tp = served_throughput(server, texts, 32, args.throughput_requests)
+            tp.pop("answers")
+            out["fp32_servers"][name] = {"ready_seconds": server.ready_seconds, "throughput_32": tp, "exit_code": server.stop()}
+            print(f"fp32 server {name}: 32 clients, one text each: {tp['texts_per_s']:.1f} texts/s, mean batch "
+                  f"{tp['mean_batch']:.2f}, p50 {tp['p50_ms']:.1f} ms p99 {tp['p99_ms']:.1f} ms, errors {tp['errors']}", flush=True)
+
     print("where batching pays (in-process, no HTTP, 256 texts per cell)", flush=True)
-    models = {"int8": artifact} | ({"fp32": fp32} if (fp32 / "model.onnx").is_file() else {})
+    models = {"int8": artifact} | ({"fp32": fp32} if has_fp32 else {})
     out["batching"] = where_batching_pays(models, texts)
     out["loadavg_end"] = os.getloadavg()
 
@@ -282,6 +294,12 @@ def main() -> int:
         ("  per-row off: identical labels (fraction)", s["batched (per-row off)"]["invariance"]["identical_labels"]
          / max(s["batched (per-row off)"]["invariance"]["compared"], 1), "(info)", True),
         ("start to ready (s)", default["ready_seconds"], "<= 5", default["ready_seconds"] <= 5),
+    ]
+    if has_fp32:
+        f = out["fp32_servers"]
+        ratio = f["default"]["throughput_32"]["texts_per_s"] / f["max-batch-1"]["throughput_32"]["texts_per_s"]
+        checks.append(("fp32 (batched): micro-batching / --max-batch 1", ratio, ">= 1.00 (noise: ~5%)", ratio >= 0.95))
+    checks += [
         ("SIGTERM exit codes all 0", float(all(r["exit_code"] == 0 for r in s.values())), "1", all(r["exit_code"] == 0 for r in s.values())),
     ]
     out["checks"] = [{"name": n, "value": v, "target": t, "ok": ok} for n, v, t, ok in checks]

@@ -8,8 +8,8 @@ never runs on the event loop, and the queue is bounded: `submit` refuses texts b
 
 Batch invariance. A graph with dynamic int8 activations (ONNX Runtime `DynamicQuantizeLinear`,
 torch `quantize_dynamic`) computes one activation scale over the whole padded batch, so a text's
-logits depend on its batch-mates. For such a model every gathered text runs as its own row call
-(`per_row`), and the worker does not wait for batch-mates it cannot use.
+logits depend on its batch-mates. Such a model (`per_row`) runs one text per call: the worker
+takes texts one at a time and answers each as soon as it is done.
 """
 
 from __future__ import annotations
@@ -127,8 +127,12 @@ class Batcher:
     def _gather(self, first: _Item) -> tuple[list[_Item], bool]:
         """`first` plus what arrives within the wait bound (up to max_batch); True if told to stop."""
         batch = [first]
-        wait = 0.0 if self.per_row.get(first.task) else self.max_wait
-        deadline = time.monotonic() + wait
+        if self.per_row.get(first.task):
+            # Gathering buys such a model nothing (each text runs alone anyway) and costs: every
+            # answer of a gathered batch would wait for the batch's last row (measured: 20% fewer
+            # texts/s at 32 clients than one text at a time).
+            return batch, False
+        deadline = time.monotonic() + self.max_wait
         while len(batch) < self.max_batch:
             left = deadline - time.monotonic()
             try:

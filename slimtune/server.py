@@ -369,8 +369,10 @@ def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_b
         threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
         loaded = load(artifact, cfg, threads)
         service = Service(loaded, cfg)
+        # keep-alive 30 s (uvicorn: 5): a client that reuses a connection just as the server drops it
+        # as idle gets no answer at all; under load a client can be that slow between two requests
         config = uvicorn.Config(service.app, log_level="warning", access_log=False, lifespan="on",
-                                timeout_graceful_shutdown=cfg.drain_seconds)
+                                timeout_graceful_shutdown=cfg.drain_seconds, timeout_keep_alive=30)
         where = sock.getsockname()
         mode = ", ".join(f"{t or 'model'}: {'one text per call' if v else 'batched'}" for t, v in service.per_row.items())
         server = _Server(config, service, lambda: log(

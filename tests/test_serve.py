@@ -257,14 +257,23 @@ def test_dynamic_int8_answers_do_not_depend_on_batch_mates(int8):
     with serving(int8, max_batch=32, max_wait_ms=50) as (url, _):
         alone, crowd = _served_probabilities(url, TEXTS, seed=0)
         text = httpx.get(url + "/metrics").text
-    assert metric(text, 'slimtune_batch_size_bucket{le="1.0"}') < metric(text, "slimtune_batch_size_count")  # crowds formed
     assert crowd == alone  # bit for bit, not only the labels
+    assert metric(text, 'slimtune_batch_size_bucket{le="1.0"}') == metric(text, "slimtune_batch_size_count")  # one per call
+
+
+def test_two_workers_answer_as_one_does(int8):
+    with serving(int8, max_batch=8, max_wait_ms=20, workers=2) as (url, service):
+        alone, crowd = _served_probabilities(url, TEXTS, seed=1)
+        assert len(service.batcher._threads) == 2
+    assert crowd == alone
 
 
 def test_batching_dynamic_int8_would_change_answers(int8):
     """The control: the same int8 model with per-row off gives batch-dependent probabilities."""
     with serving(int8, max_batch=32, max_wait_ms=50, per_row="off") as (url, _):
         alone, crowd = _served_probabilities(url, TEXTS, seed=0)
+        text = httpx.get(url + "/metrics").text
+    assert metric(text, 'slimtune_batch_size_bucket{le="1.0"}') < metric(text, "slimtune_batch_size_count")  # crowds formed
     assert sum(crowd[t] != alone[t] for t in TEXTS) > 0
 
 
@@ -279,7 +288,7 @@ def test_full_queue_answers_503_with_retry_after(int8):
     async def scenario(url):
         async with httpx.AsyncClient(timeout=30) as client:
             first = asyncio.create_task(client.post(url + "/predict", json={"texts": ["a", "b", "c", "d"]}))
-            await asyncio.sleep(0.5)  # the worker holds all four texts: 4 of 4 queue slots taken
+            await asyncio.sleep(0.5)  # the worker holds "a", "b" "c" "d" wait: 4 of 4 queue slots taken
             rejected = await client.post(url + "/predict", json={"text": "e"})
             metrics = (await client.get(url + "/metrics")).text
             release.set()
