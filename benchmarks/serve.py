@@ -174,7 +174,7 @@ def invariance(server: Server, texts: list[str], seed: int = 0) -> dict:
 
 def where_batching_pays(artifacts: dict[str, Path], texts: list[str], n: int = 256) -> list[dict]:
     """In-process, no HTTP: texts/s at batch 1 and at batch 32, short and long texts, 1 and 2 threads."""
-    from slimtune.predictors import load_predictor
+    from slimtune.artifacts import load_predictor
 
     long_texts = [" ".join(texts[i : i + 5]) for i in range(0, 5 * n, 5)]  # ~5 snippets: >= 128 tokens
     rows = []
@@ -209,9 +209,9 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from slimtune.benchmark import benchmark_in_subprocess, hardware
+    from slimtune.measure.bench import benchmark_in_subprocess, hardware
     from slimtune.data import DataConfig, load_splits
-    from slimtune.models import quiet_libraries
+    from slimtune.model.folders import quiet_libraries
 
     quiet_libraries()
     artifact = Path(args.artifact)

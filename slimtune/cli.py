@@ -16,7 +16,7 @@ import typer
 
 from . import api
 from .errors import SlimtuneError
-from .models import quiet_libraries
+from .model.folders import quiet_libraries
 
 app = typer.Typer(
     add_completion=False,

@@ -2,11 +2,13 @@
 
 Run folder layout:
 
-    OUT/stages/01-<name>/   HF folder of the stage's model + metrics.json + test_logits.npy
+    OUT/stages/01-<name>/   the stage's artifact (HF folder, or its StageResult.artifact format)
+                            + metrics.json + test_logits.npy
     OUT/exports/<format>/   model.onnx (or HF folder) + config + tokenizer + metrics.json
+    OUT/floor/              the TF-IDF + logistic regression floor, measured like any artifact
     OUT/report.json, report.md, accuracy_vs_latency.png, accuracy_vs_size.png
 
-Each folder is written under a temp name and renamed when complete (`export.atomic_dir`), so a
+Each folder is written under a temp name and renamed when complete (`artifacts.atomic`), so a
 folder that exists is finished. Run again with the same OUT and finished stages are skipped; a
 stage whose recipe changed since it ran is an error rather than silently reused.
 """
@@ -23,17 +25,19 @@ from typing import Callable
 
 import numpy as np
 
-from . import benchmark as bench, exporters as exporting, storage
+from . import artifacts
+from .artifacts.atomic import atomic_dir, check_writable, clean_temp
 from .console import trainer_progress
 from .data import Splits, load_splits
 from .errors import SlimtuneError
-from .metrics import evaluate, parity
-from .methods import METHODS, StageContext
-from .models import load_model
-from .floor import floor_row
-from .predictors import batched_logits, load_predictor
+from .export import export_checked
+from .measure import bench
+from .measure.floor import KIND as FLOOR_KIND, fit_floor
+from .measure.metrics import evaluate, parity
+from .measure.predictors import batched_logits
 from .profile import eval_config, fill_max_length, profile_data
 from .recipe import FROM_MODEL, EvalConfig, Recipe
+from .stage import METHODS, Artifact, StageContext
 
 
 def _fingerprint(recipe: Recipe, splits: Splits, upto: int | None, fmt: str | None = None) -> dict:
@@ -58,10 +62,12 @@ def _finished(folder: Path, fingerprint: dict) -> dict | None:
     return saved
 
 
-def measure(artifact: Path, splits: Splits, ev: EvalConfig, log: Callable[[str], None], source_logits=None) -> tuple[dict, np.ndarray]:
-    """Evaluate `artifact` on the test split, then benchmark it in a fresh process."""
-    pred = load_predictor(artifact, ev.max_length, splits.label_names)
-    metrics, logits = evaluate(pred, splits.test, ev.batch_size, progress=f"evaluating {artifact.name}")
+def measure(artifact: Path, splits: Splits, ev: EvalConfig, log: Callable[[str], None], source_logits=None,
+            pred=None, logits=None) -> tuple[dict, np.ndarray]:
+    """Evaluate `artifact` on the test split, then benchmark it in a fresh process. `pred` and its
+    test `logits`, when the caller has them already (an export's parity check), are not recomputed."""
+    pred = pred or artifacts.load_predictor(artifact, ev.max_length, splits.label_names)
+    metrics, logits = evaluate(pred, splits.test, ev.batch_size, progress=f"evaluating {artifact.name}", logits=logits)
     if source_logits is not None:
         metrics["parity"] = parity(source_logits, logits)
     texts = splits.test.texts[: ev.bench_texts]
@@ -88,7 +94,7 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
     out = Path(out)
     # Nothing is written until the output folder, the data and every finished folder's recipe
     # are known good: a rejected run leaves OUT exactly as it was.
-    exporting.check_writable(out, "--out")
+    check_writable(out, "--out")
     splits = load_splits(recipe.data)
     stage_dirs = [out / "stages" / f"{i + 1:02d}-{st.name}" for i, st in enumerate(recipe.stages)]
     for i, folder in enumerate(stage_dirs):
@@ -98,7 +104,7 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for sub in ("stages", "exports"):
         (out / sub).mkdir(exist_ok=True)
-        exporting.clean_temp(out / sub)
+        clean_temp(out / sub)
     (out / "recipe.yaml").write_text(_yaml(recipe.to_dict()))
     log(f"data {splits.source}: {splits.stats}")
     data_profile = profile_data(splits, recipe.model, log)
@@ -125,7 +131,7 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         source, source_logits = folder, np.load(folder / "test_logits.npy", allow_pickle=False)
 
     if recipe.export and not recipe.stages:  # exporting a fine-tuned folder given as `model`
-        pred = load_predictor(source, ev.max_length, splits.label_names)
+        pred = artifacts.load_predictor(source, ev.max_length, splits.label_names)
         _, source_logits = evaluate(pred, splits.test, ev.batch_size, progress="source logits")
         del pred
     for fmt in recipe.export:
@@ -137,9 +143,11 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         else:
             log(f"export {fmt}")
             with _failing_step(f"export {fmt}", out):
-                model, tokenizer = load_model(source, splits.label_names)
-                exporting.export(model, tokenizer, fmt, folder)
-                metrics, _ = measure(folder, splits, ev, log, source_logits)
+                model, tokenizer = artifacts.load_model(source, splits.label_names)
+                pred, logits, check = export_checked(model, tokenizer, fmt, folder, splits.test.texts, ev.max_length,
+                                                     source_logits, splits.label_names, ev.batch_size)
+                del model
+                metrics, _ = measure(folder, splits, ev, log, source_logits, pred=pred, logits=logits)
             done = {"metrics": metrics, "fingerprint": fp, "source": str(source)}
             _write_json(folder / "metrics.json", done)
         rows.append(_row(fmt, "export", folder, out, done))
@@ -154,7 +162,7 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         "profile": data_profile,
     }
     if ev.floor:  # the classical baseline every transformer row has to beat
-        report["floor"] = floor_row(splits, ev, out, log, _fingerprint(recipe, splits, -1, "floor"))
+        report["floor"] = _floor_row(splits, ev, out, log, _fingerprint(recipe, splits, -1, "floor"))
     write_report(report, out)
     return report
 
@@ -186,33 +194,43 @@ def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: 
     # Seed before loading: a new classification head is initialised inside from_pretrained,
     # before the Trainer seeds anything; unseeded, reruns of one recipe differed by ~2 points.
     set_seed(getattr(stage.config, "seed", 42))
-    model, tokenizer = load_model(source, splits.label_names)
+    model, tokenizer = artifacts.load_model(source, splits.label_names)
     # keyed by the stage's fingerprint: a checkpoint of a since-changed recipe is never resumed
     key = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:12]
     ckpt = folder.parent.parent / "checkpoints" / f"{folder.name}-{key}"
-    with exporting.atomic_dir(folder) as tmp:
+    with atomic_dir(folder) as tmp:
         start = time.perf_counter()
         ctx = StageContext(splits, tmp / "_work", log, cache_dir=folder.parent.parent / "cache", checkpoint_dir=ckpt,
-                           callbacks=[trainer_progress(log)])
-        model, tokenizer, info = method.apply(model, tokenizer, stage.config, ctx)
+                           callbacks=[trainer_progress(log)], max_length=ev.max_length)
+        result = method.apply(model, tokenizer, stage.config, ctx)
+        info = dict(result.facts)
         info["stage_seconds"] = time.perf_counter() - start
-        saver = info.pop("save", None)  # a method may save its own way (e.g. a PEFT adapter beside the model)
-        codec = info.pop("storage", None)  # or ask for compact storage (e.g. sparse)
-        if saver:
-            saver(tmp)
-        elif codec:
-            storage.save(model, tokenizer, tmp, codec, info.pop("runtime", None))
-            info["storage"] = codec
-        else:
-            exporting.save_hf(model, tokenizer, tmp)
+        info |= artifacts.save(result.artifact, tmp, result.model, result.tokenizer)
         shutil.rmtree(tmp / "_work", ignore_errors=True)
-        del model
+        del model, result
         metrics, logits = measure(tmp, splits, ev, log)
         np.save(tmp / "test_logits.npy", logits, allow_pickle=False)
         done = {"metrics": metrics | info, "fingerprint": fp, "source": str(source)}
         _write_json(tmp / "metrics.json", done)
     shutil.rmtree(ckpt, ignore_errors=True)  # the stage is finished: its checkpoints are spent
     return done
+
+
+def _floor_row(splits: Splits, ev: EvalConfig, out: Path, log, fingerprint: dict) -> dict:
+    """Fit (or reuse) the TF-IDF floor in OUT/floor and measure it like any artifact; a report row."""
+    folder = Path(out) / "floor"
+    done = _finished(folder, fingerprint)
+    if done:
+        log("floor (TF-IDF + logistic regression): measured earlier, reused")
+    else:
+        log("floor: TF-IDF 1-2-grams + logistic regression (C chosen on validation)")
+        with atomic_dir(folder) as tmp:
+            vec, clf, info = fit_floor(splits)
+            artifacts.save(Artifact("floor", {"label_names": splits.label_names, "info": info}), tmp, (vec, clf), None)
+            metrics, _ = measure(tmp, splits, ev, log)
+            done = {"metrics": metrics | info, "fingerprint": fingerprint}
+            _write_json(tmp / "metrics.json", done)
+    return {"name": "tfidf-floor", "method": FLOOR_KIND, "artifact": "floor", "metrics": done["metrics"]}
 
 
 def _row(name: str, method: str, folder: Path, out: Path, done: dict) -> dict:

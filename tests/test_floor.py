@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from slimtune import runner
-from slimtune.floor import FLOOR_FILE, load_floor
+from slimtune.artifacts.floor import FLOOR_FILE, load_floor
 from slimtune.recipe import parse
 
 FAST_EVAL = {"latency_runs": 5, "warmup": 1, "bench_texts": 8, "max_length": 32, "isolate": False}

@@ -13,7 +13,7 @@ TEXTS = ["a gorgeous, witty, seductive movie", "dull and lifeless", "the cast is
 
 @pytest.fixture(scope="module")
 def tiny(tiny_clf_dir):
-    from slimtune.models import load_model
+    from slimtune.artifacts import load_model
 
     return load_model(tiny_clf_dir)
 
@@ -26,7 +26,7 @@ def tiny(tiny_clf_dir):
 def test_compact_graph_ops_size_and_parity(tiny, tmp_path, matmul, embeddings, ops):
     import onnx
 
-    from slimtune.predictors import OnnxPredictor, TorchPredictor
+    from slimtune.measure.predictors import OnnxPredictor, TorchPredictor
 
     model, tok = tiny
     path = build(model, tok, OnnxCompactConfig(matmul=matmul, embeddings=embeddings, block_size=16), tmp_path)

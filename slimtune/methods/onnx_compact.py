@@ -20,15 +20,12 @@ Whether 4-bit is faster or only smaller is measured by the run, not assumed (rep
 from __future__ import annotations
 
 import logging
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SlimtuneError
-from . import StageContext, register
-from .onnx_int8 import _quiet_root_logger
-from .quantize import int8_isa
+from ..stage import Artifact, StageContext, StageResult, register
 
 PRECISIONS = ("int8", "int4", "fp32")
 
@@ -74,7 +71,7 @@ def _dynamic(src: Path, dst: Path, op_types: list[str]) -> None:
 
 def build(model, tokenizer, cfg: OnnxCompactConfig, work: Path) -> Path:
     """Write the compact graph for `model` into `work`; returns its path."""
-    from ..exporters import write_onnx
+    from ..artifacts.onnx import quiet_root_logger, write_onnx
 
     work.mkdir(parents=True, exist_ok=True)
     path = work / "fp32.onnx"
@@ -83,7 +80,7 @@ def build(model, tokenizer, cfg: OnnxCompactConfig, work: Path) -> Path:
         + (["Gather", "EmbedLayerNormalization"] if cfg.embeddings == "int8" else [])
     nbits_ops = (("MatMul",) if cfg.matmul == "int4" else ()) + (("Gather",) if cfg.embeddings == "int4" else ())
     # ORT's quantizers log every tensor at INFO on the root logger once the 4-bit one has run
-    with warnings.catch_warnings(), _quiet_root_logger():
+    with warnings.catch_warnings(), quiet_root_logger():
         warnings.simplefilter("ignore")
         if nbits_ops:  # 4-bit first: the int8 pass would turn the float MatMuls into integer ones
             nxt = work / "nbits.onnx"
@@ -99,8 +96,9 @@ def build(model, tokenizer, cfg: OnnxCompactConfig, work: Path) -> Path:
 @register("onnx_compact", OnnxCompactConfig)
 def onnx_compact(model, tokenizer, cfg: OnnxCompactConfig, ctx: StageContext):
     """One ONNX graph with int8/4-bit weights and int8/4-bit embeddings inside, parity-checked."""
-    from ..metrics import parity
-    from ..predictors import OnnxPredictor, TorchPredictor, batched_logits
+    from ..measure.bench import int8_isa
+    from ..measure.metrics import parity
+    from ..measure.predictors import OnnxPredictor, TorchPredictor, batched_logits
 
     info = int8_isa(ctx.log) if "int8" in (cfg.matmul, cfg.embeddings) or cfg.matmul == "int4" else {}
     work = Path(ctx.work_dir)
@@ -114,16 +112,11 @@ def onnx_compact(model, tokenizer, cfg: OnnxCompactConfig, ctx: StageContext):
     check = {}
     if texts:
         names = ctx.splits.label_names
-        src = batched_logits(TorchPredictor(model, tokenizer, 128), texts)
-        out = batched_logits(OnnxPredictor(path, tokenizer, names, 128), texts)
+        src = batched_logits(TorchPredictor(model, tokenizer, ctx.max_length), texts)
+        out = batched_logits(OnnxPredictor(path, tokenizer, names, ctx.max_length), texts)
         check = parity(src, out)
         ctx.log(f"  {cfg.label()}: parity on {len(texts)} validation texts: max |Δlogit| "
                 f"{check['max_abs_logit_diff']:.3g}, argmax agreement {check['argmax_agreement']:.4f}")
     info |= {"onnx_quantization": cfg.label(), "parity_val": check, "int8_compute": cfg.matmul != "fp32"}
 
-    def save(folder: Path) -> None:
-        shutil.move(str(path), str(Path(folder) / "model.onnx"))
-        model.config.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-
-    return model, tokenizer, info | {"save": save}
+    return StageResult(model, tokenizer, info, Artifact("onnx", {"onnx_file": path}))
