@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import api
+from .console import console as _console
 from .errors import SlimtuneError
 from .model.folders import quiet_libraries
 
