@@ -45,3 +45,19 @@ def test_bad_settings():
         OnnxCompactConfig(embeddings="int2")
     with pytest.raises(SlimtuneError, match="block_size must be a power of 2 >= 16"):
         OnnxCompactConfig(block_size=24)
+
+
+def test_quantizers_do_not_log_every_tensor(tiny_clf_dir, tmp_path):
+    # ORT's 4-bit quantizer module runs logging.basicConfig(level=INFO) on import; in a plain process
+    # (no pytest handlers on the root logger) that printed a line per tensor into the user's run
+    import subprocess
+    import sys
+
+    code = ("import logging, sys; from pathlib import Path; from slimtune.models import load_model; "
+            "from slimtune.methods.onnx_compact import OnnxCompactConfig, build; "
+            f"m, t = load_model(Path({str(tiny_clf_dir)!r})); "
+            f"build(m, t, OnnxCompactConfig(block_size=16), Path({str(tmp_path)!r})); "
+            "root = logging.getLogger(); assert not root.handlers and root.level == logging.WARNING, (root.handlers, root.level)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "[INFO]" not in proc.stderr and "Quantization parameters" not in proc.stderr, proc.stderr[-2000:]

@@ -57,6 +57,7 @@ def _nbits(src: Path, dst: Path, op_types: tuple[str, ...], block_size: int) -> 
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
+    logging.getLogger().setLevel(logging.ERROR)  # its import ran logging.basicConfig(level=INFO)
     q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=block_size, is_symmetric=True,
                              accuracy_level=4, op_types_to_quantize=op_types,
                              quant_axes=(("MatMul", 0), ("Gather", 1)))
@@ -78,13 +79,14 @@ def build(model, tokenizer, cfg: OnnxCompactConfig, work: Path) -> Path:
 
     work.mkdir(parents=True, exist_ok=True)
     path = work / "fp32.onnx"
-    write_onnx(model, tokenizer, path, embed_layer_norm=cfg.embeddings != "int4")
     int8_ops = (["MatMul", "Attention"] if cfg.matmul == "int8" else ["Attention"] if cfg.matmul == "int4" else []) \
         + (["Gather", "EmbedLayerNormalization"] if cfg.embeddings == "int8" else [])
     nbits_ops = (("MatMul",) if cfg.matmul == "int4" else ()) + (("Gather",) if cfg.embeddings == "int4" else ())
-    # ORT's quantizers log every tensor at INFO on the root logger once the 4-bit one has run
+    # ORT's quantizers (and its graph optimizer) log every tensor at INFO on the root logger once
+    # the 4-bit one has run
     with warnings.catch_warnings(), _quiet_root_logger():
         warnings.simplefilter("ignore")
+        write_onnx(model, tokenizer, path, embed_layer_norm=cfg.embeddings != "int4")
         if nbits_ops:  # 4-bit first: the int8 pass would turn the float MatMuls into integer ones
             nxt = work / "nbits.onnx"
             _nbits(path, nxt, nbits_ops, cfg.block_size)

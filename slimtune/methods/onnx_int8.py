@@ -112,12 +112,18 @@ def quantize_static(fp32: Path, dst: Path, cfg: OnnxInt8Config, tokenizer, texts
 
 @contextlib.contextmanager
 def _quiet_root_logger():
+    # ORT's 4-bit quantizer module calls logging.basicConfig(level=INFO) when imported: it adds a
+    # handler to the root logger and lowers its level, after which every quantizer logs each tensor.
+    # Its handlers and level are undone on the way out, and the level is held at ERROR meanwhile.
     root = logging.getLogger()
-    level = root.level
+    level, handlers = root.level, list(root.handlers)
     root.setLevel(logging.ERROR)
     try:
         yield
     finally:
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
         root.setLevel(level)
 
 
