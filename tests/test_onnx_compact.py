@@ -30,8 +30,14 @@ def test_compact_graph_ops_size_and_parity(tiny, tmp_path, matmul, embeddings, o
 
     model, tok = tiny
     path = build(model, tok, OnnxCompactConfig(matmul=matmul, embeddings=embeddings, block_size=16), tmp_path)
-    have = {n.op_type for n in onnx.load(str(path)).graph.node}
-    assert ops <= have
+    graph = onnx.load(str(path)).graph
+    nodes = [n.op_type for n in graph.node]
+    assert ops <= set(nodes)
+    if embeddings == "int4":  # the word table alone is 4-bit; positions and token types are int8
+        tables = {i.name: i.data_type for i in graph.initializer if len(i.dims) == 2}
+        gathered = sorted(tables[n.input[0]] for n in graph.node if n.op_type == "Gather" and n.input[0] in tables)
+        eight = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+        assert nodes.count("GatherBlockQuantized") == 1 and len(gathered) == 2 and set(gathered) <= set(eight)
     ref = TorchPredictor(model, tok, 64).logits(TEXTS)
     out = OnnxPredictor(path, tok, ["neg", "pos"], 64).logits(TEXTS)
     assert np.abs(ref - out).max() < 0.05 and (ref.argmax(1) == out.argmax(1)).mean() >= 0.9
