@@ -107,13 +107,18 @@ def quantize_int8(src: Path, dst: Path) -> None:
 
 @contextlib.contextmanager
 def quiet_root_logger():
-    """ORT's quantizers log every tensor at INFO on the root logger (the 4-bit one calls basicConfig)."""
+    """ORT's 4-bit quantizer module calls logging.basicConfig(level=INFO) when imported: it adds a
+    handler to the root logger and lowers its level, after which every quantizer logs each tensor.
+    Its handlers and level are undone on the way out, and the level is held at ERROR meanwhile."""
     root = logging.getLogger()
-    level = root.level
+    level, handlers = root.level, list(root.handlers)
     root.setLevel(logging.ERROR)
     try:
         yield
     finally:
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
         root.setLevel(level)
 
 
