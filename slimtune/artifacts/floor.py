@@ -38,10 +38,12 @@ def save(folder: Path, model, tokenizer, label_names: list[str], info: dict) -> 
 
     folder = Path(folder)
     terms = sorted(vec.vocabulary_, key=vec.vocabulary_.get)
+    # C order: scikit-learn's multi-class coef_ is Fortran-ordered, and safetensors.numpy writes an
+    # array's memory as it lies under a row-major shape (3-class tweets: the loaded floor was random)
     tensors = {
-        "idf": vec.idf_.astype(np.float32),
-        "coef": clf.coef_.astype(np.float32),
-        "intercept": clf.intercept_.astype(np.float32),
+        "idf": np.ascontiguousarray(vec.idf_, dtype=np.float32),
+        "coef": np.ascontiguousarray(clf.coef_, dtype=np.float32),
+        "intercept": np.ascontiguousarray(clf.intercept_, dtype=np.float32),
         "vocabulary": np.frombuffer("\n".join(terms).encode("utf-8"), dtype=np.uint8).copy(),
     }
     save_file(tensors, str(folder / FLOOR_FILE), metadata={"kind": KIND, "ngram_range": "1,2", "sublinear_tf": "true"})
