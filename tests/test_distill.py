@@ -187,3 +187,24 @@ def test_unlabelled_rows_count_only_in_the_soft_term():
     assert combined(0.3, 2.0, s, t, y).item() == pytest.approx(expected.item(), rel=1e-6)
     all_unlabelled = torch.full((4,), -100)
     assert combined(0.3, 2.0, s, t, all_unlabelled).item() == pytest.approx(0.7 * soft_kl(s, t, 2.0).item(), rel=1e-6)
+
+
+def test_teacher_logits_reach_the_loss(tiny_clf_dir, splits, tmp_path, monkeypatch):
+    # the Trainer drops row fields the model's forward does not name; teacher_logits must survive
+    import slimtune.train.losses as L
+
+    seen, real = [], L.objective
+
+    def spying(*a, **k):
+        inner = real(*a, **k)
+
+        def loss(model, inputs):
+            if model.training:  # validation rows have no teacher logits
+                seen.append("teacher_logits" in inputs)
+            return inner(model, inputs)
+
+        return loss
+
+    monkeypatch.setattr(L, "objective", spying)
+    distill(tiny_clf_dir, splits, tmp_path, student="truncate", layers=[0], alpha=0.0, epochs=1)
+    assert seen and all(seen), seen

@@ -144,6 +144,10 @@ def train(model, tokenizer, cfg: TrainConfig, ctx, loss=None, train_set=None, ex
         optim="adamw_torch",
         save_only_model=not resumable,  # resuming needs optimizer and scheduler state
         dataloader_num_workers=0,
+        # The Trainer drops every row field the model's forward does not name (teacher_logits,
+        # task_ids): the loss then silently trained without the teacher. The collator builds
+        # batches of exactly the token fields, labels and `extra_columns`, so nothing needs removing.
+        remove_unused_columns=False,
         disable_tqdm=True,  # progress goes to stderr through console.trainer_progress, not tqdm on stdout
     )
     optimizers = (None, None)
