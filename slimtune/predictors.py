@@ -68,14 +68,15 @@ class TorchPredictor(Predictor):
 class OnnxPredictor(Predictor):
     kind = "onnx"
 
-    def __init__(self, onnx_path: Path, tokenizer, label_names: list[str], max_length: int = DEFAULT_MAX_LENGTH, threads: int | None = None):
+    def __init__(self, onnx_path: Path, tokenizer, label_names: list[str], max_length: int = DEFAULT_MAX_LENGTH, threads: int | None = None,
+                 providers: list[str] | None = None):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers or ["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types for a bad file
             raise SlimtuneError(f"{onnx_path}: cannot load ONNX model: {str(e).splitlines()[0]}") from None
         self.path = Path(onnx_path)
@@ -151,10 +152,11 @@ def _label_names(folder: Path) -> list[str]:
 
 
 def load_predictor(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH, label_names: list[str] | None = None,
-                   task: str | None = None, threads: int | None = None) -> Predictor:
+                   task: str | None = None, threads: int | None = None, provider: str = "cpu") -> Predictor:
     """A predictor for an artifact: an HF folder (torch), or a folder/file holding `model.onnx`.
 
     `threads`: ONNX Runtime's intra-op threads (default: its own choice, one per core).
+    `provider`: ONNX Runtime execution provider for an ONNX artifact: cpu, cuda or tensorrt.
     """
     from .models import load_model, load_tokenizer
 
@@ -168,7 +170,10 @@ def load_predictor(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH, label
         if label_names is not None and list(label_names) != names:
             raise SlimtuneError(f"{folder}: model was trained for labels {names}, but the data has {list(label_names)}")
         config = json.loads((folder / "config.json").read_text())
-        pred = OnnxPredictor(onnx_file, load_tokenizer(folder, config.get("vocab_size")), names, max_length, threads)
+        from .compute import onnx_providers  # hook: GPU execution providers when installed
+
+        pred = OnnxPredictor(onnx_file, load_tokenizer(folder, config.get("vocab_size")), names, max_length, threads,
+                             onnx_providers(provider))
         pred.truncation = config.get("slimtune_truncation", "head")
         return pred
     from .floor import FLOOR_FILE, load_floor
@@ -177,5 +182,7 @@ def load_predictor(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH, label
         return load_floor(path, label_names)
     if not path.exists():
         raise SlimtuneError(f"model not found: {path}")
+    if provider != "cpu":
+        raise SlimtuneError(f"--provider {provider}: applies to ONNX artifacts; {path} is a torch model")
     model, tokenizer = load_model(path, label_names, task)
     return TorchPredictor(model, tokenizer, max_length)

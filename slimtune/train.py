@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import compute, distributed
 from .data import Splits, TextSet
 from .errors import SlimtuneError
 from .profile import check_truncation, encode
@@ -109,7 +110,7 @@ def train(
     if resumable and early:
         raise SlimtuneError("checkpoint_steps and early_stopping_patience cannot be combined yet; choose one")
     save_strategy = "steps" if resumable else (strategy if early else "no")
-    args = TrainingArguments(
+    args = dict(
         output_dir=str(checkpoint_dir if resumable else work_dir),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -131,12 +132,19 @@ def train(
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         logging_steps=max(1, _steps(cfg, len(train_set)) // 20),
         report_to="none",
-        use_cpu=not torch.cuda.is_available(),
         optim="adamw_torch",
         save_only_model=not resumable,  # resuming needs optimizer and scheduler state
         dataloader_num_workers=0,
         disable_tqdm=True,  # progress goes to stderr through console.trainer_progress, not tqdm on stdout
     )
+    # hook (compute.py, distributed.py): device, precision, the DDP batch split and the recipe's `trainer:` extras
+    args = TrainingArguments(**(args | compute.from_callbacks(callbacks).training_arguments(cfg.batch_size)))
+    # Every loss here is a mean over the batch. A forward that takes **kwargs makes the Trainer assume
+    # the model sums over `num_items_in_batch` instead: it then multiplies the loss by the number of
+    # processes and skips the division by gradient_accumulation_steps (N x the gradient; invisible
+    # with Adam, N x the learning rate with SGD). Say so, on the model the Trainer inspects.
+    for m in {id(model): model, id(base := getattr(model, "get_base_model", lambda: model)()): base}.values():
+        m.accepts_loss_kwargs = False
     optimizers = (None, None)
     if cfg.optimizer == "sgd":
         params = [p for p in model.parameters() if p.requires_grad]
@@ -179,6 +187,7 @@ def train(
         "resumed_from_step": int(last.name.split("-")[-1]) if last else 0,
         "seconds_per_step": float(result.metrics.get("train_runtime", 0.0)) / max(1, trainer.state.global_step),
         "train_peak_rss_mb": peak_rss_mb() if fresh_peak else None,
+        **distributed.record(args, cfg.batch_size),  # world size, effective (global) batch
     }
 
 

@@ -131,7 +131,17 @@ def _digest(model) -> str:
 
 
 def teacher_logits(teacher, tokenizer, texts: list[str], max_length: int, cache_dir: Path, log) -> tuple[torch.Tensor, bool]:
-    """Teacher logits for `texts`, read from / written to `cache_dir` (safetensors, atomic)."""
+    """Teacher logits for `texts`, read from / written to `cache_dir` (safetensors, atomic).
+
+    Under several processes rank 0 computes and caches them first; the others then read the cache.
+    """
+    from .. import distributed
+
+    with distributed.main_first():
+        return _teacher_logits(teacher, tokenizer, texts, max_length, cache_dir, log)
+
+
+def _teacher_logits(teacher, tokenizer, texts: list[str], max_length: int, cache_dir: Path, log) -> tuple[torch.Tensor, bool]:
     from safetensors.torch import load_file, save_file
 
     from ..predictors import TorchPredictor, batched_logits
