@@ -83,6 +83,18 @@ def barrier() -> None:
             dist.barrier()
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on any (a decision all ranks must take together)."""
+    if not active():
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 @contextlib.contextmanager
 def main_first():
     """Rank 0 runs the body first (computing and caching), the others after it (reading the cache)."""

@@ -202,7 +202,8 @@ def TimeBudget(minutes: float):
             self.deadline = time.monotonic() + 60 * minutes
 
         def on_step_end(self, args, state, control, **kwargs):
-            if time.monotonic() >= self.deadline:
+            # under DDP every rank must stop at the same step (clocks differ): stop when any rank is out of time
+            if distributed.any_rank(time.monotonic() >= self.deadline):
                 control.should_training_stop = True
 
     return _TimeBudget()

@@ -226,3 +226,16 @@ def test_resume_under_two_processes(base_no_dropout, tiny_csv, tmp_path, monkeyp
     m = json.loads(r.stdout)["stages"][0]["metrics"]
     assert (m["resumed_from_step"], m["train_steps"], m["world_size"]) == (2, 4, 2)
     assert not list((tmp_path / "o" / "checkpoints").iterdir())  # spent
+
+
+@pytest.mark.slow
+def test_time_budget_stops_every_rank_at_the_same_step(base_no_dropout, tiny_csv, tmp_path):
+    """`max_minutes` is decided together: a rank whose clock ran out alone would leave the other
+    waiting in the next all-reduce."""
+    raw = recipe(base_no_dropout, tiny_csv)
+    raw["stages"] = [raw["stages"][0] | {"max_steps": 1000, "max_minutes": 0.0005}]
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    r = slimtune("run", path, "--out", tmp_path / "o", "--nproc", "2", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 1 <= json.loads(r.stdout)["stages"][0]["metrics"]["train_steps"] < 1000
