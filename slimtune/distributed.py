@@ -7,8 +7,8 @@ torch's elastic launcher (what `torchrun --standalone` uses); launching by hand 
 recipe, because every rank must take part in each training step. Around training:
 
 - rank 0 alone writes: the run folder's setup, stage folders, exports, measurements, the report;
-  the other ranks train in a scratch folder of their own and wait at a barrier until rank 0 has
-  renamed the stage into place, then continue from it;
+  the other ranks train in a scratch folder of their own (`runner._follow_stage`) and wait at a
+  barrier until rank 0 has renamed the stage into place, then continue from it;
 - what is computed once and cached (teacher logits) is computed by rank 0 first
   (`main_first`), then read from the cache by the others;
 - a recipe's `batch_size` is the *global* batch: the Trainer's dataloader draws the same batches
@@ -170,42 +170,6 @@ def launch(nproc: int, argv: list[str]) -> int:
         codes = [f.exitcode for f in e.failures.values()]
         return max((c for c in codes if c and c > 0), default=1)
     return 0
-
-
-# ---- the other ranks' part of a stage ----------------------------------------------------------
-
-
-def follow_stage(stage, source, splits, checkpoint_dir, cache_dir, compute) -> None:
-    """Rank >= 1: take part in the stage's training (same seed, same model, same method), then
-    wait while rank 0 saves, measures and renames the stage folder.
-
-    The model trained here is thrown away (DDP keeps it identical to rank 0's). Scratch goes to
-    a private temp folder, never into the run folder; the run-wide cache and the checkpoint folder
-    are shared with rank 0, which alone writes them (the Trainer saves per-rank RNG state beside
-    rank 0's checkpoint, as it is designed to). Methods that do not train are left to rank 0.
-    """
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    from transformers import set_seed
-
-    from .methods import METHODS, StageContext
-    from .models import load_model
-    from .train import TrainConfig
-
-    if isinstance(stage.config, TrainConfig):
-        set_seed(getattr(stage.config, "seed", 42))  # as rank 0 does: the new head starts identical
-        model, tokenizer = load_model(source, splits.label_names)
-        work = Path(tempfile.mkdtemp(prefix=f"slimtune-rank{rank()}-"))
-        try:
-            ctx = StageContext(splits, work, lambda msg: None, cache_dir=cache_dir, checkpoint_dir=checkpoint_dir,
-                               callbacks=[compute.callback()])
-            METHODS[stage.method].apply(model, tokenizer, stage.config, ctx)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    barrier()  # everyone has trained
-    barrier()  # rank 0 has written the stage folder
 
 
 def finish() -> None:

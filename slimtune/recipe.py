@@ -1,5 +1,9 @@
 """Recipes: YAML in, validated into small dataclasses; a typo in a key is an error, not a default.
 
+A recipe is pure data: parsing and validating one imports no torch (the method configs are plain
+dataclasses), and nested blocks are typed (a multitask stage's `tasks:` is a mapping of data
+blocks), so `build` recurses instead of a method calling back into the parser.
+
     data:   {name: rotten_tomatoes} | {path: FILE, text_column: text, label_column: label, ...}
     model:  minilm-l6 | minilm-l3 | PATH/TO/HF_FOLDER
     stages: [{name: finetune, method: full, epochs: 1, ...}, ...]   # method fields inline;
@@ -24,7 +28,7 @@ import yaml
 
 from .data import DataConfig
 from .errors import SlimtuneError
-from .exporters import FORMATS
+from .export import FORMATS
 from .methods import METHODS
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -35,7 +39,7 @@ FROM_MODEL = "model"  # `from: model`: a stage that starts from the recipe's mod
 class EvalConfig:
     """How every artifact is measured (the same for all stages of a run)."""
 
-    max_length: int | None = None  # unset: 128, or the longest max_length a stage trains with if longer
+    max_length: int | None = None  # unset: EVAL_MAX_LENGTH (128), or the longest max_length a stage trains with if longer
     batch_size: int = 32  # evaluation and throughput batch size
     latency_runs: int = 100  # timed batch-1 calls (at least 50 recommended)
     warmup: int = 10
@@ -95,14 +99,25 @@ TOP_KEYS = {"data", "model", "stages", "export", "eval", "baseline", "device", "
 
 
 def _nondefault(obj) -> dict:
+    """The fields that differ from their defaults, nested blocks as mappings (what a user wrote)."""
     out = {}
     for f in dataclasses.fields(obj):
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
         value = getattr(obj, f.name)
         if value != default:
-            out[f.name] = value
+            out[f.name] = _plain(value)
     return out
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value):
+        return _nondefault(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def build(cls, values, where: str):
@@ -114,6 +129,7 @@ def build(cls, values, where: str):
         if key not in allowed:
             raise SlimtuneError(f"{where}: unknown key {key!r}; allowed: {', '.join(allowed)}")
     hints = typing.get_type_hints(cls)
+    values = {key: _nested(value, hints[key], f"{where}.{key}") for key, value in values.items()}
     for key, value in values.items():
         if not _type_ok(value, hints[key]):
             raise SlimtuneError(f"{where}.{key}: expected {_type_name(hints[key])}, got {value!r}")
@@ -121,6 +137,18 @@ def build(cls, values, where: str):
         return cls(**values)
     except SlimtuneError as e:
         raise SlimtuneError(f"{where}: {e}") from None
+
+
+def _nested(value, hint, where: str):
+    """Build the dataclass blocks inside a field: `Block`, `dict[str, Block]` or `list[Block]`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        return build(hint, value, where)
+    if origin is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]) and isinstance(value, dict):
+        return {k: build(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if origin is list and args and dataclasses.is_dataclass(args[0]) and isinstance(value, list):
+        return [build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
 
 
 def _type_ok(value, hint) -> bool:
@@ -131,6 +159,8 @@ def _type_ok(value, hint) -> bool:
         return value is None
     if origin is list:
         return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value) if args else isinstance(value, list)
+    if origin is dict:
+        return isinstance(value, dict) and (not args or all(_type_ok(k, args[0]) and _type_ok(v, args[1]) for k, v in value.items()))
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is int:

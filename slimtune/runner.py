@@ -2,11 +2,13 @@
 
 Run folder layout:
 
-    OUT/stages/01-<name>/   HF folder of the stage's model + metrics.json + test_logits.npy
+    OUT/stages/01-<name>/   the stage's artifact (HF folder, or its StageResult.artifact format)
+                            + metrics.json + test_logits.npy
     OUT/exports/<format>/   model.onnx (or HF folder) + config + tokenizer + metrics.json
+    OUT/floor/              the TF-IDF + logistic regression floor, measured like any artifact
     OUT/report.json, report.md, accuracy_vs_latency.png, accuracy_vs_size.png
 
-Each folder is written under a temp name and renamed when complete (`export.atomic_dir`), so a
+Each folder is written under a temp name and renamed when complete (`artifacts.atomic`), so a
 folder that exists is finished. Run again with the same OUT and finished stages are skipped; a
 stage whose recipe changed since it ran is an error rather than silently reused.
 """
@@ -23,18 +25,20 @@ from typing import Callable
 
 import numpy as np
 
-from . import benchmark as bench, distributed, exporters as exporting, storage
+from . import artifacts, distributed
+from .artifacts.atomic import atomic_dir, check_writable, clean_temp
 from .compute import Compute, resolve_device
 from .console import trainer_progress
 from .data import Splits, load_splits
 from .errors import SlimtuneError
-from .metrics import evaluate, parity
-from .methods import METHODS, StageContext
-from .models import load_model
-from .floor import floor_row
-from .predictors import batched_logits, load_predictor
+from .export import export_checked
+from .measure import bench
+from .measure.floor import KIND as FLOOR_KIND, fit_floor
+from .measure.metrics import evaluate, parity
+from .measure.predictors import batched_logits
 from .profile import eval_config, fill_max_length, profile_data
 from .recipe import FROM_MODEL, EvalConfig, Recipe
+from .stage import METHODS, Artifact, StageContext
 
 
 def _fingerprint(recipe: Recipe, splits: Splits, upto: int | None, fmt: str | None = None) -> dict:
@@ -59,10 +63,12 @@ def _finished(folder: Path, fingerprint: dict) -> dict | None:
     return saved
 
 
-def measure(artifact: Path, splits: Splits, ev: EvalConfig, log: Callable[[str], None], source_logits=None) -> tuple[dict, np.ndarray]:
-    """Evaluate `artifact` on the test split, then benchmark it in a fresh process."""
-    pred = load_predictor(artifact, ev.max_length, splits.label_names)
-    metrics, logits = evaluate(pred, splits.test, ev.batch_size, progress=f"evaluating {artifact.name}")
+def measure(artifact: Path, splits: Splits, ev: EvalConfig, log: Callable[[str], None], source_logits=None,
+            pred=None, logits=None) -> tuple[dict, np.ndarray]:
+    """Evaluate `artifact` on the test split, then benchmark it in a fresh process. `pred` and its
+    test `logits`, when the caller has them already (an export's parity check), are not recomputed."""
+    pred = pred or artifacts.load_predictor(artifact, ev.max_length, splits.label_names)
+    metrics, logits = evaluate(pred, splits.test, ev.batch_size, progress=f"evaluating {artifact.name}", logits=logits)
     if source_logits is not None:
         metrics["parity"] = parity(source_logits, logits)
     texts = splits.test.texts[: ev.bench_texts]
@@ -95,7 +101,7 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         log = _silent
     # Nothing is written until the output folder, the data and every finished folder's recipe
     # are known good: a rejected run leaves OUT exactly as it was.
-    exporting.check_writable(out, "--out")
+    check_writable(out, "--out")
     splits = load_splits(recipe.data)
     stage_dirs = [out / "stages" / f"{i + 1:02d}-{st.name}" for i, st in enumerate(recipe.stages)]
     for i, folder in enumerate(stage_dirs):
@@ -109,7 +115,7 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         for sub in ("stages", "exports"):
             (out / sub).mkdir(exist_ok=True)
-            exporting.clean_temp(out / sub)
+            clean_temp(out / sub)
         (out / "recipe.yaml").write_text(_yaml(recipe.to_dict()))
     distributed.barrier()
     log(f"data {splits.source}: {splits.stats}")
@@ -131,7 +137,7 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
             log(f"stage {stage.name}: finished earlier, skipped")
         elif not main:  # hook: another rank trains alongside rank 0, then reads the folder rank 0 wrote
             with _failing_step(f"stage {stage.name} ({stage.method}) on rank {distributed.rank()}", out):
-                distributed.follow_stage(stage, source, splits, _checkpoint_dir(folder, fp), out / "cache", compute)
+                _follow_stage(stage, source, splits, ev, _checkpoint_dir(folder, fp), out / "cache", compute)
             done = _finished(folder, fp)
         else:
             log(f"stage {stage.name} ({stage.method})")
@@ -144,7 +150,7 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         distributed.finish()
         return {}
     if recipe.export and not recipe.stages:  # exporting a fine-tuned folder given as `model`
-        pred = load_predictor(source, ev.max_length, splits.label_names)
+        pred = artifacts.load_predictor(source, ev.max_length, splits.label_names)
         _, source_logits = evaluate(pred, splits.test, ev.batch_size, progress="source logits")
         del pred
     for fmt in recipe.export:
@@ -156,9 +162,11 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         else:
             log(f"export {fmt}")
             with _failing_step(f"export {fmt}", out):
-                model, tokenizer = load_model(source, splits.label_names)
-                exporting.export(model, tokenizer, fmt, folder)
-                metrics, _ = measure(folder, splits, ev, log, source_logits)
+                model, tokenizer = artifacts.load_model(source, splits.label_names)
+                pred, logits, check = export_checked(model, tokenizer, fmt, folder, splits.test.texts, ev.max_length,
+                                                     source_logits, splits.label_names, ev.batch_size)
+                del model
+                metrics, _ = measure(folder, splits, ev, log, source_logits, pred=pred, logits=logits)
             done = {"metrics": metrics, "fingerprint": fp, "source": str(source)}
             _write_json(folder / "metrics.json", done)
         rows.append(_row(fmt, "export", folder, out, done))
@@ -176,7 +184,7 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
                                              for r in rows if "effective_batch_size" in r["metrics"]}},
     }
     if ev.floor:  # the classical baseline every transformer row has to beat
-        report["floor"] = floor_row(splits, ev, out, log, _fingerprint(recipe, splits, -1, "floor"))
+        report["floor"] = _floor_row(splits, ev, out, log, _fingerprint(recipe, splits, -1, "floor"))
     write_report(report, out)
     distributed.finish()
     return report
@@ -215,26 +223,20 @@ def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: 
     # Seed before loading: a new classification head is initialised inside from_pretrained,
     # before the Trainer seeds anything; unseeded, reruns of one recipe differed by ~2 points.
     set_seed(getattr(stage.config, "seed", 42))
-    model, tokenizer = load_model(source, splits.label_names)
+    model, tokenizer = artifacts.load_model(source, splits.label_names)
     ckpt = _checkpoint_dir(folder, fp)
-    with exporting.atomic_dir(folder) as tmp:
+    with atomic_dir(folder) as tmp:
         start = time.perf_counter()
         ctx = StageContext(splits, tmp / "_work", log, cache_dir=folder.parent.parent / "cache", checkpoint_dir=ckpt,
-                           callbacks=[trainer_progress(log), *([compute.callback()] if compute else [])])
-        model, tokenizer, info = method.apply(model, tokenizer, stage.config, ctx)
+                           callbacks=[trainer_progress(log), *([compute.callback()] if compute else [])],
+                           max_length=ev.max_length)
+        result = method.apply(model, tokenizer, stage.config, ctx)
         distributed.barrier()  # every rank is done training (and with the checkpoints) before rank 0 writes
+        info = dict(result.facts)
         info["stage_seconds"] = time.perf_counter() - start
-        saver = info.pop("save", None)  # a method may save its own way (e.g. a PEFT adapter beside the model)
-        codec = info.pop("storage", None)  # or ask for compact storage (e.g. sparse)
-        if saver:
-            saver(tmp)
-        elif codec:
-            storage.save(model, tokenizer, tmp, codec, info.pop("runtime", None))
-            info["storage"] = codec
-        else:
-            exporting.save_hf(model, tokenizer, tmp)
+        info |= artifacts.save(result.artifact, tmp, result.model, result.tokenizer)
         shutil.rmtree(tmp / "_work", ignore_errors=True)
-        del model
+        del model, result
         metrics, logits = measure(tmp, splits, ev, log)
         np.save(tmp / "test_logits.npy", logits, allow_pickle=False)
         done = {"metrics": metrics | info, "fingerprint": fp, "source": str(source)}
@@ -244,8 +246,54 @@ def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: 
     return done
 
 
+def _follow_stage(stage, source, splits: Splits, ev: EvalConfig, checkpoint_dir: Path, cache_dir: Path, compute: Compute) -> None:
+    """Rank >= 1 (distributed.py): take part in the stage's training (same seed, same model, same
+    method), then wait while rank 0 saves, measures and renames the stage folder.
+
+    The model trained here is thrown away (DDP keeps it identical to rank 0's). Scratch goes to
+    a private temp folder, never into the run folder; the run-wide cache and the checkpoint folder
+    are shared with rank 0, which alone writes them (the Trainer saves per-rank RNG state beside
+    rank 0's checkpoint, as it is designed to). Methods that do not train are left to rank 0.
+    """
+    import tempfile
+
+    from transformers import set_seed
+
+    from .train.config import TrainConfig
+
+    if isinstance(stage.config, TrainConfig):
+        set_seed(getattr(stage.config, "seed", 42))  # as rank 0 does: the new head starts identical
+        model, tokenizer = artifacts.load_model(source, splits.label_names)
+        work = Path(tempfile.mkdtemp(prefix=f"slimtune-rank{distributed.rank()}-"))
+        try:
+            ctx = StageContext(splits, work, _silent, cache_dir=cache_dir, checkpoint_dir=checkpoint_dir,
+                               callbacks=[compute.callback()], max_length=ev.max_length)
+            METHODS[stage.method].apply(model, tokenizer, stage.config, ctx)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    distributed.barrier()  # everyone has trained
+    distributed.barrier()  # rank 0 has written the stage folder
+
+
 def _silent(msg: str) -> None:
     pass
+
+
+def _floor_row(splits: Splits, ev: EvalConfig, out: Path, log, fingerprint: dict) -> dict:
+    """Fit (or reuse) the TF-IDF floor in OUT/floor and measure it like any artifact; a report row."""
+    folder = Path(out) / "floor"
+    done = _finished(folder, fingerprint)
+    if done:
+        log("floor (TF-IDF + logistic regression): measured earlier, reused")
+    else:
+        log("floor: TF-IDF 1-2-grams + logistic regression (C chosen on validation)")
+        with atomic_dir(folder) as tmp:
+            vec, clf, info = fit_floor(splits)
+            artifacts.save(Artifact("floor", {"label_names": splits.label_names, "info": info}), tmp, (vec, clf), None)
+            metrics, _ = measure(tmp, splits, ev, log)
+            done = {"metrics": metrics | info, "fingerprint": fingerprint}
+            _write_json(tmp / "metrics.json", done)
+    return {"name": "tfidf-floor", "method": FLOOR_KIND, "artifact": "floor", "metrics": done["metrics"]}
 
 
 def _row(name: str, method: str, folder: Path, out: Path, done: dict) -> dict:

@@ -4,7 +4,7 @@ The golden check: a recipe's `batch_size` is the global batch, so two processes 
 same model as one process. With dropout off the only difference left is the order of float
 additions in the gradient all-reduce. Plain SGD keeps the check sharp (Adam divides by the
 gradient's own scale and would hide a gradient off by a constant factor, such as the N x that the
-Trainer applies to a classifier's loss under DDP unless told the loss is a mean: train.py does).
+Trainer applies to a classifier's loss under DDP unless told the loss is a mean: train/loop.py does).
 Measured: 1.5e-8 between 1 and 2 processes; a different batch order moves weights by ~0.1.
 """
 
@@ -172,7 +172,7 @@ def test_trainer_option_reaches_the_trainer(accumulated):
 @pytest.mark.slow
 def test_accumulated_batches_train_like_one_big_batch(accumulated, base_no_dropout, tiny_csv, tmp_path):
     """2 accumulated batches of 8 train the model one batch of 16 trains: the Trainer divides the
-    mean loss by the accumulation steps (only once told the loss is a mean: train.py)."""
+    mean loss by the accumulation steps (only once told the loss is a mean: train/loop.py)."""
     whole = recipe(base_no_dropout, tiny_csv)
     whole["stages"] = [whole["stages"][0] | {"batch_size": 16}]
     runner.run(parse(whole), tmp_path / "whole", log=lambda m: None)
@@ -200,7 +200,7 @@ def test_resume_under_two_processes(base_no_dropout, tiny_csv, tmp_path, monkeyp
     """A checkpoint left by an interrupted run is resumed by a 2-process run of the same recipe."""
     from transformers import TrainerCallback
 
-    from slimtune.methods import StageContext
+    from slimtune.stage import StageContext
 
     class CrashAfterFirstSave(TrainerCallback):
         def on_save(self, args, state, control, **kw):

@@ -53,7 +53,7 @@ def test_onnx_provider_names_the_missing_gpu_package(tiny_clf_dir):
     import onnxruntime as ort
 
     from slimtune.compute import onnx_providers
-    from slimtune.predictors import load_predictor
+    from slimtune.artifacts import load_predictor
 
     assert onnx_providers("cpu") == ["CPUExecutionProvider"]
     with pytest.raises(SlimtuneError, match=r"--provider: 'rocm' is not one of cpu, cuda, tensorrt"):
@@ -81,6 +81,6 @@ def test_cuda_training_uses_mixed_precision(base, tiny_csv, tmp_path):
 
 @pytest.mark.skipif(NO_GPU, reason="no CUDA GPU on this machine")
 def test_hardware_fingerprint_names_the_gpu():
-    from slimtune.benchmark import hardware
+    from slimtune.measure.bench import hardware
 
     assert hardware()["gpu"]["name"]
