@@ -29,12 +29,36 @@ def _eval_set(cfg: DataConfig, split: str) -> tuple[TextSet, list[str]]:
     return TextSet(s.train.texts + s.val.texts + s.test.texts, s.train.labels + s.val.labels + s.test.labels), s.label_names
 
 
-def run(recipe_path: str | Path, out: str | Path, log: Callable[[str], None] = print) -> dict:
-    """Run a recipe file into `out` (resuming finished stages); returns the report dict."""
+def run(recipe_path: str | Path, out: str | Path, log: Callable[[str], None] = print, device: str | None = None) -> dict:
+    """Run a recipe file into `out` (resuming finished stages); returns the report dict.
+
+    `device` (auto, cpu, cuda) overrides the recipe's. Launched as one of several processes
+    (torchrun, or `slimtune run --nproc N`), training is data-parallel and rank 0 writes; the
+    other ranks return an empty dict.
+    """
     from .recipe import load
     from .runner import run as run_recipe
 
-    return run_recipe(load(recipe_path), Path(out), log)
+    recipe = load(recipe_path)
+    if device is not None:
+        recipe.device = device
+    return run_recipe(recipe, Path(out), log)
+
+
+def check_run(recipe_path: str | Path, out: str | Path, device: str | None = None, nproc: int = 1) -> None:
+    """What `run` checks before any work (the recipe, --out, the device, batches that split
+    across `nproc` processes), without running it."""
+    from .compute import resolve_device
+    from .distributed import check_batch
+    from .artifacts.atomic import check_writable
+    from .recipe import load
+
+    recipe = load(recipe_path)
+    resolve_device(device or recipe.device, f"{recipe.source}: device" if device is None else "--device")
+    for st in recipe.stages:
+        if hasattr(st.config, "batch_size"):
+            check_batch(st.config.batch_size, f"{recipe.source}: stages {st.name}", nproc)
+    check_writable(Path(out), "--out")
 
 
 def evaluate(model: str | Path, data: DataConfig, split: str = "test", max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 32,
@@ -54,15 +78,16 @@ def default_texts(n: int = 200) -> list[str]:
 
 
 def bench(model: str | Path, texts: list[str] | None = None, runs: int = 100, warmup: int = 10, max_length: int = EVAL_MAX_LENGTH,
-          batch_size: int = 32) -> dict:
-    """Latency p50/p95 (batch 1), throughput, peak RSS, params, size on disk and hardware of `model`."""
+          batch_size: int = 32, provider: str = "cpu") -> dict:
+    """Latency p50/p95 (batch 1), throughput, peak RSS, params, size on disk and hardware of `model`
+    (`provider`: ONNX Runtime's cpu, cuda or tensorrt execution provider for an ONNX artifact)."""
     from .measure.bench import artifact_size, benchmark, hardware
 
-    pred = load_predictor(model, max_length)
+    pred = load_predictor(model, max_length, provider=provider)
     result = benchmark(pred, texts or default_texts(), runs, warmup, batch_size)
     target = Path(model)
     result["size_bytes"] = artifact_size(target / "model.onnx" if (target / "model.onnx").is_file() else target)
-    return result | {"hardware": hardware()}
+    return result | {"hardware": hardware(), "provider": provider}
 
 
 def check_export_target(model: str | Path, fmt: str, out: str | Path, overwrite: bool = False) -> None:

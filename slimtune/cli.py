@@ -44,16 +44,32 @@ def run(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
     out: Annotated[Path, typer.Option("--out", "-o", help="run folder; run again with the same folder to resume")],
     as_json: Annotated[bool, typer.Option("--json", help="print report.json instead of report.md")] = False,
+    nproc: Annotated[int, typer.Option(min=1, help="processes on this machine: training is data-parallel (DDP), "
+                                                   "rank 0 evaluates and writes; a stage's batch_size is the global batch")] = 1,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda (overrides the recipe's device)")] = None,
 ):
     """Run a recipe: data, model, stages, exports, report (resumable)."""
     from .console import log_line
 
+    if nproc > 1:  # hook (distributed.py): the same command as N processes under torch's launcher
+        from . import distributed
+
+        api.check_run(recipe, out, device, nproc)  # bad input is one line here, before N processes start
+        argv = ["run", str(recipe), "--out", str(out), *(["--json"] if as_json else []), *(["--device", device] if device else [])]
+        argv += [f for f in ("--debug", "--quiet") if f in sys.argv[1:]]
+        code = distributed.launch(nproc, argv)
+        if code == 130:
+            print(f"slimtune: interrupted; finished stages are kept in {out}; resume with: slimtune run {recipe} --out {out}",
+                  file=sys.stderr)
+        raise typer.Exit(code)
     try:
-        report = api.run(recipe, out, log=log_line)
+        report = api.run(recipe, out, log=log_line, device=device)
     except KeyboardInterrupt:
         print(f"slimtune: interrupted; finished stages are kept in {out}; resume with: slimtune run {recipe} --out {out}",
               file=sys.stderr)
         sys.exit(130)
+    if not report:  # a rank other than 0 of a multi-process run: rank 0 prints
+        return
     if as_json:
         _print_json(report)
     else:
@@ -87,6 +103,8 @@ def bench(
     label_column: LabelCol = "label",
     encoding: Encoding = "utf-8",
     max_length: MaxLen = 128,
+    provider: Annotated[str, typer.Option(help="ONNX Runtime execution provider for an ONNX artifact: cpu, cuda, tensorrt "
+                                               "(GPU ones need onnxruntime-gpu)")] = "cpu",
 ):
     """Latency p50/p95 at batch 1, throughput at batch 32, peak RSS, params, size, hardware."""
     texts = None
@@ -94,7 +112,7 @@ def bench(
         from .data import load_splits
 
         texts = load_splits(api.data_config(data, text_column, label_column, encoding=encoding)).test.texts[:200]
-    _print_json(api.bench(model, texts, runs=runs, max_length=max_length))
+    _print_json(api.bench(model, texts, runs=runs, max_length=max_length, provider=provider))
 
 
 @app.command()
@@ -221,7 +239,8 @@ def main() -> None:
     except SlimtuneError as e:
         if debug:
             traceback.print_exception(e)
-        print(f"slimtune: error: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")  # under torchrun, say which process it was
+        print(f"slimtune: error{f' (rank {rank})' if rank != '0' else ''}: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except exit_ as e:
         sys.exit(e.exit_code)

@@ -12,6 +12,8 @@ blocks), so `build` recurses instead of a method calling back into the parser.
     export: [onnx, onnx-int8]                                       # formats, from the last stage
     eval:   {max_length: 128, latency_runs: 100, ...}               # how every artifact is measured
     baseline: finetune                                              # default: the first stage
+    device: auto                                                    # auto | cpu | cuda (compute.py)
+    trainer: {gradient_accumulation_steps: 2}                       # more TrainingArguments (FSDP, DeepSpeed, ...)
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
     baseline: str | None = None
     source: str = "<recipe>"
+    device: str = "auto"  # auto | cpu | cuda (slimtune.compute)
+    trainer: dict = field(default_factory=dict)  # extra TrainingArguments, passed to every training
 
     @property
     def baseline_name(self) -> str | None:
@@ -86,10 +90,12 @@ class Recipe:
             "export": list(self.export),
             "eval": _nondefault(self.eval),
             **({"baseline": self.baseline} if self.baseline else {}),
+            **({"device": self.device} if self.device != "auto" else {}),
+            **({"trainer": dict(self.trainer)} if self.trainer else {}),
         }
 
 
-TOP_KEYS = {"data", "model", "stages", "export", "eval", "baseline"}
+TOP_KEYS = {"data", "model", "stages", "export", "eval", "baseline", "device", "trainer"}
 
 
 def _nondefault(obj) -> dict:
@@ -206,7 +212,13 @@ def parse(raw: dict, source: str = "<recipe>") -> Recipe:
     baseline = raw.get("baseline")
     if baseline is not None and baseline not in seen:
         raise SlimtuneError(f"{source}: baseline {baseline!r} is not a stage name ({', '.join(seen) or 'none'})")
-    return Recipe(data, model, stages, list(export), ev, baseline, source)
+    from .compute import DEVICES, check_trainer_args
+
+    device = raw.get("device", "auto")
+    if device not in DEVICES:
+        raise SlimtuneError(f"{source}: device must be one of {', '.join(DEVICES)}, not {device!r}")
+    trainer = check_trainer_args(raw.get("trainer") or {}, f"{source}: trainer")
+    return Recipe(data, model, stages, list(export), ev, baseline, source, device, trainer)
 
 
 def _is_classifier_folder(model: str) -> bool:

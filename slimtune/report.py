@@ -27,6 +27,17 @@ def _baseline(report: dict) -> dict | None:
     return next((s for s in report["stages"] if s["name"] == report.get("baseline")), None)
 
 
+def _compute_lines(report: dict) -> list[str]:
+    c, gpu = report.get("compute") or {}, report["hardware"].get("gpu")
+    if not gpu and c.get("world_size", 1) == 1 and c.get("device", "cpu") == "cpu":
+        return []
+    batches = ", ".join(f"{k} {v}" for k, v in (c.get("effective_batch_size") or {}).items())
+    on_gpu = f" ({gpu['name']})" if gpu else ""
+    return [f"Training: {c.get('world_size', 1)} process(es) on {c.get('device', 'cpu')}{on_gpu}; "
+            f"global batch per stage: {batches or 'n/a'}. "
+            "Evaluation and benchmarks ran in one process.", ""]
+
+
 def markdown(report: dict) -> str:
     base = _baseline(report)
     hw = report["hardware"]
@@ -42,6 +53,7 @@ def markdown(report: dict) -> str:
         f"torch threads {hw['torch_threads']}; ISA: {isa}. torch {hw['torch']}, "
         f"onnxruntime {hw['onnxruntime']}, transformers {hw['transformers']}.",
         "",
+        *_compute_lines(report),  # hook (compute.py / distributed.py): processes, device, GPU
     ]
     # a literal | inside a cell must be escaped, or the table gets extra columns and does not render
     head = ["stage", "method"] + [c[1] for c in COLUMNS] + ["speed-up", "size ratio", r"parity (max \|Δlogit\|, agree)"]

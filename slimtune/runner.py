@@ -25,8 +25,9 @@ from typing import Callable
 
 import numpy as np
 
-from . import artifacts
+from . import artifacts, distributed
 from .artifacts.atomic import atomic_dir, check_writable, clean_temp
+from .compute import Compute, resolve_device
 from .console import trainer_progress
 from .data import Splits, load_splits
 from .errors import SlimtuneError
@@ -46,7 +47,7 @@ def _fingerprint(recipe: Recipe, splits: Splits, upto: int | None, fmt: str | No
     d = recipe.to_dict()
     stages = d["stages"] if upto is None else d["stages"][: upto + 1]
     return {"data": d["data"], "data_digest": splits.digest, "model": d["model"], "eval": d["eval"],
-            "stages": stages, "format": fmt}
+            "stages": stages, "format": fmt, **({"trainer": d["trainer"]} if d.get("trainer") else {})}
 
 
 def _finished(folder: Path, fingerprint: dict) -> dict | None:
@@ -92,6 +93,12 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
     from .report import write_report
 
     out = Path(out)
+    # hook (distributed.py): under torchrun every rank walks the recipe; rank 0 alone writes and measures
+    compute = Compute(resolve_device(recipe.device, f"{recipe.source}: device"), recipe.trainer, log)
+    distributed.init(compute.device)
+    main = distributed.is_main()
+    if not main:
+        log = _silent
     # Nothing is written until the output folder, the data and every finished folder's recipe
     # are known good: a rejected run leaves OUT exactly as it was.
     check_writable(out, "--out")
@@ -101,11 +108,16 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         _finished(folder, _fingerprint(recipe, splits, i))
     for fmt in recipe.export:
         _finished(out / "exports" / fmt, _fingerprint(recipe, splits, None, fmt))
-    out.mkdir(parents=True, exist_ok=True)
-    for sub in ("stages", "exports"):
-        (out / sub).mkdir(exist_ok=True)
-        clean_temp(out / sub)
-    (out / "recipe.yaml").write_text(_yaml(recipe.to_dict()))
+    for st in recipe.stages:  # a global batch that does not split across the processes fails now, not mid-run
+        if hasattr(st.config, "batch_size"):
+            distributed.check_batch(st.config.batch_size, f"{recipe.source}: stages {st.name}")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        for sub in ("stages", "exports"):
+            (out / sub).mkdir(exist_ok=True)
+            clean_temp(out / sub)
+        (out / "recipe.yaml").write_text(_yaml(recipe.to_dict()))
+    distributed.barrier()
     log(f"data {splits.source}: {splits.stats}")
     data_profile = profile_data(splits, recipe.model, log)
     stages = [fill_max_length(s, data_profile, log) for s in recipe.stages]
@@ -123,13 +135,20 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         done = _finished(folder, fp)
         if done:
             log(f"stage {stage.name}: finished earlier, skipped")
+        elif not main:  # hook: another rank trains alongside rank 0, then reads the folder rank 0 wrote
+            with _failing_step(f"stage {stage.name} ({stage.method}) on rank {distributed.rank()}", out):
+                _follow_stage(stage, source, splits, ev, _checkpoint_dir(folder, fp), out / "cache", compute)
+            done = _finished(folder, fp)
         else:
             log(f"stage {stage.name} ({stage.method})")
             with _failing_step(f"stage {stage.name} ({stage.method})", out):
-                done = _run_stage(stage, source, splits, ev, folder, fp, log)
+                done = _run_stage(stage, source, splits, ev, folder, fp, log, compute)
         rows.append(_row(stage.name, stage.method, folder, out, done))
         source, source_logits = folder, np.load(folder / "test_logits.npy", allow_pickle=False)
 
+    if not main:  # exports, the floor and the report are rank 0's alone
+        distributed.finish()
+        return {}
     if recipe.export and not recipe.stages:  # exporting a fine-tuned folder given as `model`
         pred = artifacts.load_predictor(source, ev.max_length, splits.label_names)
         _, source_logits = evaluate(pred, splits.test, ev.batch_size, progress="source logits")
@@ -160,10 +179,14 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         "eval_batch_size": recipe.eval.batch_size,
         "stages": rows,
         "profile": data_profile,
+        "compute": {"device": compute.device, "world_size": distributed.world_size(),
+                    "effective_batch_size": {r["name"]: r["metrics"]["effective_batch_size"]
+                                             for r in rows if "effective_batch_size" in r["metrics"]}},
     }
     if ev.floor:  # the classical baseline every transformer row has to beat
         report["floor"] = _floor_row(splits, ev, out, log, _fingerprint(recipe, splits, -1, "floor"))
     write_report(report, out)
+    distributed.finish()
     return report
 
 
@@ -187,7 +210,13 @@ def _failing_step(what: str, out: Path):
         ) from e
 
 
-def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: dict, log) -> dict:
+def _checkpoint_dir(folder: Path, fp: dict) -> Path:
+    # keyed by the stage's fingerprint: a checkpoint of a since-changed recipe is never resumed
+    key = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return folder.parent.parent / "checkpoints" / f"{folder.name}-{key}"
+
+
+def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: dict, log, compute: Compute | None = None) -> dict:
     from transformers import set_seed
 
     method = METHODS[stage.method]
@@ -195,14 +224,14 @@ def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: 
     # before the Trainer seeds anything; unseeded, reruns of one recipe differed by ~2 points.
     set_seed(getattr(stage.config, "seed", 42))
     model, tokenizer = artifacts.load_model(source, splits.label_names)
-    # keyed by the stage's fingerprint: a checkpoint of a since-changed recipe is never resumed
-    key = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    ckpt = folder.parent.parent / "checkpoints" / f"{folder.name}-{key}"
+    ckpt = _checkpoint_dir(folder, fp)
     with atomic_dir(folder) as tmp:
         start = time.perf_counter()
         ctx = StageContext(splits, tmp / "_work", log, cache_dir=folder.parent.parent / "cache", checkpoint_dir=ckpt,
-                           callbacks=[trainer_progress(log)], max_length=ev.max_length)
+                           callbacks=[trainer_progress(log), *([compute.callback()] if compute else [])],
+                           max_length=ev.max_length)
         result = method.apply(model, tokenizer, stage.config, ctx)
+        distributed.barrier()  # every rank is done training (and with the checkpoints) before rank 0 writes
         info = dict(result.facts)
         info["stage_seconds"] = time.perf_counter() - start
         info |= artifacts.save(result.artifact, tmp, result.model, result.tokenizer)
@@ -213,7 +242,41 @@ def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: 
         done = {"metrics": metrics | info, "fingerprint": fp, "source": str(source)}
         _write_json(tmp / "metrics.json", done)
     shutil.rmtree(ckpt, ignore_errors=True)  # the stage is finished: its checkpoints are spent
+    distributed.barrier()  # the folder is in place: the other ranks may read it
     return done
+
+
+def _follow_stage(stage, source, splits: Splits, ev: EvalConfig, checkpoint_dir: Path, cache_dir: Path, compute: Compute) -> None:
+    """Rank >= 1 (distributed.py): take part in the stage's training (same seed, same model, same
+    method), then wait while rank 0 saves, measures and renames the stage folder.
+
+    The model trained here is thrown away (DDP keeps it identical to rank 0's). Scratch goes to
+    a private temp folder, never into the run folder; the run-wide cache and the checkpoint folder
+    are shared with rank 0, which alone writes them (the Trainer saves per-rank RNG state beside
+    rank 0's checkpoint, as it is designed to). Methods that do not train are left to rank 0.
+    """
+    import tempfile
+
+    from transformers import set_seed
+
+    from .train.config import TrainConfig
+
+    if isinstance(stage.config, TrainConfig):
+        set_seed(getattr(stage.config, "seed", 42))  # as rank 0 does: the new head starts identical
+        model, tokenizer = artifacts.load_model(source, splits.label_names)
+        work = Path(tempfile.mkdtemp(prefix=f"slimtune-rank{distributed.rank()}-"))
+        try:
+            ctx = StageContext(splits, work, _silent, cache_dir=cache_dir, checkpoint_dir=checkpoint_dir,
+                               callbacks=[compute.callback()], max_length=ev.max_length)
+            METHODS[stage.method].apply(model, tokenizer, stage.config, ctx)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    distributed.barrier()  # everyone has trained
+    distributed.barrier()  # rank 0 has written the stage folder
+
+
+def _silent(msg: str) -> None:
+    pass
 
 
 def _floor_row(splits: Splits, ev: EvalConfig, out: Path, log, fingerprint: dict) -> dict:

@@ -167,8 +167,10 @@ def label_names(folder: Path) -> list[str]:
 
 
 def predictor(path: Path, max_length: int, labels: list[str] | None = None, task: str | None = None,
-              threads: int | None = None):
-    """An ONNX Runtime predictor for a folder holding `model.onnx` (or the .onnx file itself)."""
+              threads: int | None = None, provider: str = "cpu"):
+    """An ONNX Runtime predictor for a folder holding `model.onnx` (or the .onnx file itself);
+    `provider`: ONNX Runtime's cpu, cuda or tensorrt execution provider (`compute.onnx_providers`)."""
+    from ..compute import onnx_providers
     from ..measure.predictors import OnnxPredictor
     from ..model.folders import load_tokenizer
 
@@ -181,6 +183,7 @@ def predictor(path: Path, max_length: int, labels: list[str] | None = None, task
     if labels is not None and list(labels) != names:
         raise SlimtuneError(f"{folder}: model was trained for labels {names}, but the data has {list(labels)}")
     config = json.loads((folder / "config.json").read_text())
-    pred = OnnxPredictor(onnx_file, load_tokenizer(folder, config.get("vocab_size")), names, max_length, threads)
+    pred = OnnxPredictor(onnx_file, load_tokenizer(folder, config.get("vocab_size")), names, max_length, threads,
+                         onnx_providers(provider))
     pred.truncation = config.get("slimtune_truncation", "head")
     return pred

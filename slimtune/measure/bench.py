@@ -153,7 +153,14 @@ def hardware() -> dict:
         "onnxruntime": onnxruntime.__version__,
         "transformers": transformers.__version__,
         "platform": platform.platform(),
+        "gpu": _gpu(),  # hook (compute.py): the GPU torch sees, or None
     }
+
+
+def _gpu():
+    from ..compute import gpu
+
+    return gpu()
 
 
 def int8_isa(log) -> dict:

@@ -68,14 +68,15 @@ class TorchPredictor(Predictor):
 class OnnxPredictor(Predictor):
     kind = "onnx"
 
-    def __init__(self, onnx_path: Path, tokenizer, label_names: list[str], max_length: int = DEFAULT_MAX_LENGTH, threads: int | None = None):
+    def __init__(self, onnx_path: Path, tokenizer, label_names: list[str], max_length: int = DEFAULT_MAX_LENGTH, threads: int | None = None,
+                 providers: list[str] | None = None):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers or ["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types for a bad file
             raise SlimtuneError(f"{onnx_path}: cannot load ONNX model: {str(e).splitlines()[0]}") from None
         self.path = Path(onnx_path)

@@ -12,10 +12,12 @@ import functools
 import math
 from pathlib import Path
 
+from .. import compute, distributed
 from ..data import TextSet
 from ..errors import SlimtuneError
 from ..profile import encode
 from .config import TrainConfig
+
 
 class EncodedDataset:
     """A torch-style dataset of tokenized examples; padding happens per batch in the collator."""
@@ -78,9 +80,17 @@ def _loss_trainer():
     from transformers import Trainer
 
     class LossTrainer(Trainer):
+        # Every loss in train/losses.py is a mean over the batch and ignores `num_items_in_batch`.
+        # Left to guess, the Trainer takes a forward with **kwargs (peft, slim_bert) for one that
+        # sums over `num_items_in_batch`: it then skips the division by gradient_accumulation_steps
+        # (and gathers item counts across processes under DDP) -- N x the gradient, invisible with
+        # Adam, N x the learning rate with SGD. Say so, once, for every loss.
+        loss_is_scaled_for_ga = False
+
         def __init__(self, *args, loss, **kwargs):
             super().__init__(*args, **kwargs)
             self.loss = loss
+            self.model_accepts_loss_kwargs = False  # no num_items_in_batch: the loss is a batch mean
 
         def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
             loss, out = self.loss(model, inputs)
@@ -118,7 +128,7 @@ def train(model, tokenizer, cfg: TrainConfig, ctx, loss=None, train_set=None, ex
     if resumable and early:
         raise SlimtuneError("checkpoint_steps and early_stopping_patience cannot be combined yet; choose one")
     save_strategy = "steps" if resumable else (strategy if early else "no")
-    args = TrainingArguments(
+    args = dict(
         output_dir=str(checkpoint_dir if resumable else work_dir),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -140,7 +150,6 @@ def train(model, tokenizer, cfg: TrainConfig, ctx, loss=None, train_set=None, ex
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         logging_steps=max(1, _steps(cfg, len(train_set)) // 20),
         report_to="none",
-        use_cpu=not torch.cuda.is_available(),
         optim="adamw_torch",
         save_only_model=not resumable,  # resuming needs optimizer and scheduler state
         dataloader_num_workers=0,
@@ -150,6 +159,9 @@ def train(model, tokenizer, cfg: TrainConfig, ctx, loss=None, train_set=None, ex
         remove_unused_columns=False,
         disable_tqdm=True,  # progress goes to stderr through console.trainer_progress, not tqdm on stdout
     )
+    # hook (compute.py, distributed.py): device, precision, the DDP batch split and the recipe's `trainer:` extras
+    run_compute = compute.from_callbacks([*callbacks, *ctx.callbacks])
+    args = TrainingArguments(**(args | run_compute.training_arguments(cfg.batch_size)))
     optimizers = (None, None)
     if cfg.optimizer == "sgd":
         params = [p for p in model.parameters() if p.requires_grad]
@@ -195,6 +207,7 @@ def train(model, tokenizer, cfg: TrainConfig, ctx, loss=None, train_set=None, ex
         "resumed_from_step": int(last.name.split("-")[-1]) if last else 0,
         "seconds_per_step": float(result.metrics.get("train_runtime", 0.0)) / max(1, trainer.state.global_step),
         "train_peak_rss_mb": peak_rss_mb() if fresh_peak else None,
+        **distributed.record(args, cfg.batch_size),  # world size, effective (global) batch
     }
 
 
@@ -223,7 +236,8 @@ def TimeBudget(minutes: float):
             self.deadline = time.monotonic() + 60 * minutes
 
         def on_step_end(self, args, state, control, **kwargs):
-            if time.monotonic() >= self.deadline:
+            # under DDP every rank must stop at the same step (clocks differ): stop when any rank is out of time
+            if distributed.any_rank(time.monotonic() >= self.deadline):
                 control.should_training_stop = True
 
     return _TimeBudget()

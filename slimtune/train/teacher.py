@@ -2,7 +2,8 @@
 in the run folder (safetensors, atomic), and the labelled rows that carry them.
 
 Used by distillation (the teacher is the incoming model or a named one) and by recovery after
-surgery (the teacher is the model before pruning or sharing, when `alpha` < 1).
+surgery (the teacher is the model before pruning or sharing, when `alpha` < 1). Under several
+processes (`distributed`) rank 0 computes them once; the other ranks read the cache.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from .. import distributed
 from .config import RecoveryConfig
 from .loop import EncodedDataset
 
@@ -24,7 +26,15 @@ def _digest(model) -> str:
 
 
 def teacher_logits(teacher, tokenizer, texts: list[str], max_length: int, cache_dir: Path, log):
-    """Teacher logits (a tensor (N, K)) for `texts`, read from / written to `cache_dir`; and whether reused."""
+    """Teacher logits (a tensor (N, K)) for `texts`, read from / written to `cache_dir`; and whether reused.
+
+    Under several processes rank 0 computes and caches them first; the others then read the cache.
+    """
+    with distributed.main_first():
+        return _teacher_logits(teacher, tokenizer, texts, max_length, cache_dir, log)
+
+
+def _teacher_logits(teacher, tokenizer, texts: list[str], max_length: int, cache_dir: Path, log):
     import torch
     from safetensors.torch import load_file, save_file
 
