@@ -139,6 +139,15 @@ def _type_name(hint) -> str:
 def parse(raw: dict, source: str = "<recipe>") -> Recipe:
     if not isinstance(raw, dict):
         raise SlimtuneError(f"{source}: a recipe is a mapping with keys {', '.join(sorted(TOP_KEYS))}")
+    # hook (decoders, issue 14): `task: generate` recipes are validated by slimtune/decoder/recipe.py
+    task = raw.get("task", "classify")
+    if task == "generate":
+        from .decoder.recipe import parse as parse_generate
+
+        return parse_generate(raw, source)
+    if task != "classify":
+        raise SlimtuneError(f"{source}: task must be classify (the default) or generate, not {task!r}")
+    raw = {k: v for k, v in raw.items() if k != "task"}
     for key in raw:
         if key not in TOP_KEYS:
             raise SlimtuneError(f"{source}: unknown key {key!r}; allowed: {', '.join(sorted(TOP_KEYS))}")

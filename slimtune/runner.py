@@ -85,6 +85,10 @@ def measure(artifact: Path, splits: Splits, ev: EvalConfig, log: Callable[[str],
 def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
     from .report import write_report
 
+    if getattr(recipe, "task", "classify") == "generate":  # hook (decoders, issue 14)
+        from .decoder.runner import run as run_generate
+
+        return run_generate(recipe, out, log)
     out = Path(out)
     # Nothing is written until the output folder, the data and every finished folder's recipe
     # are known good: a rejected run leaves OUT exactly as it was.
