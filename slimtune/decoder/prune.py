@@ -170,6 +170,12 @@ def _distill_trainer(cache: dict, alpha: float, temperature: float):
     offsets, values, indices = cache["offsets"], cache["values"], cache["indices"].long()
 
     class DistillTrainer(Trainer):
+        def _set_signature_columns_if_needed(self):
+            # the Trainer drops row keys the model's forward does not take; keep the cache index
+            super()._set_signature_columns_if_needed()
+            if "example" not in self._signature_columns:
+                self._signature_columns.append("example")
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             examples = inputs.pop("example")
             out = model(**inputs)
