@@ -32,8 +32,17 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-decoder"))
     ap.add_argument("--lora-minutes", type=float, default=20)
     ap.add_argument("--prune-minutes", type=float, default=15)
+    ap.add_argument("--train-samples", type=int, default=None, help="subsample the training pairs (teacher logits cost a forward each)")
+    ap.add_argument("--test-samples", type=int, default=None, help="held-out pairs scored for perplexity (recipe: 120)")
+    ap.add_argument("--answer-prompts", type=int, default=None, help="greedy answers per artifact (recipe: 24)")
     args = ap.parse_args()
     raw = yaml.safe_load((REPO / "recipes" / "generate.yaml").read_text())
+    if args.train_samples:
+        raw["data"]["max_train_samples"] = args.train_samples
+    if args.test_samples:
+        raw["data"]["max_test_samples"] = args.test_samples
+    if args.answer_prompts:
+        raw["eval"]["answer_prompts"] = args.answer_prompts
     lora = next(s for s in raw["stages"] if s["method"] == "lora")
     lora["max_minutes"] = args.lora_minutes
     raw["stages"] += [

@@ -56,7 +56,13 @@ class GenAIDecoder(Decoder):
 
         self.folder = Path(folder)
         try:
-            self.model = og.Model(str(self.folder))
+            # as many intra-op threads as torch uses here, so torch and GenAI rows compare like with like
+            import torch
+
+            config = og.Config(str(self.folder))
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+                "intra_op_num_threads": torch.get_num_threads()}}}}))
+            self.model = og.Model(config)
         except Exception as e:  # GenAI raises its own error type for a bad folder
             raise SlimtuneError(f"{self.folder}: cannot load GenAI model: {str(e).splitlines()[0]}") from None
         # the HF tokenizer the builder copied: the same ids as og.Tokenizer, and the chat template
@@ -108,5 +114,9 @@ class GenAIDecoder(Decoder):
 
             cfg = json.loads((self.folder / "genai_config.json").read_text())["model"]["decoder"]
             self._head_size = int(cfg["head_size"])
-            self._session = ort.InferenceSession(str(self.folder / cfg["filename"]), providers=["CPUExecutionProvider"])
+            import torch
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = torch.get_num_threads()
+            self._session = ort.InferenceSession(str(self.folder / cfg["filename"]), opts, providers=["CPUExecutionProvider"])
         return self._session

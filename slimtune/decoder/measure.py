@@ -164,7 +164,14 @@ def generation_speed(dec: Decoder, prompts: list[str], system: str | None, new_t
         if n > 1:
             rate.append((n - 1) / (end - first))
     return {"ttft_ms": float(np.median(ttft)), "decode_tokens_per_s": float(np.median(rate)) if rate else float("nan"),
-            "speed_prompts": len(ttft), "speed_new_tokens": new_tokens, "load_avg_1m": float(os.getloadavg()[0])}
+            "speed_prompts": len(ttft), "speed_new_tokens": new_tokens, "load_avg_1m": float(os.getloadavg()[0]),
+            "threads": _threads()}
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()  # GenAI sessions are given the same count (genai.py)
 
 
 def first_token_agreement(source: dict[str, list[int]], other: dict[str, list[int]], n: int) -> dict:

@@ -54,6 +54,7 @@ def markdown(report: dict) -> str:
                      f"mean common prefix {p['greedy_common_prefix_mean']:.1f})" if p else "")
         lines.append("| " + " | ".join(cells) + " |")
     loads = [s["metrics"]["load_avg_1m"] for s in report["stages"] if "load_avg_1m" in s["metrics"]]
+    threads = [s["metrics"]["threads"] for s in report["stages"] if "threads" in s["metrics"]]
     lines += ["",
               "Perplexity: exp of the mean negative log-likelihood of every response token of the test pairs, the prompt "
               "given in the chat template (prompt tokens are not scored). Token F1 / exact match: greedy answers "
@@ -62,7 +63,8 @@ def markdown(report: dict) -> str:
               f"median over {ev.get('speed_prompts')} test prompts x {ev.get('speed_new_tokens')} new tokens after one "
               "warm-up, each artifact in a fresh process on this machine, one after another; compare ratios within this "
               "report. Size: weight files on disk. Peak RSS: the timing process, Python and libraries included."
-              + (f" 1-minute load average while timing: {min(loads):.2f} to {max(loads):.2f}." if loads else "")]
+              + (f" 1-minute load average while timing: {min(loads):.2f} to {max(loads):.2f}." if loads else "")
+              + (f" Threads: {threads[0]} (torch and GenAI alike)." if threads else "")]
     trained = [s for s in report["stages"] if "trainable_params" in s["metrics"]]
     if trained:
         lines += ["", "| stage | trainable params | share | train steps | train pairs | response tokens | train s | s/step | train loss |",
