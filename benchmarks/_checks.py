@@ -10,7 +10,7 @@ from pathlib import Path
 def run_fresh(raw: dict, out: Path, source: str) -> tuple[dict, float]:
     """Run recipe `raw` into an emptied `out` (a benchmark measures a whole run, never a resume);
     returns (report, wall seconds)."""
-    from slimtune.models import quiet_libraries
+    from slimtune.model.folders import quiet_libraries
     from slimtune.recipe import parse
     from slimtune.runner import run
 

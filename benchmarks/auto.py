@@ -25,7 +25,7 @@ def main() -> int:
     from slimtune.api import data_config
     from slimtune.auto import FLOOR, AutoConfig, auto
     from slimtune.errors import SlimtuneError
-    from slimtune.models import quiet_libraries
+    from slimtune.model.folders import quiet_libraries
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="rotten_tomatoes")

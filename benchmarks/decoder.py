@@ -50,7 +50,7 @@ def main() -> int:
          "batch_size": 8, "max_length": 128, "learning_rate": 2e-4, "max_steps": 400, "max_minutes": args.prune_minutes},
         {"name": "tuned", "method": "baseline", "from": "lora"},
     ]
-    from slimtune.models import quiet_libraries
+    from slimtune.model.folders import quiet_libraries
     from slimtune.recipe import parse
     from slimtune.runner import run
 

@@ -25,7 +25,7 @@ from _checks import report_checks  # noqa: E402
 
 def main() -> int:
     import slimtune
-    from slimtune.models import quiet_libraries
+    from slimtune.model.folders import quiet_libraries
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-main"))

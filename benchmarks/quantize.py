@@ -29,7 +29,7 @@ from _checks import report_checks  # noqa: E402
 
 
 def main() -> int:
-    from slimtune.models import quiet_libraries
+    from slimtune.model.folders import quiet_libraries
     from slimtune.recipe import parse
     from slimtune.runner import run
 

@@ -1,6 +1,6 @@
 """Serving benchmark: `slimtune serve` under bounded load on loopback, ratios measured in one run.
 
-    python benchmarks/serve.py --artifact runs/default/exports/onnx-int8 [--fp32 runs/default/exports/onnx]
+    python benchmarks/serve.py [--artifact runs/default/stages/04-compact] [--fp32 FOLDER_OR_ONNX]
 
 Every request goes to 127.0.0.1 (the server is started here, on a free port); every load phase
 is bounded in request count and in seconds. The load generator is httpx's async client.
@@ -174,7 +174,7 @@ def invariance(server: Server, texts: list[str], seed: int = 0) -> dict:
 
 def where_batching_pays(artifacts: dict[str, Path], texts: list[str], n: int = 256) -> list[dict]:
     """In-process, no HTTP: texts/s at batch 1 and at batch 32, short and long texts, 1 and 2 threads."""
-    from slimtune.predictors import load_predictor
+    from slimtune.artifacts import load_predictor
 
     long_texts = [" ".join(texts[i : i + 5]) for i in range(0, 5 * n, 5)]  # ~5 snippets: >= 128 tokens
     rows = []
@@ -199,7 +199,7 @@ def where_batching_pays(artifacts: dict[str, Path], texts: list[str], n: int = 2
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--artifact", default=str(REPO / "runs" / "default" / "exports" / "onnx-int8"))
+    ap.add_argument("--artifact", default=str(REPO / "runs" / "default" / "stages" / "04-compact"))
     ap.add_argument("--fp32", help="the fp32 ONNX export of the same model (for where batching pays)")
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--clients", type=int, default=64)
@@ -209,9 +209,9 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from slimtune.benchmark import benchmark_in_subprocess, hardware
+    from slimtune.measure.bench import benchmark_in_subprocess, hardware
     from slimtune.data import DataConfig, load_splits
-    from slimtune.models import quiet_libraries
+    from slimtune.model.folders import quiet_libraries
 
     quiet_libraries()
     artifact = Path(args.artifact)

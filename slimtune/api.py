@@ -8,7 +8,9 @@ from typing import Callable
 
 from .data import PACKAGED, DataConfig, TextSet, load_splits
 from .errors import SlimtuneError
-from .predictors import DEFAULT_MAX_LENGTH, Prediction, load_predictor
+from .profile import EVAL_MAX_LENGTH
+from .artifacts import load_predictor
+from .measure.predictors import DEFAULT_MAX_LENGTH, Prediction
 
 
 def data_config(data: str, text_column: str = "text", label_column: str = "label", **kw) -> DataConfig:
@@ -38,7 +40,7 @@ def run(recipe_path: str | Path, out: str | Path, log: Callable[[str], None] = p
 def evaluate(model: str | Path, data: DataConfig, split: str = "test", max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 32,
              task: str | None = None) -> dict:
     """Accuracy, macro F1/precision/recall and confusion matrix of `model` on `data`'s test split (or all of it)."""
-    from .metrics import evaluate as evaluate_predictor
+    from .measure.metrics import evaluate as evaluate_predictor
 
     texts, label_names = _eval_set(data, split)
     pred = load_predictor(model, max_length, label_names, task)
@@ -51,9 +53,10 @@ def default_texts(n: int = 200) -> list[str]:
     return load_splits(DataConfig(name="rotten_tomatoes")).test.texts[:n]
 
 
-def bench(model: str | Path, texts: list[str] | None = None, runs: int = 100, warmup: int = 10, max_length: int = 128, batch_size: int = 32) -> dict:
+def bench(model: str | Path, texts: list[str] | None = None, runs: int = 100, warmup: int = 10, max_length: int = EVAL_MAX_LENGTH,
+          batch_size: int = 32) -> dict:
     """Latency p50/p95 (batch 1), throughput, peak RSS, params, size on disk and hardware of `model`."""
-    from .benchmark import artifact_size, benchmark, hardware
+    from .measure.bench import artifact_size, benchmark, hardware
 
     pred = load_predictor(model, max_length)
     result = benchmark(pred, texts or default_texts(), runs, warmup, batch_size)
@@ -66,7 +69,8 @@ def check_export_target(model: str | Path, fmt: str, out: str | Path, overwrite:
     """Refuse an export target that would destroy something: the source itself (or a folder
     holding it, or inside it), or a non-empty folder that is not a finished export of the same
     format (unless `overwrite`). Checked before any work; nothing is touched."""
-    from .exporters import FORMATS, check_writable
+    from .artifacts.atomic import check_writable
+    from .export import FORMATS
 
     if fmt not in FORMATS:
         raise SlimtuneError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -84,7 +88,7 @@ def check_export_target(model: str | Path, fmt: str, out: str | Path, overwrite:
                                 "choose an empty or new folder, or pass --overwrite to replace what it holds")
 
 
-def export(model: str | Path, fmt: str, out: str | Path, data: DataConfig | None = None, max_length: int = 128,
+def export(model: str | Path, fmt: str, out: str | Path, data: DataConfig | None = None, max_length: int = EVAL_MAX_LENGTH,
            task: str | None = None, overwrite: bool = False) -> dict:
     """Export an HF classifier folder to `fmt` (hf, onnx, onnx-int8) at `out`, then check parity.
 
@@ -93,10 +97,9 @@ def export(model: str | Path, fmt: str, out: str | Path, data: DataConfig | None
     `out` must be new, empty or a finished export of the same format (`overwrite` replaces
     anything else); it is never the source.
     """
-    from .metrics import classification_metrics, parity
-    from .exporters import export as do_export
-    from .models import load_model
-    from .predictors import TorchPredictor, batched_logits
+    from .artifacts import load_model
+    from .export import export_checked
+    from .measure.metrics import classification_metrics
 
     check_export_target(model, fmt, out, overwrite)
     out = Path(out)
@@ -106,11 +109,8 @@ def export(model: str | Path, fmt: str, out: str | Path, data: DataConfig | None
         texts = test.texts
     else:
         test, texts = None, default_texts()
-    source = batched_logits(TorchPredictor(torch_model, tokenizer, max_length), texts, progress="source logits")
-    do_export(torch_model, tokenizer, fmt, out)
-    exported = load_predictor(out, max_length)
-    logits = batched_logits(exported, texts, progress="exported logits")
-    result = {"format": fmt, "source": str(model), "artifact": str(out), "parity": parity(source, logits), "n_texts": len(texts)}
+    exported, logits, check = export_checked(torch_model, tokenizer, fmt, out, texts, max_length)
+    result = {"format": fmt, "source": str(model), "artifact": str(out), "parity": check, "n_texts": len(texts)}
     if test is not None:
         result |= classification_metrics(test.labels, logits.argmax(1), len(exported.label_names))
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
@@ -119,7 +119,7 @@ def export(model: str | Path, fmt: str, out: str | Path, data: DataConfig | None
 
 def predict(model: str | Path, texts: list[str], max_length: int = DEFAULT_MAX_LENGTH, task: str | None = None) -> list[Prediction]:
     """Label and probability for each text."""
-    from .predictors import predict as predict_texts
+    from .measure.predictors import predict as predict_texts
 
     if not texts:
         raise SlimtuneError("predict: give at least one text")

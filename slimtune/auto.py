@@ -43,6 +43,7 @@ from typing import Callable
 
 from .data import DataConfig
 from .errors import SlimtuneError
+from .profile import EVAL_MAX_LENGTH
 
 STUDY_NAME = "slimtune-auto"
 FLOOR = "tfidf-floor"
@@ -182,7 +183,7 @@ class Search:
     """The shared run folder (`OUT/search`) whose stage list grows by each candidate's new stages."""
 
     def __init__(self, cfg: AutoConfig, out: Path, log):
-        from .models import resolve
+        from .model.folders import resolve
 
         self.cfg, self.out, self.log = cfg, Path(out), log
         self.folder = self.out / "search"
@@ -247,15 +248,15 @@ class Search:
 
     def val_metrics(self, artifact: Path) -> dict:
         """Accuracy on the validation split (what selection reads), cached beside the run."""
-        from .metrics import evaluate
-        from .predictors import load_predictor
+        from .measure.metrics import evaluate
+        from .artifacts import load_predictor
 
         cache = self.folder / "val" / f"{artifact.name}.json"
         if cache.is_file():
             return json.loads(cache.read_text())
         if not len(self.splits.val):
             raise SlimtuneError("auto: the data has no validation split (data.val_size is 0); selection needs one")
-        length = self.cfg.eval.get("max_length") or max(128, self.cfg.train.get("max_length") or self.report["profile"]["suggested_max_length"])
+        length = self.cfg.eval.get("max_length") or max(EVAL_MAX_LENGTH, self.cfg.train.get("max_length") or self.report["profile"]["suggested_max_length"])
         pred = load_predictor(artifact, length, self.splits.label_names)
         m, _ = evaluate(pred, self.splits.val, 32)
         out = {"val_accuracy": m["accuracy"], "val_f1_macro": m["f1_macro"]}
@@ -348,7 +349,7 @@ def auto(cfg: AutoConfig, out: str | Path, log: Callable[[str], None] = print, p
     from optuna.trial import TrialState
 
     from .data import load_splits
-    from .models import resolve
+    from .model.folders import resolve
 
     load_splits(cfg.data)  # bad data or model: one line before anything is created in OUT
     resolve(cfg.model)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .predictors import Predictor
+from .measure.predictors import Predictor
 
 _STOP = object()
 

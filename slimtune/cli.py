@@ -15,8 +15,9 @@ from typing import Annotated, Optional
 import typer
 
 from . import api
+from .console import console as _console
 from .errors import SlimtuneError
-from .models import quiet_libraries
+from .model.folders import quiet_libraries
 
 app = typer.Typer(
     add_completion=False,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import assets
+from .model import assets
 from .errors import SlimtuneError
 
 PACKAGED = ("rotten_tomatoes", "tweets_sentiment")

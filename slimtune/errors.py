@@ -10,3 +10,11 @@ class SlimtuneError(Exception):
     """A problem with the user's input, reported as one line and exit code 2."""
 
     exit_code = 2
+
+
+def one_of(key: str, value, allowed, where: str = "") -> None:
+    """The one "must be one of" check every config uses: `key: 'x' is not one of a, b`, or with
+    `where` (the method), `where: key 'x' is not one of a, b`."""
+    if value not in allowed:
+        what = f"{where}: {key}" if where else f"{key}:"
+        raise SlimtuneError(f"{what} {value!r} is not one of {', '.join(map(str, allowed))}")

@@ -82,7 +82,7 @@ def model_limit(model: str) -> int:
     """The longest input the model takes (position embeddings), from its config."""
     import json
 
-    from .models import resolve
+    from .model.folders import resolve
 
     folder = resolve(model)
     try:
@@ -159,7 +159,7 @@ def warnings(profile: dict) -> list[str]:
 
 def profile_data(splits, model: str, log=print) -> dict:
     """Profile `splits` with `model`'s own tokenizer; logs a short summary and every warning."""
-    from .models import load_tokenizer, resolve
+    from .model.folders import load_tokenizer, resolve
 
     tokenizer = load_tokenizer(resolve(model))
     p = profile_splits(splits, tokenizer, min(model_limit(model), _tok_limit(tokenizer)))

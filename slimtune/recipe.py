@@ -1,5 +1,9 @@
 """Recipes: YAML in, validated into small dataclasses; a typo in a key is an error, not a default.
 
+A recipe is pure data: parsing and validating one imports no torch (the method configs are plain
+dataclasses), and nested blocks are typed (a multitask stage's `tasks:` is a mapping of data
+blocks), so `build` recurses instead of a method calling back into the parser.
+
     data:   {name: rotten_tomatoes} | {path: FILE, text_column: text, label_column: label, ...}
     model:  minilm-l6 | minilm-l3 | PATH/TO/HF_FOLDER
     stages: [{name: finetune, method: full, epochs: 1, ...}, ...]   # method fields inline;
@@ -12,9 +16,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,18 +23,16 @@ import yaml
 
 from .data import DataConfig
 from .errors import SlimtuneError
-from .exporters import FORMATS
+from .export import FORMATS
 from .methods import METHODS
-
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-FROM_MODEL = "model"  # `from: model`: a stage that starts from the recipe's model, not an earlier stage
+from .schema import FROM_MODEL, NAME_RE, Stage, _nondefault, build  # noqa: F401  (also this module's API)
 
 
 @dataclass
 class EvalConfig:
     """How every artifact is measured (the same for all stages of a run)."""
 
-    max_length: int | None = None  # unset: 128, or the longest max_length a stage trains with if longer
+    max_length: int | None = None  # unset: EVAL_MAX_LENGTH (128), or the longest max_length a stage trains with if longer
     batch_size: int = 32  # evaluation and throughput batch size
     latency_runs: int = 100  # timed batch-1 calls (at least 50 recommended)
     warmup: int = 10
@@ -46,17 +45,6 @@ class EvalConfig:
         for name, low in (("max_length", 2), ("batch_size", 1), ("latency_runs", 1), ("warmup", 0), ("bench_texts", 1)):
             if getattr(self, name) is not None and getattr(self, name) < low:
                 raise SlimtuneError(f"{name} must be >= {low}, not {getattr(self, name)!r}")
-
-
-@dataclass
-class Stage:
-    name: str
-    method: str
-    config: object  # the method's config dataclass
-    source: str | None = None  # `from:` an earlier stage's model instead of the previous one
-
-    def fields(self) -> dict:
-        return dataclasses.asdict(self.config)
 
 
 @dataclass
@@ -86,54 +74,6 @@ class Recipe:
 
 
 TOP_KEYS = {"data", "model", "stages", "export", "eval", "baseline"}
-
-
-def _nondefault(obj) -> dict:
-    out = {}
-    for f in dataclasses.fields(obj):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-        value = getattr(obj, f.name)
-        if value != default:
-            out[f.name] = value
-    return out
-
-
-def build(cls, values, where: str):
-    """Instantiate dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
-    if not isinstance(values, dict):
-        raise SlimtuneError(f"{where}: expected a mapping of fields, got {type(values).__name__}")
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    for key in values:
-        if key not in allowed:
-            raise SlimtuneError(f"{where}: unknown key {key!r}; allowed: {', '.join(allowed)}")
-    hints = typing.get_type_hints(cls)
-    for key, value in values.items():
-        if not _type_ok(value, hints[key]):
-            raise SlimtuneError(f"{where}.{key}: expected {_type_name(hints[key])}, got {value!r}")
-    try:
-        return cls(**values)
-    except SlimtuneError as e:
-        raise SlimtuneError(f"{where}: {e}") from None
-
-
-def _type_ok(value, hint) -> bool:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        return any(_type_ok(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if origin is list:
-        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value) if args else isinstance(value, list)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint) if isinstance(hint, type) else True
-
-
-def _type_name(hint) -> str:
-    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
 def parse(raw: dict, source: str = "<recipe>") -> Recipe:

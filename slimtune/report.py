@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .floor import verdict as floor_verdict
+from .measure.floor import verdict as floor_verdict
 from .profile import markdown as profile_markdown
 
 COLUMNS = [
@@ -83,7 +83,7 @@ def markdown(report: dict) -> str:
     noisy = [s["name"] for s in report["stages"] if s["metrics"].get("noisy")]
     if noisy:
         lines += ["", f"**noisy**: {', '.join(noisy)} were timed while the machine was busy (load average or a p95/p50 "
-                  "spread above the limits in slimtune/benchmark.py, still so after re-measuring); their latency and "
+                  "spread above the limits in slimtune/measure/bench.py, still so after re-measuring); their latency and "
                   "speed-up are not to be trusted. Re-run `slimtune bench` on an idle machine."]
     varying = [s for s in report["stages"] if s["metrics"].get("batch1_agreement", 1.0) < 1.0]
     if varying:

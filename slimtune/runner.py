@@ -2,18 +2,19 @@
 
 Run folder layout:
 
-    OUT/stages/01-<name>/   HF folder of the stage's model + metrics.json + test_logits.npy
+    OUT/stages/01-<name>/   the stage's artifact (HF folder, or its StageResult.artifact format)
+                            + metrics.json + test_logits.npy
     OUT/exports/<format>/   model.onnx (or HF folder) + config + tokenizer + metrics.json
+    OUT/floor/              the TF-IDF + logistic regression floor, measured like any artifact
     OUT/report.json, report.md, accuracy_vs_latency.png, accuracy_vs_size.png
 
-Each folder is written under a temp name and renamed when complete (`export.atomic_dir`), so a
+Each folder is written under a temp name and renamed when complete (`artifacts.atomic`), so a
 folder that exists is finished. Run again with the same OUT and finished stages are skipped; a
 stage whose recipe changed since it ran is an error rather than silently reused.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import shutil
@@ -23,45 +24,28 @@ from typing import Callable
 
 import numpy as np
 
-from . import benchmark as bench, exporters as exporting, storage
+from . import artifacts
+from .artifacts.atomic import atomic_dir, check_writable, clean_temp
 from .console import trainer_progress
 from .data import Splits, load_splits
-from .errors import SlimtuneError
-from .metrics import evaluate, parity
-from .methods import METHODS, StageContext
-from .models import load_model
-from .floor import floor_row
-from .predictors import batched_logits, load_predictor
+from .export import export_checked
+from .measure import bench
+from .measure.floor import KIND as FLOOR_KIND, fit_floor
+from .measure.metrics import evaluate, parity
+from .measure.predictors import batched_logits
 from .profile import eval_config, fill_max_length, profile_data
 from .recipe import FROM_MODEL, EvalConfig, Recipe
+from .runfolder import failing_step as _failing_step, finished as _finished, fingerprint as _fingerprint
+from .runfolder import write_json as _write_json, yaml_text as _yaml
+from .stage import METHODS, Artifact, StageContext
 
 
-def _fingerprint(recipe: Recipe, splits: Splits, upto: int | None, fmt: str | None = None) -> dict:
-    """What a folder's content depends on: the data (its settings and its content: editing the
-    file must not reuse stages trained on the old one), model, eval and every stage up to it."""
-    d = recipe.to_dict()
-    stages = d["stages"] if upto is None else d["stages"][: upto + 1]
-    return {"data": d["data"], "data_digest": splits.digest, "model": d["model"], "eval": d["eval"],
-            "stages": stages, "format": fmt}
-
-
-def _finished(folder: Path, fingerprint: dict) -> dict | None:
-    path = folder / "metrics.json"
-    if not path.is_file():
-        return None
-    saved = json.loads(path.read_text())
-    if saved.get("fingerprint") != fingerprint:
-        raise SlimtuneError(
-            f"{folder} was made by a different recipe or data (stage settings, data settings or the data "
-            "file's content changed); use a new --out folder or delete that one"
-        )
-    return saved
-
-
-def measure(artifact: Path, splits: Splits, ev: EvalConfig, log: Callable[[str], None], source_logits=None) -> tuple[dict, np.ndarray]:
-    """Evaluate `artifact` on the test split, then benchmark it in a fresh process."""
-    pred = load_predictor(artifact, ev.max_length, splits.label_names)
-    metrics, logits = evaluate(pred, splits.test, ev.batch_size, progress=f"evaluating {artifact.name}")
+def measure(artifact: Path, splits: Splits, ev: EvalConfig, log: Callable[[str], None], source_logits=None,
+            pred=None, logits=None) -> tuple[dict, np.ndarray]:
+    """Evaluate `artifact` on the test split, then benchmark it in a fresh process. `pred` and its
+    test `logits`, when the caller has them already (an export's parity check), are not recomputed."""
+    pred = pred or artifacts.load_predictor(artifact, ev.max_length, splits.label_names)
+    metrics, logits = evaluate(pred, splits.test, ev.batch_size, progress=f"evaluating {artifact.name}", logits=logits)
     if source_logits is not None:
         metrics["parity"] = parity(source_logits, logits)
     texts = splits.test.texts[: ev.bench_texts]
@@ -92,7 +76,7 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
     out = Path(out)
     # Nothing is written until the output folder, the data and every finished folder's recipe
     # are known good: a rejected run leaves OUT exactly as it was.
-    exporting.check_writable(out, "--out")
+    check_writable(out, "--out")
     splits = load_splits(recipe.data)
     stage_dirs = [out / "stages" / f"{i + 1:02d}-{st.name}" for i, st in enumerate(recipe.stages)]
     for i, folder in enumerate(stage_dirs):
@@ -102,7 +86,7 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for sub in ("stages", "exports"):
         (out / sub).mkdir(exist_ok=True)
-        exporting.clean_temp(out / sub)
+        clean_temp(out / sub)
     (out / "recipe.yaml").write_text(_yaml(recipe.to_dict()))
     log(f"data {splits.source}: {splits.stats}")
     data_profile = profile_data(splits, recipe.model, log)
@@ -129,7 +113,7 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         source, source_logits = folder, np.load(folder / "test_logits.npy", allow_pickle=False)
 
     if recipe.export and not recipe.stages:  # exporting a fine-tuned folder given as `model`
-        pred = load_predictor(source, ev.max_length, splits.label_names)
+        pred = artifacts.load_predictor(source, ev.max_length, splits.label_names)
         _, source_logits = evaluate(pred, splits.test, ev.batch_size, progress="source logits")
         del pred
     for fmt in recipe.export:
@@ -141,9 +125,11 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         else:
             log(f"export {fmt}")
             with _failing_step(f"export {fmt}", out):
-                model, tokenizer = load_model(source, splits.label_names)
-                exporting.export(model, tokenizer, fmt, folder)
-                metrics, _ = measure(folder, splits, ev, log, source_logits)
+                model, tokenizer = artifacts.load_model(source, splits.label_names)
+                pred, logits, check = export_checked(model, tokenizer, fmt, folder, splits.test.texts, ev.max_length,
+                                                     source_logits, splits.label_names, ev.batch_size)
+                del model
+                metrics, _ = measure(folder, splits, ev, log, source_logits, pred=pred, logits=logits)
             done = {"metrics": metrics, "fingerprint": fp, "source": str(source)}
             _write_json(folder / "metrics.json", done)
         rows.append(_row(fmt, "export", folder, out, done))
@@ -158,29 +144,9 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         "profile": data_profile,
     }
     if ev.floor:  # the classical baseline every transformer row has to beat
-        report["floor"] = floor_row(splits, ev, out, log, _fingerprint(recipe, splits, -1, "floor"))
+        report["floor"] = _floor_row(splits, ev, out, log, _fingerprint(recipe, splits, -1, "floor"))
     write_report(report, out)
     return report
-
-
-@contextlib.contextmanager
-def _failing_step(what: str, out: Path):
-    """A stage or export that fails ends the run with one line: which step, the cause, how to resume.
-
-    The traceback stays on the exception chain (`slimtune --debug` prints it); finished stages are
-    already renamed into place, and the failed step's temp folder is removed by `atomic_dir`.
-    """
-    try:
-        yield
-    except SlimtuneError as e:
-        raise SlimtuneError(f"{what}: {e}") from e
-    except Exception as e:  # anything from torch / transformers / peft / onnxruntime deep inside a step
-        text = str(e).strip()
-        cause = f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-        raise SlimtuneError(
-            f"{what} failed: {cause}. Finished stages are kept in {out}; fix the cause and run the same "
-            "command to resume (--debug shows the traceback)"
-        ) from e
 
 
 def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: dict, log) -> dict:
@@ -190,27 +156,20 @@ def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: 
     # Seed before loading: a new classification head is initialised inside from_pretrained,
     # before the Trainer seeds anything; unseeded, reruns of one recipe differed by ~2 points.
     set_seed(getattr(stage.config, "seed", 42))
-    model, tokenizer = load_model(source, splits.label_names)
+    model, tokenizer = artifacts.load_model(source, splits.label_names)
     # keyed by the stage's fingerprint: a checkpoint of a since-changed recipe is never resumed
     key = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:12]
     ckpt = folder.parent.parent / "checkpoints" / f"{folder.name}-{key}"
-    with exporting.atomic_dir(folder) as tmp:
+    with atomic_dir(folder) as tmp:
         start = time.perf_counter()
         ctx = StageContext(splits, tmp / "_work", log, cache_dir=folder.parent.parent / "cache", checkpoint_dir=ckpt,
-                           callbacks=[trainer_progress(log)])
-        model, tokenizer, info = method.apply(model, tokenizer, stage.config, ctx)
+                           callbacks=[trainer_progress(log)], max_length=ev.max_length)
+        result = method.apply(model, tokenizer, stage.config, ctx)
+        info = dict(result.facts)
         info["stage_seconds"] = time.perf_counter() - start
-        saver = info.pop("save", None)  # a method may save its own way (e.g. a PEFT adapter beside the model)
-        codec = info.pop("storage", None)  # or ask for compact storage (e.g. sparse)
-        if saver:
-            saver(tmp)
-        elif codec:
-            storage.save(model, tokenizer, tmp, codec, info.pop("runtime", None))
-            info["storage"] = codec
-        else:
-            exporting.save_hf(model, tokenizer, tmp)
+        info |= artifacts.save(result.artifact, tmp, result.model, result.tokenizer)
         shutil.rmtree(tmp / "_work", ignore_errors=True)
-        del model
+        del model, result
         metrics, logits = measure(tmp, splits, ev, log)
         np.save(tmp / "test_logits.npy", logits, allow_pickle=False)
         done = {"metrics": metrics | info, "fingerprint": fp, "source": str(source)}
@@ -219,17 +178,22 @@ def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: 
     return done
 
 
+def _floor_row(splits: Splits, ev: EvalConfig, out: Path, log, fingerprint: dict) -> dict:
+    """Fit (or reuse) the TF-IDF floor in OUT/floor and measure it like any artifact; a report row."""
+    folder = Path(out) / "floor"
+    done = _finished(folder, fingerprint)
+    if done:
+        log("floor (TF-IDF + logistic regression): measured earlier, reused")
+    else:
+        log("floor: TF-IDF 1-2-grams + logistic regression (C chosen on validation)")
+        with atomic_dir(folder) as tmp:
+            vec, clf, info = fit_floor(splits)
+            artifacts.save(Artifact("floor", {"label_names": splits.label_names, "info": info}), tmp, (vec, clf), None)
+            metrics, _ = measure(tmp, splits, ev, log)
+            done = {"metrics": metrics | info, "fingerprint": fingerprint}
+            _write_json(tmp / "metrics.json", done)
+    return {"name": "tfidf-floor", "method": FLOOR_KIND, "artifact": "floor", "metrics": done["metrics"]}
+
+
 def _row(name: str, method: str, folder: Path, out: Path, done: dict) -> dict:
     return {"name": name, "method": method, "artifact": str(folder.relative_to(out)), "metrics": done["metrics"]}
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
-
-
-def _yaml(d: dict) -> str:
-    import yaml
-
-    return yaml.safe_dump(d, sort_keys=False)

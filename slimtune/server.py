@@ -31,7 +31,9 @@ from typing import Callable
 
 from .batching import Batcher, QueueFull, dynamic_activations
 from .errors import SlimtuneError
-from .predictors import Predictor, load_predictor
+from .artifacts import detect, load_predictor
+from .artifacts.multitask import TASKS_FILE
+from .measure.predictors import Predictor
 
 MEASURED_KEYS = ("accuracy", "f1_macro", "latency_ms_p50", "latency_ms_p95", "throughput_per_s",
                  "throughput_batch_size", "size_bytes", "params", "peak_rss_mb", "parity")
@@ -84,9 +86,9 @@ def load(artifact: str | Path, cfg: ServeConfig, threads: int | None = None) -> 
         raise SlimtuneError(f"model not found: {path}")
     folder = path.parent if path.suffix == ".onnx" else path
     max_length = min(cfg.max_length, _position_limit(folder))
-    tasks_file = folder / "tasks.json"
-    if tasks_file.is_file() and not (folder / "model.onnx").is_file():
-        meta = json.loads(tasks_file.read_text())
+    fmt = detect(folder)
+    if fmt is not None and fmt.tasks:  # a multi-task folder: one predictor per task head
+        meta = json.loads((folder / TASKS_FILE).read_text())
         primary = meta["primary"]
         predictors = {t: load_predictor(path, max_length, task=t) for t in meta["tasks"]}
     else:
@@ -115,7 +117,7 @@ def _position_limit(folder: Path) -> int:
 
 def _model_id(path: Path) -> str:
     """`NAME@sha256:` of the weight files, so a client can tell which model answered."""
-    from .benchmark import WEIGHT_SUFFIXES
+    from .measure.bench import WEIGHT_SUFFIXES
 
     files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
     digest = hashlib.sha256()
@@ -296,7 +298,7 @@ class Service:
         from starlette.responses import JSONResponse
 
         if not self.loaded.hardware:  # imports torch: not paid before ready
-            from .benchmark import hardware
+            from .measure.bench import hardware
 
             self.loaded.hardware = await asyncio.to_thread(hardware)
         m = self.loaded

@@ -38,7 +38,7 @@ def synthetic_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from slimtune import assets
+    from slimtune.model import assets
 
     return AutoTokenizer.from_pretrained(assets.locate(assets.MINILM_L6))
 

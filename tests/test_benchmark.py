@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from slimtune.benchmark import artifact_size, benchmark, benchmark_in_subprocess, hardware, peak_rss_mb
-from slimtune.models import load_model
-from slimtune.predictors import TorchPredictor
+from slimtune.measure.bench import artifact_size, benchmark, benchmark_in_subprocess, hardware, peak_rss_mb
+from slimtune.artifacts import load_model
+from slimtune.measure.predictors import TorchPredictor
 from tests.conftest import synthetic_rows
 
 TEXTS = [t for t, _ in synthetic_rows(20)]

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from slimtune import assets
+from slimtune.model import assets
 from slimtune.errors import SlimtuneError
 
 
@@ -89,3 +89,10 @@ def test_export_then_predict_onnx(tiny_clf_dir, tiny_csv, tmp_path):
     assert json.loads((tmp_path / "int8" / "metrics.json").read_text())["format"] == "onnx-int8"
     proc = slimtune("predict", tmp_path / "int8", "a wonderful film")
     assert proc.returncode == 0 and proc.stdout.split("\t")[0] in ("neg", "pos"), proc.stderr[-2000:]
+
+
+def test_profile_command_prints_the_profile(tiny_csv):
+    """`slimtune profile` printed nothing but a NameError (its console helper was never imported)."""
+    proc = slimtune("profile", "--data", tiny_csv)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "token" in proc.stdout.lower() and "Traceback" not in proc.stderr

@@ -11,8 +11,8 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, BertModel
 
-from slimtune import assets, convert_l3
-from slimtune.convert_l3 import convert_minilm_l3
+from slimtune.model import assets, convert_l3
+from slimtune.model.convert_l3 import convert_minilm_l3
 from slimtune.errors import SlimtuneError
 
 SENTENCES = [

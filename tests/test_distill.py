@@ -12,8 +12,8 @@ from slimtune.data import DataConfig, load_splits
 from slimtune.errors import SlimtuneError
 from slimtune.methods import METHODS, StageContext
 from slimtune.methods.distill import truncate
-from slimtune.methods.distill_losses import attention_kl, combined, hard_ce, hidden_mse, soft_kl, uniform_layer_map
-from slimtune.models import load_model
+from slimtune.train.losses import attention_kl, combined, hard_ce, hidden_mse, soft_kl, uniform_layer_map
+from slimtune.artifacts import load_model
 from slimtune.recipe import build
 from tests.conftest import tiny_config
 
@@ -104,7 +104,8 @@ def distill(teacher_dir, splits, tmp_path, callbacks=(), cache=None, ckpt=None, 
     cfg = build(METHODS["distill"].config_cls, {"max_length": 32, "warmup": 0, **fields}, "distill")
     ctx = StageContext(splits, tmp_path / "work", log=lambda m: None, cache_dir=cache or tmp_path / "cache",
                        checkpoint_dir=ckpt, callbacks=list(callbacks))
-    student, s_tok, info = METHODS["distill"].apply(teacher, tok, cfg, ctx)
+    result = METHODS["distill"].apply(teacher, tok, cfg, ctx)
+    student, s_tok, info = result.model, result.tokenizer, result.facts
     return student, s_tok, info, calls, teacher
 
 

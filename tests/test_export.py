@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slimtune.exporters import atomic_dir, export
-from slimtune.metrics import parity
-from slimtune.models import load_model
-from slimtune.predictors import TorchPredictor, batched_logits, load_predictor
+from slimtune.artifacts.atomic import atomic_dir
+from slimtune.export import write as export
+from slimtune.measure.metrics import parity
+from slimtune.artifacts import load_model
+from slimtune.artifacts import load_predictor
+from slimtune.measure.predictors import TorchPredictor, batched_logits
 from tests.conftest import synthetic_rows
 
 TEXTS = [t for t, _ in synthetic_rows(40, seed=3)] + ["a", "an extraordinarily long review " * 20]
@@ -43,7 +45,7 @@ def test_onnx_parity_dynamic_batch_and_length(source, tmp_path):
 
 
 def test_onnx_int8_close_and_smaller(source, tmp_path):
-    from slimtune.benchmark import artifact_size
+    from slimtune.measure.bench import artifact_size
 
     model, tok, logits = source
     export(model, tok, "onnx", tmp_path / "fp32")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from slimtune import runner
-from slimtune.floor import FLOOR_FILE, load_floor
+from slimtune.artifacts.floor import FLOOR_FILE, load_floor
 from slimtune.recipe import parse
 
 FAST_EVAL = {"latency_runs": 5, "warmup": 1, "bench_texts": 8, "max_length": 32, "isolate": False}
@@ -33,3 +33,24 @@ def test_floor_row_in_every_report(tiny_base_dir, tiny_csv, tmp_path):
     again = runner.run(parse(raw), tmp_path, log=(logs := []).append)
     assert any("floor (TF-IDF + logistic regression): measured earlier, reused" in l for l in logs)
     assert again["floor"]["metrics"]["latency_ms_p50"] == m["latency_ms_p50"]
+
+
+def test_a_three_class_floor_reloads_exactly(tmp_path):
+    # scikit-learn's multi-class coef_ is Fortran-ordered; written as-is, the reloaded floor was random
+    import numpy as np
+
+    from slimtune.artifacts.floor import load_floor, save
+    from slimtune.data import DataConfig, load_splits
+    from slimtune.measure.floor import fit_floor
+
+    rows = [("great fun movie", "pos"), ("dull boring film", "neg"), ("a film about a movie", "neutral")] * 40
+    csv = tmp_path / "three.csv"
+    csv.write_text("text,label\n" + "\n".join(f"{t} {i},{lab}" for i, (t, lab) in enumerate(rows)) + "\n")
+    splits = load_splits(DataConfig(path=str(csv)))
+    vec, clf, info = fit_floor(splits)
+    assert clf.coef_.shape == (3, len(vec.vocabulary_))
+    (tmp_path / "floor").mkdir()
+    save(tmp_path / "floor", (vec, clf), None, splits.label_names, info)
+    texts = splits.test.texts
+    expected = clf.decision_function(vec.transform(texts))
+    np.testing.assert_allclose(load_floor(tmp_path / "floor").logits(texts), expected, rtol=1e-5, atol=1e-5)

@@ -60,8 +60,8 @@ def _run(raw, out):
 def test_method_matrix(method, fields, trainable, merged, allowed, tiny_clf_dir, tiny_csv, splits, tmp_path):
     from safetensors.torch import load_file
 
-    from slimtune.models import load_model
-    from slimtune.predictors import TorchPredictor
+    from slimtune.artifacts import load_model
+    from slimtune.measure.predictors import TorchPredictor
 
     raw = {"data": {"path": str(tiny_csv)}, "model": str(tiny_clf_dir), "eval": FAST_EVAL,
            "stages": [{"name": "s", "method": method, "max_steps": 3, "max_length": 32, "warmup": 0,
@@ -92,7 +92,7 @@ def test_method_matrix(method, fields, trainable, merged, allowed, tiny_clf_dir,
 
     marker = json.loads((folder / "adapter/slimtune.json").read_text())
     assert marker["merged"] is merged
-    from slimtune.compat import expose_past_key_values
+    from slimtune.model.compat import expose_past_key_values
 
     base_dir = tiny_clf_dir if merged else folder
     base = AutoModelForSequenceClassification.from_pretrained(base_dir)
@@ -107,7 +107,7 @@ def test_method_matrix(method, fields, trainable, merged, allowed, tiny_clf_dir,
 def test_lora_on_a_pruned_model_keeps_its_zeros(tiny_clf_dir, tiny_csv, tmp_path):
     from safetensors.torch import load_file
 
-    from slimtune.models import load_model
+    from slimtune.artifacts import load_model
 
     raw = {"data": {"path": str(tiny_csv)}, "model": str(tiny_clf_dir), "eval": FAST_EVAL,
            "stages": [{"name": "sparse", "method": "prune", "sparsity": 0.5, "schedule": "oneshot", "recover": False,
@@ -138,10 +138,10 @@ def test_bad_peft_settings(tiny_csv):
 
 
 def test_adapter_starts_as_the_identity_and_exports_to_onnx(tiny_clf_dir, tokenizer, tmp_path):
-    from slimtune.exporters import export_onnx
-    from slimtune.models import load_model
-    from slimtune.predictors import OnnxPredictor, TorchPredictor
-    from slimtune.slim_bert import SlimBertForSequenceClassification, slim_config
+    from slimtune.export import write
+    from slimtune.artifacts import load_model
+    from slimtune.measure.predictors import OnnxPredictor, TorchPredictor
+    from slimtune.model.slim_bert import SlimBertForSequenceClassification, slim_config
 
     base, tok = load_model(tiny_clf_dir)
     new = SlimBertForSequenceClassification(slim_config(base.config, adapter="houlsby", adapter_size=8)).eval()
@@ -152,48 +152,9 @@ def test_adapter_starts_as_the_identity_and_exports_to_onnx(tiny_clf_dir, tokeni
         for n, p in new.named_parameters():
             if ".adapter." in n:
                 p.normal_(0, 0.2)
-    out = export_onnx(new, tok, tmp_path / "onnx")
+    out = write(new, tok, "onnx", tmp_path / "onnx")
     a = OnnxPredictor(out / "model.onnx", tok, ["neg", "pos"]).logits(texts)
     assert np.abs(a - TorchPredictor(new, tok).logits(texts)).max() < 1e-4
-
-
-def test_share_layers_stores_each_block_once_and_recovers(tiny_base6_dir, tiny_csv, tmp_path, tokenizer):
-    from safetensors.torch import load_file
-
-    from slimtune.exporters import export_onnx
-    from slimtune.models import load_model
-    from slimtune.predictors import OnnxPredictor, TorchPredictor
-
-    raw = {"data": {"path": str(tiny_csv)}, "model": str(tiny_base6_dir), "eval": FAST_EVAL,
-           "stages": [{"name": "ft", "method": "full", "max_steps": 2, "max_length": 32},
-                      {"name": "shared", "method": "share_layers", "group_size": 2, "max_steps": 2, "max_length": 32}]}
-    report = _run(raw, tmp_path)
-    m = report["stages"][1]["metrics"]
-    layer = 8_544  # one tiny encoder layer
-    assert m["groups"] == [[0, 1], [2, 3], [4, 5]] and m["layer_order"] == [0, 0, 1, 1, 2, 2]
-    assert m["params_removed"] == 3 * layer and m["train_steps"] == 2
-    stored = load_file(tmp_path / "stages/02-shared/model.safetensors")
-    assert sorted({k.split(".")[3] for k in stored if ".encoder.layer." in k}) == ["0", "1", "2"]
-    model, tok = load_model(tmp_path / "stages/02-shared")
-    assert model.config.layer_order == [0, 0, 1, 1, 2, 2]
-    out = export_onnx(model, tok, tmp_path / "onnx")
-    texts = ["the plot was dull", "a superb, moving film"]
-    a = OnnxPredictor(out / "model.onnx", tok, model.config.id2label.values()).logits(texts)
-    assert np.abs(a - TorchPredictor(model, tok).logits(texts)).max() < 1e-4
-
-
-def test_share_layers_mean_init_is_the_average(tiny_clf_dir):
-    from slimtune.methods.sharing import share
-    from slimtune.models import load_model
-
-    model, _ = load_model(tiny_clf_dir)
-    q = [model.bert.encoder.layer[i].attention.self.query.weight.detach().clone() for i in (0, 1)]
-    shared = share(model, [[0, 1]], "mean")
-    torch.testing.assert_close(shared.bert.encoder.layer[0].attention.self.query.weight, (q[0] + q[1]) / 2)
-    with pytest.raises(SlimtuneError, match="exactly once"):
-        from slimtune.methods.sharing import ShareConfig, layer_groups
-
-        layer_groups(2, ShareConfig(groups=[[0], [0, 1]], max_steps=1))
 
 
 def test_time_budget_stops_training_and_from_model_restarts(tiny_clf_dir, tiny_csv, tmp_path):
@@ -214,55 +175,6 @@ def test_stage_cannot_be_named_model(tiny_csv):
         parse({"data": {"path": str(tiny_csv)}, "model": "minilm-l6", "stages": [{"name": "model", "method": "full"}]})
 
 
-def test_multitask_one_artifact_with_a_head_per_task(tiny_base_dir, tiny_csv, tmp_path):
-    """Two tasks (the tiny sentiment data, and a 3-label task from the same texts), one folder;
-    --task picks the head; the primary task's folder is an ordinary classifier."""
-    import csv
-
-    from slimtune.cli import main  # noqa: F401  (the CLI path is exercised below)
-    from slimtune.models import load_model
-
-    other = tmp_path / "topics.csv"
-    rows = list(csv.reader(tiny_csv.open()))[1:]
-    with other.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        w.writerows([(t, ["a", "b", "c"][i % 3]) for i, (t, _) in enumerate(rows)])
-    raw = {"data": {"path": str(tiny_csv)}, "model": str(tiny_base_dir), "eval": FAST_EVAL,
-           "stages": [{"name": "mt", "method": "multitask", "primary": "sentiment", "max_steps": 3, "max_length": 32,
-                       "tasks": {"topics": {"path": str(other)}}}]}
-    report = _run(raw, tmp_path / "run")
-    m = report["stages"][0]["metrics"]
-    assert m["tasks"] == ["sentiment", "topics"] and set(m["task_metrics"]) == {"topics"}
-    # trainable: the tiny model + a second pooler (1,056) and 3-way classifier (32*3+3)
-    assert m["trainable_params"] == 999_138 + 1_056 + 99
-    folder = tmp_path / "run/stages/01-mt"
-    primary, _ = load_model(folder)
-    topics, _ = load_model(folder, task="topics")
-    assert primary.config.id2label == {0: "neg", 1: "pos"} and topics.config.id2label == {0: "a", 1: "b", 2: "c"}
-    # shared backbone, different heads
-    assert torch.equal(primary.bert.encoder.layer[0].attention.self.query.weight, topics.bert.encoder.layer[0].attention.self.query.weight)
-    assert not torch.equal(primary.bert.pooler.dense.weight, topics.bert.pooler.dense.weight)
-    with pytest.raises(SlimtuneError, match="no task 'nope'"):
-        load_model(folder, task="nope")
-
-
-def test_predict_task_through_the_cli(tmp_path, tiny_base_dir, tiny_csv):
-    import subprocess
-    import sys
-
-    raw = {"data": {"path": str(tiny_csv)}, "model": str(tiny_base_dir), "eval": FAST_EVAL,
-           "stages": [{"name": "mt", "method": "multitask", "max_steps": 1, "max_length": 32,
-                       "tasks": {"again": {"path": str(tiny_csv)}}}]}
-    _run(raw, tmp_path / "run")
-    folder = str(tmp_path / "run/stages/01-mt")
-    ok = subprocess.run([sys.executable, "-m", "slimtune.cli", "predict", folder, "a superb film", "--task", "again"],
-                        capture_output=True, text=True)
-    assert ok.returncode == 0 and ok.stdout.split("\t")[0] in ("neg", "pos"), ok.stderr
-    bad = subprocess.run([sys.executable, "-m", "slimtune.cli", "predict", folder, "x", "--task", "nope"], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no task 'nope'" in bad.stderr
-
-
 def test_prefix_keys_reach_attention(tiny_clf_dir):
     """The prefix must act inside attention on the installed transformers (5.24 renamed the cache
     argument; a prefix silently dropped would still train the head): with the head untouched,
@@ -270,7 +182,7 @@ def test_prefix_keys_reach_attention(tiny_clf_dir):
     import peft
     from transformers import AutoModelForSequenceClassification
 
-    from slimtune.compat import expose_past_key_values
+    from slimtune.model.compat import expose_past_key_values
 
     torch.manual_seed(0)
     base = AutoModelForSequenceClassification.from_pretrained(tiny_clf_dir).eval()

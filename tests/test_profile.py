@@ -54,7 +54,7 @@ def test_head_tail_keeps_start_and_end(tokenizer):
 
 def test_unset_max_length_comes_from_the_data_and_head_tail_reaches_the_predictor(tiny_base_dir, tiny_csv, tmp_path):
     from slimtune import runner
-    from slimtune.predictors import load_predictor
+    from slimtune.artifacts import load_predictor
     from slimtune.recipe import parse
 
     raw = {"data": {"path": str(tiny_csv)}, "model": str(tiny_base_dir),

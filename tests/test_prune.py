@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from slimtune import pruning as P
+from slimtune.methods.prune import scores as P
 from slimtune.errors import SlimtuneError
 
 
@@ -69,21 +69,21 @@ def test_cubic_schedule_golden():
 
 
 def test_sparse_storage_round_trip_is_exact_and_small(tmp_path, tokenizer):
-    from slimtune import storage
-    from slimtune.benchmark import artifact_size
+    from slimtune.artifacts import compact as storage
+    from slimtune.measure.bench import artifact_size
 
     m = tiny_classifier()
     w = P.prunable_weights(m, include_embeddings=True)
     P.apply_masks(w, P.masks_for({n: p.detach().abs() for n, p in w.items()}, 0.8))
     m.save_pretrained(tmp_path / "dense")
-    storage.save(m, tokenizer, tmp_path / "sparse", "sparse") if (tmp_path / "sparse").mkdir() is None else None
+    storage.save(tmp_path / "sparse", m, tokenizer, "sparse") if (tmp_path / "sparse").mkdir() is None else None
     state, header = storage.read_state_dict(tmp_path / "sparse" / storage.WEIGHTS_FILE)
     for k, v in m.state_dict().items():
         assert torch.equal(state[k], v), k
     assert header["tensors"]["bert.encoder.layer.0.attention.self.query.weight"]["codec"] == "sparse"
     # the prunable matrices are 22,784 of the model's weights; 80% zeros cost 1 bit each instead of 32
     assert artifact_size(tmp_path / "sparse") < 0.45 * artifact_size(tmp_path / "dense")
-    from slimtune.models import load_model
+    from slimtune.artifacts import load_model
 
     loaded, _ = load_model(tmp_path / "sparse")
     b = batch()
@@ -91,12 +91,12 @@ def test_sparse_storage_round_trip_is_exact_and_small(tmp_path, tokenizer):
 
 
 def test_corrupt_compact_weights_is_one_line_error(tmp_path, tokenizer):
-    from slimtune import storage
-    from slimtune.models import load_model
+    from slimtune.artifacts import compact as storage
+    from slimtune.artifacts import load_model
 
     m = tiny_classifier()
     (tmp_path / "s").mkdir()
-    storage.save(m, tokenizer, tmp_path / "s", "sparse")
+    storage.save(tmp_path / "s", m, tokenizer, "sparse")
     f = tmp_path / "s" / storage.WEIGHTS_FILE
     f.write_bytes(f.read_bytes()[:200])
     with pytest.raises(SlimtuneError, match="cannot read compact weights"):
@@ -147,7 +147,7 @@ def test_removed_heads_are_the_least_important_by_magnitude():
 
 
 def test_pruned_model_saves_and_loads_with_auto_classes(tmp_path):
-    import slimtune.slim_bert  # noqa: F401
+    import slimtune.model.slim_bert  # noqa: F401
     from transformers import AutoModelForSequenceClassification
 
     m = tiny_classifier(layers=3)
@@ -164,8 +164,8 @@ def test_pruned_model_saves_and_loads_with_auto_classes(tmp_path):
 def test_onnx_export_of_pruned_model_passes_parity(tmp_path, tokenizer):
     import numpy as np
 
-    from slimtune.exporters import export_onnx
-    from slimtune.predictors import OnnxPredictor, TorchPredictor
+    from slimtune.export import write
+    from slimtune.measure.predictors import OnnxPredictor, TorchPredictor
 
     m = tiny_classifier(hidden=32, heads=4)
     m.resize_token_embeddings(len(tokenizer))
@@ -173,7 +173,7 @@ def test_onnx_export_of_pruned_model_passes_parity(tmp_path, tokenizer):
     hs, fs = P.group_scores(m)
     pruned = P.remove_structure(m, P.choose(hs, 3, "global"), P.choose(fs, 50, "global"))
     for int8 in (False, True):
-        out = export_onnx(pruned, tokenizer, tmp_path / f"onnx{int8}", int8=int8)
+        out = write(pruned, tokenizer, "onnx-int8" if int8 else "onnx", tmp_path / f"onnx{int8}")
         texts = ["a short one", "the film was brilliant and moving, a real delight", "dull"]
         a = OnnxPredictor(out / "model.onnx", tokenizer, ["neg", "pos"]).logits(texts)
         b = TorchPredictor(pruned, tokenizer).logits(texts)
@@ -201,7 +201,7 @@ def _run(raw, out):
 
 
 def test_prune_stage_exact_sparsity_kept_through_training_and_stored_sparse(tiny_clf_dir, tiny_csv, tmp_path):
-    from slimtune.models import load_model
+    from slimtune.artifacts import load_model
 
     raw = {"data": {"path": str(tiny_csv)}, "model": str(tiny_clf_dir), "eval": FAST_EVAL,
            "stages": [{"name": "base", "method": "baseline"},
@@ -219,7 +219,7 @@ def test_prune_stage_exact_sparsity_kept_through_training_and_stored_sparse(tiny
     # the weights to prune, so no row of a token the training texts use lost a weight (the padding
     # row was zero from the start)
     from slimtune.data import DataConfig, load_splits
-    from slimtune.pruning import unused_token_rows
+    from slimtune.methods.prune.scores import unused_token_rows
 
     _, tok = load_model(tmp_path / "stages/02-sparse")
     unused = unused_token_rows(tok, load_splits(DataConfig(path=str(tiny_csv))).train.texts, 30522, 32)
@@ -242,7 +242,7 @@ def test_movement_pruning_and_l1_run_in_the_training_path(tiny_clf_dir, tiny_csv
 
 def test_l1_penalty_shrinks_weights(tiny_clf_dir, tiny_csv, tmp_path):
     """Same oneshot pruning and training, with and without the L1 term: L1 leaves smaller weights."""
-    from slimtune.models import load_model
+    from slimtune.artifacts import load_model
 
     def mean_abs(l1):
         raw = {"data": {"path": str(tiny_csv)}, "model": str(tiny_clf_dir), "eval": FAST_EVAL,
@@ -257,7 +257,7 @@ def test_l1_penalty_shrinks_weights(tiny_clf_dir, tiny_csv, tmp_path):
 
 
 def test_structured_stage_iterative_with_layer_drop(tiny_base6_dir, tiny_csv, tmp_path):
-    from slimtune.models import load_model
+    from slimtune.artifacts import load_model
 
     raw = {"data": {"path": str(tiny_csv)}, "model": str(tiny_base6_dir), "eval": FAST_EVAL | {"isolate": False},
            "stages": [{"name": "ft", "method": "full", "max_steps": 2, "max_length": 32},

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from slimtune import storage
+from slimtune.artifacts import compact as storage
 from slimtune.data import Splits, TextSet
 from slimtune.errors import SlimtuneError
 from slimtune.methods import METHODS, StageContext
 from slimtune.methods import onnx_int8 as ort_stage
-from slimtune.models import load_model
+from slimtune.artifacts import load_model
 from slimtune.recipe import build
-from slimtune.storage import CODECS
+from slimtune.artifacts.codecs import CODECS
 
 from conftest import synthetic_rows, tiny_config
 
@@ -92,9 +92,9 @@ def test_storage_rules_first_match_wins_and_bad_specs_are_one_line_errors():
 def test_bad_codec_option_names_the_tensor(tiny_clf_dir, tmp_path):
     model, tok = load_model(tiny_clf_dir)
     with pytest.raises(SlimtuneError, match=r"storage codec 'int4' on bert\.embeddings\.word_embeddings\.weight: .*group_size"):
-        storage.save(model, tok, tmp_path, {"codec": "int4", "group_size": 3})
+        storage.save(tmp_path, model, tok, {"codec": "int4", "group_size": 3})
     with pytest.raises(SlimtuneError, match="storage codec 'int8' on .*: .*unexpected keyword"):
-        storage.save(model, tok, tmp_path, {"codec": "int8", "bits": 4})
+        storage.save(tmp_path, model, tok, {"codec": "int8", "bits": 4})
 
 
 # --- every torch-side method: save -> load -> logits vs fp32 -----------------------------
@@ -159,27 +159,25 @@ def test_method_logits_against_fp32_after_save_and_load(method, fields, min_sqnr
     Bounds are on logits and sit ~1.5 dB under what was measured. This large-init random model
     amplifies weight error (int8 weights at 42 dB give logits at 28 dB; int4 at 21 dB give 6 dB):
     the per-codec bounds above are the tight ones; these catch a wrong decode or runtime (<= 0 dB)."""
-    from slimtune.benchmark import artifact_size
-    from slimtune.exporters import save_hf
+    from slimtune.measure.bench import artifact_size
+    from slimtune import artifacts
 
     ref_model, _ = load_model(sharp_dir)
-    model, tok, info = run_stage(method, sharp_dir, dummy_splits(), tmp_path, **fields)
+    result = run_stage(method, sharp_dir, dummy_splits(), tmp_path, **fields)
+    model, tok = result.model, result.tokenizer
     out = tmp_path / "out"
     out.mkdir()
-    if "storage" in info:
-        storage.save(model, tok, out, info["storage"], info.get("runtime"))
-    else:
-        save_hf(model, tok, out)
+    artifacts.save(result.artifact, out, model, tok)  # as the runner stores it
     loaded, _ = load_model(out)
     x = fresh_inputs()
     with torch.inference_mode():
         ref, got = ref_model(**x).logits, loaded(**x).logits.float()
     assert sqnr_db(ref, got) >= min_sqnr
     assert artifact_size(out) <= max_ratio * artifact_size(sharp_dir)
-    if info.get("runtime") == "torch-int8-dynamic":  # every Linear quantized, and only Linear weights stored int8
+    if result.artifact.options.get("runtime") == "torch-int8-dynamic":  # every Linear quantized, and only Linear weights stored int8
         assert "quantized" in type(loaded.bert.encoder.layer[0].attention.self.query).__module__
         assert not any(type(m) is torch.nn.Linear for m in loaded.modules())
-        from slimtune.predictors import TorchPredictor
+        from slimtune.measure.predictors import TorchPredictor
 
         assert TorchPredictor(loaded, tok).num_params() == sum(p.numel() for p in ref_model.parameters())
         _, header = storage.read_state_dict(out / storage.WEIGHTS_FILE)
@@ -193,7 +191,7 @@ def test_method_logits_against_fp32_after_save_and_load(method, fields, min_sqnr
 @pytest.mark.parametrize("codec", ["fp16", "bf16", "int8", "int4", "kmeans", "sparse"])
 def test_round_trip_loads_exactly_what_the_codec_decodes(codec, sharp_dir, tmp_path):
     model, tok = load_model(sharp_dir)
-    storage.save(model, tok, tmp_path, codec)
+    storage.save(tmp_path, model, tok, codec)
     state, header = storage.read_state_dict(tmp_path / storage.WEIGHTS_FILE)
     loaded, _ = load_model(tmp_path)
     for name, t in model.state_dict().items():
@@ -238,7 +236,7 @@ def self_labelled(sharp_dir):
 
 
 def ort_logits(folder, texts):
-    from slimtune.predictors import load_predictor
+    from slimtune.artifacts import load_predictor
 
     return load_predictor(folder, 64).logits(texts)
 
@@ -252,14 +250,17 @@ def test_onnx_int8_static_calibrates_on_the_given_training_texts(sharp_dir, self
         return real(tokenizer, texts, *args, **kw)
 
     monkeypatch.setattr(ort_stage, "_Calibration", spy)
-    model, tok, info = run_stage("onnx_int8", sharp_dir, self_labelled, tmp_path, calibration_samples=30, max_accuracy_drop=0.08)
+    result = run_stage("onnx_int8", sharp_dir, self_labelled, tmp_path, calibration_samples=30, max_accuracy_drop=0.08)
+    model, tok, info = result.model, result.tokenizer, result.facts
     (texts,) = seen
     assert len(texts) == 30 and set(texts) <= set(self_labelled.train.texts)
     assert info["calibration_texts"] == 30 and info["onnx_quantization"] == "static minmax qdq per-channel"
     assert not info["fell_back"] and info["guard_val_accuracy_fp32"] == 1.0
     out = tmp_path / "out"
     out.mkdir()
-    info["save"](out)
+    from slimtune import artifacts
+
+    artifacts.save(result.artifact, out, model, tok)
     assert (out / "model.onnx").is_file() and (out / "config.json").is_file()
     ref, _ = load_model(sharp_dir)
     texts = self_labelled.test.texts[:32]
@@ -275,7 +276,7 @@ def test_onnx_int8_guard_falls_back_when_calibration_is_skewed(sharp_dir, self_l
     logs = []
     model, tok = load_model(sharp_dir)
     cfg = build(METHODS["onnx_int8"].config_cls, {"max_accuracy_drop": 0.08}, "onnx_int8")
-    _, _, info = METHODS["onnx_int8"].apply(model, tok, cfg, StageContext(skewed, tmp_path / "_work", log=logs.append))
+    info = METHODS["onnx_int8"].apply(model, tok, cfg, StageContext(skewed, tmp_path / "_work", log=logs.append)).facts
     static, dynamic = info["guard_tried"]
     assert static["setting"].startswith("static") and static["val_accuracy"] < 0.92
     assert info["fell_back"] and info["onnx_quantization"] == "dynamic per-channel" and dynamic["val_accuracy"] >= 0.92
@@ -285,8 +286,8 @@ def test_onnx_int8_guard_falls_back_when_calibration_is_skewed(sharp_dir, self_l
 
 @pytest.mark.parametrize("calibration", ["percentile", "entropy"])
 def test_onnx_int8_histogram_calibrations_run(calibration, sharp_dir, self_labelled, tmp_path):
-    _, _, info = run_stage("onnx_int8", sharp_dir, self_labelled, tmp_path, calibration=calibration,
-                           calibration_samples=16, max_accuracy_drop=1.0)
+    info = run_stage("onnx_int8", sharp_dir, self_labelled, tmp_path, calibration=calibration,
+                     calibration_samples=16, max_accuracy_drop=1.0).facts
     assert info["onnx_quantization"] == f"static {calibration} qdq per-channel"
 
 

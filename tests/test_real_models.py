@@ -12,11 +12,12 @@ import pytest
 import yaml
 
 from slimtune.data import DataConfig, load_splits
-from slimtune.exporters import export
+from slimtune.export import write as export
 from slimtune.methods import METHODS, StageContext
-from slimtune.metrics import parity
-from slimtune.models import load_model
-from slimtune.predictors import TorchPredictor, batched_logits, load_predictor
+from slimtune.measure.metrics import parity
+from slimtune.artifacts import load_model
+from slimtune.artifacts import load_predictor
+from slimtune.measure.predictors import TorchPredictor, batched_logits
 from slimtune.recipe import build
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +32,8 @@ def test_minilm_l6_trains_a_few_steps_and_exports_with_parity(rt, tmp_path):
     model, tok = load_model("minilm-l6", rt.label_names)
     assert sum(p.numel() for p in model.parameters()) == 22_713_986  # 22,713,216 + 384*2+2 head
     cfg = build(METHODS["last_n"].config_cls, {"layers": 1, "max_steps": 3, "batch_size": 8, "max_length": 32, "warmup": 0}, "last_n")
-    model, tok, info = METHODS["last_n"].apply(model, tok, cfg, StageContext(rt, tmp_path / "w", log=lambda m: None))
+    result = METHODS["last_n"].apply(model, tok, cfg, StageContext(rt, tmp_path / "w", log=lambda m: None))
+    model, tok, info = result.model, result.tokenizer, result.facts
     assert info["trainable_params"] == 1_774_464 + 147_840 + 770  # one layer, pooler, classifier
     texts = rt.test.texts[:64]
     source = batched_logits(TorchPredictor(model, tok, 64), texts)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -146,29 +145,6 @@ def test_unknown_label_for_trained_model(finished, tmp_path):
     raw = {"data": {"path": str(csv)}, "model": str(out / "stages/01-ft"), "stages": [{"name": "x", "method": "head_only", "max_steps": 1}]}
     with pytest.raises(SlimtuneError, match=r"trained for labels \['neg', 'pos'\], but the data has \['a', 'b', 'c'\]"):
         run(raw, tmp_path / "out")
-
-
-DECODER_RECIPES = ("generate.yaml", "decoder_classify.yaml")  # run on a tiny Llama in tests/test_decoder*.py
-
-
-@pytest.mark.parametrize("recipe", sorted(p for p in (REPO / "recipes").glob("*.yaml") if p.name not in DECODER_RECIPES),
-                         ids=lambda p: p.name)
-def test_shipped_recipe_runs_on_tiny_model(recipe, tiny_base6_dir, tmp_path):
-    """Every shipped recipe runs end to end, with the model swapped for a tiny one of MiniLM-L6's
-    depth (recipes name layers) and short budgets."""
-    raw = yaml.safe_load(recipe.read_text())
-    parse(raw, str(recipe))  # valid as shipped
-    raw["model"] = str(tiny_base6_dir)
-    raw["data"] |= {"max_train_samples": 64, "max_test_samples": 48, "val_size": 0.01}
-    for st in raw["stages"]:
-        fields = {f.name for f in dataclasses.fields(METHODS[st["method"]].config_cls)}
-        st |= {k: v for k, v in {"max_steps": 2, "epochs": 1, "max_length": 32}.items() if k in fields}  # training stages only
-        st.pop("early_stopping_patience", None)
-        if "extra_texts" in st:
-            st["max_extra_texts"] = 16
-    raw["eval"] = FAST_EVAL
-    report, _ = run(raw, tmp_path)
-    assert [s["name"] for s in report["stages"]] == [s["name"] for s in raw["stages"]] + raw.get("export", [])
 
 
 def test_export_only_recipe_checks_parity_against_the_given_model(finished, tiny_csv, tmp_path):

@@ -78,8 +78,8 @@ def metric(text: str, name: str) -> float:
 
 @pytest.fixture(scope="module")
 def int8_dir(tmp_path_factory, tiny_clf_dir):
-    from slimtune.exporters import export
-    from slimtune.models import load_model
+    from slimtune.export import write as export
+    from slimtune.artifacts import load_model
 
     model, tok = load_model(tiny_clf_dir)
     out = tmp_path_factory.mktemp("serve") / "int8"
@@ -222,9 +222,9 @@ def test_concurrent_requests_are_gathered_into_batches(torch_clf):
 
 
 def test_dynamic_int8_is_detected(int8, torch_clf, tiny_clf_dir, tmp_path):
-    from slimtune.exporters import export
-    from slimtune.models import load_model
-    from slimtune.predictors import load_predictor
+    from slimtune.export import write as export
+    from slimtune.artifacts import load_model
+    from slimtune.artifacts import load_predictor
 
     assert dynamic_activations(int8.predictors[None]) is True
     assert dynamic_activations(torch_clf.predictors[None]) is False

@@ -8,9 +8,9 @@ import torch
 
 from slimtune.data import Splits, TextSet
 from slimtune.errors import SlimtuneError
-from slimtune.exporters import save_hf
+from slimtune.artifacts.hf import save as save_hf
 from slimtune.methods import METHODS, StageContext
-from slimtune.models import load_model
+from slimtune.artifacts import load_model
 from slimtune.recipe import build
 
 from conftest import synthetic_rows
@@ -23,9 +23,10 @@ def trimmed(tiny_clf_dir, tmp_path_factory):
     model, tok = load_model(tiny_clf_dir)
     splits = Splits(TextSet(CORPUS, [0] * len(CORPUS)), TextSet([], []), TextSet(["unused"], [0]), ["neg", "pos"], "t")
     cfg = build(METHODS["trim_vocab"].config_cls, {"corpus": ["train"]}, "trim_vocab")
-    new_model, new_tok, info = METHODS["trim_vocab"].apply(model, tok, cfg, StageContext(splits, tmp_path_factory.mktemp("w"), log=lambda m: None))
+    result = METHODS["trim_vocab"].apply(model, tok, cfg, StageContext(splits, tmp_path_factory.mktemp("w"), log=lambda m: None))
+    new_model, new_tok, info = result.model, result.tokenizer, result.facts
     folder = tmp_path_factory.mktemp("trimmed")
-    save_hf(new_model, new_tok, folder)
+    save_hf(folder, new_model, new_tok)
     return tok, new_model, new_tok, info, folder
 
 

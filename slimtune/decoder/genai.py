@@ -29,7 +29,7 @@ GENAI_FORMATS = {"genai-int4": "int4", "genai-fp32": "fp32"}
 
 def export_genai(source: Path, fmt: str, out: Path, cache: Path) -> Path:
     """Build a GenAI folder from the HF causal-LM folder `source`, atomically at `out`."""
-    from ..exporters import atomic_dir
+    from ..artifacts.atomic import atomic_dir
 
     if fmt not in GENAI_FORMATS:
         raise SlimtuneError(f"export format {fmt!r} is not one of {', '.join(GENAI_FORMATS)}")
@@ -52,7 +52,7 @@ class GenAIDecoder(Decoder):
 
         import onnxruntime_genai as og
 
-        from ..models import load_tokenizer
+        from ..model.folders import load_tokenizer
 
         self.folder = Path(folder)
         try:

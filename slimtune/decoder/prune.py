@@ -23,11 +23,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-import torch
-
 from ..errors import SlimtuneError
+from ..stage import StageResult
 from .chat import IGNORE, PairDataset, collate
-from .methods import GenContext, GenTrainConfig, register, train_pairs
+from .methods import GenContext, GenTrainConfig, register, train_pairs, training_context
 
 SCORES = ("cosine", "loss")
 
@@ -54,7 +53,9 @@ class PruneLayersConfig(GenTrainConfig):
             raise SlimtuneError("prune_layers: alpha in [0, 1], temperature > 0, top_k >= 1, calibration_pairs >= 1")
 
 
-def decoder_layers(model) -> torch.nn.ModuleList:
+def decoder_layers(model) -> "torch.nn.ModuleList":
+    import torch
+
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
     if not isinstance(layers, torch.nn.ModuleList):
@@ -70,6 +71,8 @@ def _batches(tokenizer, ctx: GenContext, n: int, max_length: int | None, size: i
 
 def cosine_scores(model, batches) -> list[float]:
     """1 - mean cosine(input, output) of each layer over the real (unpadded) tokens."""
+    import torch
+
     layers = decoder_layers(model)
     sums, count, mask = [0.0] * len(layers), 0, {}
 
@@ -96,6 +99,8 @@ def cosine_scores(model, batches) -> list[float]:
 
 def loss_scores(model, batches) -> list[float]:
     """Rise of the response loss when each layer alone is skipped."""
+    import torch
+
     inner = model.model
     full = inner.layers
 
@@ -115,6 +120,8 @@ def loss_scores(model, batches) -> list[float]:
 
 def remove_layers(model, drop: list[int]) -> None:
     """Remove layers `drop` in place; kept layers keep their weights and get their new cache index."""
+    import torch
+
     layers = decoder_layers(model)
     n = len(layers)
     bad = [i for i in drop if not 0 <= i < n]
@@ -132,9 +139,11 @@ def remove_layers(model, drop: list[int]) -> None:
         model.config.layer_types = [t for i, t in enumerate(types) if i not in set(drop)]
 
 
-def teacher_topk(model, data: PairDataset, k: int) -> dict[str, torch.Tensor]:
+def teacher_topk(model, data: PairDataset, k: int) -> dict:
     """Top-k logits of `model` at every position that predicts a response token, example by example:
     values (N, k) float32, indices (N, k) int32, offsets (examples + 1,) into the N rows."""
+    import torch
+
     vals, idx, offsets = [], [], [0]
     with torch.inference_mode():
         for row in data.rows:
@@ -164,31 +173,27 @@ def _cached_teacher(model, tokenizer, cfg: PruneLayersConfig, ctx: GenContext, d
     return out
 
 
-def _distill_trainer(cache: dict, alpha: float, temperature: float):
-    from transformers import Trainer
+def distill_loss(cache: dict, alpha: float, temperature: float):
+    """The loss `train.loop.train` minimises, `(model, inputs) -> (loss, outputs)`: alpha x the
+    response cross-entropy + (1 - alpha) x T^2 cross-entropy to the teacher's cached top-k
+    distribution; each row's `example` column (kept by `extra_columns`) indexes the cache."""
+    import torch
 
     offsets, values, indices = cache["offsets"], cache["values"], cache["indices"].long()
 
-    class DistillTrainer(Trainer):
-        def _set_signature_columns_if_needed(self):
-            # the Trainer drops row keys the model's forward does not take; keep the cache index
-            super()._set_signature_columns_if_needed()
-            if "example" not in self._signature_columns:
-                self._signature_columns.append("example")
+    def loss_fn(model, inputs):
+        inputs = dict(inputs)
+        examples = inputs.pop("example")
+        out = model(**inputs)
+        at = inputs["labels"][:, 1:] != IGNORE
+        student = out.logits[:, :-1][at] / temperature  # (N, V), rows in example order
+        rows = torch.cat([torch.arange(offsets[e], offsets[e + 1]) for e in examples.tolist()])
+        p = torch.softmax(values[rows] / temperature, dim=-1)  # (N, k)
+        logq = torch.log_softmax(student.float(), dim=-1).gather(1, indices[rows])
+        kd = -(p * logq).sum(-1).mean() * temperature**2
+        return alpha * out.loss + (1 - alpha) * kd, out
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            examples = inputs.pop("example")
-            out = model(**inputs)
-            at = inputs["labels"][:, 1:] != IGNORE
-            student = out.logits[:, :-1][at] / temperature  # (N, V), rows in example order
-            rows = torch.cat([torch.arange(offsets[e], offsets[e + 1]) for e in examples.tolist()])
-            p = torch.softmax(values[rows] / temperature, dim=-1)  # (N, k)
-            logq = torch.log_softmax(student.float(), dim=-1).gather(1, indices[rows])
-            kd = -(p * logq).sum(-1).mean() * temperature**2
-            loss = alpha * out.loss + (1 - alpha) * kd
-            return (loss, out) if return_outputs else loss
-
-    return DistillTrainer
+    return loss_fn
 
 
 class _Indexed(PairDataset):
@@ -230,12 +235,13 @@ def prune_layers(model, tokenizer, cfg: PruneLayersConfig, ctx: GenContext):
             info |= _train_distilled(model, tokenizer, cfg, ctx, train_set, cache)
         else:
             info |= train_pairs(model, tokenizer, cfg, ctx)
-    return model.eval(), tokenizer, info
+    return StageResult(model.eval(), tokenizer, info)
 
 
 def _train_distilled(model, tokenizer, cfg, ctx, train_set, cache) -> dict:
-    from ..data import Splits, TextSet
-    from ..train import count_trainable, train
+    import torch
+
+    from ..train.loop import count_trainable, train
 
     base = collate(tokenizer.pad_token_id)
 
@@ -246,9 +252,7 @@ def _train_distilled(model, tokenizer, cfg, ctx, train_set, cache) -> dict:
 
     trainable, total = count_trainable(model)
     ctx.log(f"training {trainable:,} of {total:,} parameters, alpha {cfg.alpha} (response loss) + distillation")
-    nothing = TextSet([], [])
-    info = train(model, tokenizer, Splits(nothing, nothing, nothing, [], ctx.splits.source), cfg, ctx.work_dir / "trainer",
-                 callbacks=ctx.callbacks, train_set=train_set, collator=collator, checkpoint_dir=ctx.checkpoint_dir,
-                 trainer_cls=_distill_trainer(cache, cfg.alpha, cfg.temperature))
+    info = train(model, tokenizer, cfg, training_context(ctx), loss=distill_loss(cache, cfg.alpha, cfg.temperature),
+                 train_set=train_set, extra_columns=("example",), collator=collator)
     info.pop("val_accuracy", None)
     return {"trainable_params": trainable, "total_params": total, "distilled": True, **info}

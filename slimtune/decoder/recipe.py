@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import SlimtuneError
-from ..recipe import FROM_MODEL, NAME_RE, Stage, _nondefault, build
+from ..schema import FROM_MODEL, NAME_RE, Stage, _nondefault, build
 from .data import GenDataConfig
 from .genai import GENAI_FORMATS
-from .methods import GEN_METHODS
+from .registry import GEN_METHODS
 
 TOP_KEYS = {"task", "data", "model", "stages", "export", "eval", "baseline"}
 

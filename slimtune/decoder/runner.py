@@ -20,16 +20,19 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .. import exporters as exporting
-from ..benchmark import artifact_size, hardware
+from .. import artifacts
+from ..artifacts.atomic import atomic_dir, check_writable, clean_temp
 from ..console import trainer_progress
-from ..runner import _failing_step, _finished, _fingerprint, _write_json, _yaml
+from ..measure.bench import artifact_size, hardware
+from ..runfolder import failing_step as _failing_step, finished as _finished, fingerprint as _fingerprint
+from ..runfolder import write_json as _write_json, yaml_text as _yaml
+from .bench import speed_in_subprocess
 from .data import PairSplits, load_pairs
 from .genai import export_genai
 from .lm import load_causal_lm, load_decoder
-from .measure import answer_quality, first_token_agreement, generation_speed, response_perplexity, speed_in_subprocess
-from .methods import GEN_METHODS, GenContext
+from .measure import answer_quality, first_token_agreement, generation_speed, response_perplexity
 from .recipe import FROM_MODEL, GenEvalConfig, GenRecipe
+from .registry import GEN_METHODS, GenContext
 
 GREEDY_FILE = "greedy.json"  # the greedy token ids of each answered prompt (what an export's parity compares)
 
@@ -54,7 +57,7 @@ def measure(artifact: Path, splits: PairSplits, ev: GenEvalConfig, log: Callable
         del dec
         metrics |= speed_in_subprocess(artifact, prompts, splits.system, ev.speed_new_tokens)
     else:
-        from ..benchmark import peak_rss_mb
+        from ..measure.bench import peak_rss_mb
 
         metrics |= generation_speed(dec, prompts, splits.system, ev.speed_new_tokens) | {
             "peak_rss_mb": peak_rss_mb(), "peak_rss_note": "in-process"}
@@ -68,7 +71,7 @@ def run(recipe: GenRecipe, out: Path, log: Callable[[str], None] = print) -> dic
     from .report import write_report
 
     out = Path(out)
-    exporting.check_writable(out, "--out")
+    check_writable(out, "--out")
     splits = load_pairs(recipe.data)
     stage_dirs = [out / "stages" / f"{i + 1:02d}-{st.name}" for i, st in enumerate(recipe.stages)]
     for i, folder in enumerate(stage_dirs):
@@ -78,7 +81,7 @@ def run(recipe: GenRecipe, out: Path, log: Callable[[str], None] = print) -> dic
     out.mkdir(parents=True, exist_ok=True)
     for sub in ("stages", "exports"):
         (out / sub).mkdir(exist_ok=True)
-        exporting.clean_temp(out / sub)
+        clean_temp(out / sub)
     (out / "recipe.yaml").write_text(_yaml(recipe.to_dict()))
     log(f"data {splits.source}: {splits.stats}")
     rows, folders = [], {}
@@ -145,19 +148,16 @@ def _run_stage(stage, source, splits: PairSplits, ev: GenEvalConfig, folder: Pat
     model, tokenizer = load_causal_lm(source)
     key = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:12]
     ckpt = folder.parent.parent / "checkpoints" / f"{folder.name}-{key}"
-    with exporting.atomic_dir(folder) as tmp:
+    with atomic_dir(folder) as tmp:
         start = time.perf_counter()
         ctx = GenContext(splits, tmp / "_work", log, cache_dir=folder.parent.parent / "cache", checkpoint_dir=ckpt,
                          callbacks=[trainer_progress(log)], teacher=Path(str(source)))
-        model, tokenizer, info = method.apply(model, tokenizer, stage.config, ctx)
+        result = method.apply(model, tokenizer, stage.config, ctx)
+        info = dict(result.facts)
         info["stage_seconds"] = time.perf_counter() - start
-        adapter = info.pop("save_adapter", None)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if adapter:  # the LoRA adapter beside the merged model (applies to the stage's source)
-            shutil.copytree(adapter, tmp / "adapter")
+        info |= artifacts.save(result.artifact, tmp, result.model, result.tokenizer)  # HF folder (+ LoRA adapter)
         shutil.rmtree(tmp / "_work", ignore_errors=True)
-        del model
+        del model, result
         metrics, greedy = measure(tmp, splits, ev, log)
         (tmp / GREEDY_FILE).write_text(json.dumps(greedy))
         done = {"metrics": metrics | info, "fingerprint": fp, "source": str(source)}

@@ -1,7 +1,7 @@
 """Parameter-efficient methods through PEFT: LoRA, IA3 (merged into the weights after training),
 prompt tuning, prefix tuning and P-tuning (kept as adapters: virtual tokens cannot be merged).
 Bottleneck adapters (Houlsby / Pfeiffer) are not in PEFT: `adapter` builds them into a SlimBERT
-(slim_bert.py), which saves and loads as an ordinary model folder.
+(model/slim_bert.py), which saves and loads as an ordinary model folder.
 
 The classification head (classifier + pooler) always trains and is saved, through PEFT's
 `modules_to_save`: PEFT's SEQ_CLS default covers only `classifier`/`score`, and an untrained
@@ -20,19 +20,14 @@ so weights that were exactly zero before are set back to zero after the merge.
 from __future__ import annotations
 
 import copy
-import json
-import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import torch
 
 from ..errors import SlimtuneError
-from ..train import TrainConfig
-from . import StageContext, register
-from .finetune import _train, head_names
-
-from ..models import ADAPTER_DIR, ADAPTER_MARKER as MARKER
+from ..model.structure import ADAPTER_KINDS
+from ..model.structure import check_bert, freeze_all_but, head_modules, head_names
+from ..stage import Artifact, StageContext, StageResult, register
+from ..train.config import TrainConfig
+from ..train.loop import train
 
 @dataclass
 class LoraConfig(TrainConfig):
@@ -89,6 +84,8 @@ def _check_targets(model, targets: list[str], method: str) -> None:
 def _head_to_save(model, linear_leaves: bool = False) -> list[str]:
     """modules_to_save names for the head. IA3's unload (peft 0.21) can only put back Linear
     modules (it fails on BertPooler), so for it the head is named by its Linear leaves."""
+    import torch
+
     if not linear_leaves:
         return [n.split(".")[-1] for n in head_names(model)]
     return [".".join(f"{h}.{n}".split(".")[-2:]) if n else h.split(".")[-1]
@@ -97,14 +94,15 @@ def _head_to_save(model, linear_leaves: bool = False) -> list[str]:
 
 def _peft_stage(model, tokenizer, pcfg, cfg: TrainConfig, ctx: StageContext, merge: bool):
     import peft
+    import torch
+
+    from ..artifacts.peft_adapter import ADAPTER_DIR, write_adapter
 
     base = None if merge else copy.deepcopy(model)  # the folder stores the base as it went in
     source = model.config.name_or_path
     pmodel = peft.get_peft_model(model, pcfg)
-    pmodel, tokenizer, info = _train(pmodel, tokenizer, cfg, ctx)
-    adapter = ctx.work_dir / ADAPTER_DIR
-    pmodel.save_pretrained(adapter)
-    (adapter / MARKER).write_text(json.dumps({"merged": merge, "source": str(source)}))
+    info = train(pmodel, tokenizer, cfg, ctx)
+    adapter = write_adapter(pmodel, ctx.work_dir / ADAPTER_DIR, merge, source)
     if merge:
         from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -123,14 +121,7 @@ def _peft_stage(model, tokenizer, pcfg, cfg: TrainConfig, ctx: StageContext, mer
         out = pmodel
     info |= {"peft_method": str(pcfg.peft_type.value if hasattr(pcfg.peft_type, "value") else pcfg.peft_type).lower(), "merged": merge}
 
-    def save(folder: Path) -> None:
-        from ..exporters import save_hf
-
-        save_hf(base if base is not None else out, tokenizer, folder)
-        shutil.copytree(adapter, folder / ADAPTER_DIR)
-
-    info["save"] = save
-    return out, tokenizer, info
+    return StageResult(out, tokenizer, info, Artifact("peft_adapter", {"adapter": adapter, "base": base}))
 
 
 @register("lora", LoraConfig)
@@ -172,7 +163,7 @@ def prefix(model, tokenizer, cfg: PrefixConfig, ctx: StageContext):
     """Prefix tuning (PEFT): trained keys/values prepended in every layer; kept as an adapter."""
     import peft
 
-    from ..compat import expose_past_key_values
+    from ..model.compat import expose_past_key_values
 
     if model.config.model_type == "slimtune_bert":
         raise SlimtuneError("prefix: a pruned/shared/adapter model (SlimBERT) has no key/value cache to prepend to; "
@@ -204,8 +195,6 @@ class BottleneckConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from ..slim_bert import ADAPTER_KINDS
-
         if self.kind not in ADAPTER_KINDS or self.size < 1:
             raise SlimtuneError(f"adapter: kind must be one of {', '.join(ADAPTER_KINDS)} and size >= 1")
 
@@ -213,9 +202,9 @@ class BottleneckConfig(TrainConfig):
 @register("adapter", BottleneckConfig)
 def adapter(model, tokenizer, cfg: BottleneckConfig, ctx: StageContext):
     """Bottleneck adapters (Houlsby/Pfeiffer) in every layer; only adapters, LayerNorms and head train."""
-    from ..pruning import check_bert
-    from ..slim_bert import Adapter, SlimBertForSequenceClassification, slim_config
-    from .finetune import freeze_all_but, head_modules
+    import torch
+
+    from ..model.slim_bert import Adapter, SlimBertForSequenceClassification, slim_config
 
     check_bert(model)
     if getattr(model.config, "adapter", None):
@@ -228,4 +217,4 @@ def adapter(model, tokenizer, cfg: BottleneckConfig, ctx: StageContext):
     if cfg.train_layernorm:
         trainable += [m for m in new.modules() if isinstance(m, torch.nn.LayerNorm)]
     freeze_all_but(new, trainable)
-    return _train(new, tokenizer, cfg, ctx)
+    return StageResult(new, tokenizer, train(new, tokenizer, cfg, ctx))

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn as nn
-
-from ..errors import SlimtuneError
-from ..train import TrainConfig, count_trainable, train
-from . import StageContext, register
+from ..errors import SlimtuneError, one_of
+from ..model.structure import encoder_layers, freeze_all_but, head_modules
+from ..stage import StageContext, StageResult, register
+from ..train.config import TrainConfig
+from ..train.loop import train
 
 
 @dataclass
@@ -35,38 +35,8 @@ class LastNConfig(TrainConfig):
             raise SlimtuneError("last_n: layers must be >= 1")
 
 
-def head_names(model) -> list[str]:
-    """Names of the head modules: the model's own children besides the encoder, plus its pooler."""
-    base = model.base_model_prefix
-    names = [n for n, m in model.named_children() if n != base and any(True for _ in m.parameters())]
-    if getattr(getattr(model, base), "pooler", None) is not None:
-        names.append(f"{base}.pooler")
-    return names
-
-
-def head_modules(model) -> list[nn.Module]:
-    return [model.get_submodule(n) for n in head_names(model)]
-
-
-def encoder_layers(model) -> nn.ModuleList:
-    """The longest ModuleList of transformer blocks (BERT: encoder.layer; GPT-2: h; Llama: layers)."""
-    lists = [m for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and name.split(".")[-1] in ("layer", "layers", "h")]
-    if not lists:
-        raise SlimtuneError(f"{type(model).__name__}: cannot find its encoder layers")
-    return max(lists, key=len)
-
-
-def freeze_all_but(model, modules: list[nn.Module]) -> None:
-    model.requires_grad_(False)
-    for m in modules:
-        m.requires_grad_(True)
-
-
-def _train(model, tokenizer, cfg: TrainConfig, ctx: StageContext) -> tuple:
-    trainable, total = count_trainable(model)
-    ctx.log(f"training {trainable:,} of {total:,} parameters ({trainable / total:.2%})")
-    info = train(model, tokenizer, ctx.splits, cfg, ctx.work_dir / "trainer", callbacks=ctx.callbacks, checkpoint_dir=ctx.checkpoint_dir)
-    return model, tokenizer, {"trainable_params": trainable, "total_params": total, **info}
+def _train(model, tokenizer, cfg: TrainConfig, ctx: StageContext) -> StageResult:
+    return StageResult(model, tokenizer, train(model, tokenizer, cfg, ctx))
 
 
 @register("full", FullConfig)
@@ -100,8 +70,7 @@ class BitFitConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.subset not in ("all", "query_ffn"):
-            raise SlimtuneError(f"bitfit: subset {self.subset!r} is not one of all, query_ffn")
+        one_of("subset", self.subset, ("all", "query_ffn"), "bitfit")
 
 
 @register("bitfit", BitFitConfig)
@@ -124,4 +93,4 @@ class BaselineConfig:
 @register("baseline", BaselineConfig)
 def baseline(model, tokenizer, cfg: BaselineConfig, ctx: StageContext):
     """Keep the incoming model as it is: measure a trained model as a row of the report."""
-    return model, tokenizer, {}
+    return StageResult(model, tokenizer)

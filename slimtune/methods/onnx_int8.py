@@ -11,15 +11,15 @@ more than `max_accuracy_drop` it falls back to the next safer setting, and says 
 
 It is a stage rather than an export because calibration needs the run's data and the guard its
 validation split, which stages get (`ctx.splits`) and exports do not. The stage writes
-`model.onnx` (+ config + tokenizer) itself (`info["save"]`); being ONNX, it ends a chain (no later stage can start
-from it).
+`model.onnx` (+ config + tokenizer) as an ONNX artifact; being ONNX, it ends a chain (no later stage
+can start from it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import logging
+import io
 import random
 import shutil
 import warnings
@@ -27,8 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import SlimtuneError
-from . import StageContext, register
-from .quantize import int8_isa
+from ..stage import Artifact, StageContext, StageResult, register
 
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 
@@ -81,7 +80,7 @@ class _Calibration:
         return next(self.batches, None)
 
 
-def quantize_static(fp32: Path, dst: Path, cfg: OnnxInt8Config, tokenizer, texts: list[str], max_length: int = 128) -> None:
+def quantize_static(fp32: Path, dst: Path, cfg: OnnxInt8Config, tokenizer, texts: list[str], max_length: int) -> None:
     """Static int8 of an *unfused* fp32 graph (`write_onnx(optimize=False)`): every MatMul (the
     attention score products too, unless `const_matmul_only`) and the embedding Gathers.
 
@@ -93,11 +92,13 @@ def quantize_static(fp32: Path, dst: Path, cfg: OnnxInt8Config, tokenizer, texts
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static as ort_static
 
+    from ..artifacts.onnx import quiet_root_logger
+
     names = [i.name for i in ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_inputs()]
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
     reader = _Calibration(tokenizer, texts, names, max_length, pad=cfg.calibration != "minmax")
     # ORT's calibrators print progress and log a "consider pre-processing" warning per call
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_root_logger():
         warnings.simplefilter("ignore")
         ort_static(
             str(fp32), str(dst), reader,
@@ -108,17 +109,6 @@ def quantize_static(fp32: Path, dst: Path, cfg: OnnxInt8Config, tokenizer, texts
             calibrate_method=method[cfg.calibration],
             extra_options={"CalibPercentile": cfg.percentile, "MatMulConstBOnly": cfg.const_matmul_only},
         )
-
-
-@contextlib.contextmanager
-def _quiet_root_logger():
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def _candidates(cfg: OnnxInt8Config) -> list[OnnxInt8Config | None]:
@@ -133,19 +123,18 @@ def _candidates(cfg: OnnxInt8Config) -> list[OnnxInt8Config | None]:
     return chain + [None]
 
 
-def _accuracy(onnx_path: Path, tokenizer, data, label_names) -> float:
-    import numpy as np
+def _accuracy(onnx_path: Path, tokenizer, data, label_names, max_length: int) -> float:
+    from ..measure.metrics import evaluate
+    from ..measure.predictors import OnnxPredictor
 
-    from ..predictors import OnnxPredictor, batched_logits
-
-    pred = OnnxPredictor(onnx_path, tokenizer, label_names, max_length=128)
-    return float((batched_logits(pred, data.texts).argmax(1) == np.array(data.labels)).mean())
+    return evaluate(OnnxPredictor(onnx_path, tokenizer, label_names, max_length), data)[0]["accuracy"]
 
 
 @register("onnx_int8", OnnxInt8Config)
 def onnx_int8(model, tokenizer, cfg: OnnxInt8Config, ctx: StageContext):
     """ONNX Runtime int8 (static calibrated or dynamic) with an accuracy guard and fallback."""
-    from ..exporters import quantize_int8, write_onnx
+    from ..artifacts.onnx import quantize_int8, write_onnx
+    from ..measure.bench import int8_isa
 
     info = int8_isa(ctx.log)
     work = Path(ctx.work_dir)
@@ -161,7 +150,7 @@ def onnx_int8(model, tokenizer, cfg: OnnxInt8Config, ctx: StageContext):
     random.Random(cfg.seed).shuffle(texts)
     texts = texts[: cfg.calibration_samples]
     val, labels = ctx.splits.val, ctx.splits.label_names
-    base = _accuracy(fused, tokenizer, val, labels) if len(val) else None
+    base = _accuracy(fused, tokenizer, val, labels, ctx.max_length) if len(val) else None
     tried, kept = [], None
     for i, cand in enumerate(_candidates(cfg)):
         path = work / f"candidate-{i}.onnx"
@@ -173,11 +162,11 @@ def onnx_int8(model, tokenizer, cfg: OnnxInt8Config, ctx: StageContext):
             if not texts:
                 raise SlimtuneError("onnx_int8: static calibration needs training texts, and the train split is empty")
             try:
-                quantize_static(plain, path, cand, tokenizer, texts)
+                quantize_static(plain, path, cand, tokenizer, texts, ctx.max_length)
             except Exception as e:  # ORT's calibrators fail deep inside numpy; keep one line
                 raise SlimtuneError(f"onnx_int8: static quantization ({cand.label()}) failed: {str(e).splitlines()[0]}") from e
         label = cand.label() if cand else "fp32 (no quantization)"
-        acc = _accuracy(path, tokenizer, val, labels) if base is not None else None
+        acc = _accuracy(path, tokenizer, val, labels, ctx.max_length) if base is not None else None
         tried.append({"setting": label, "val_accuracy": acc})
         if base is None or cand is None or base - acc <= cfg.max_accuracy_drop:
             kept = (cand, path, label)
@@ -196,9 +185,4 @@ def onnx_int8(model, tokenizer, cfg: OnnxInt8Config, ctx: StageContext):
     if base is None:
         ctx.log("  guard skipped: the data has no validation split (data.val_size is 0)")
 
-    def save(folder: Path) -> None:
-        shutil.move(str(path), str(Path(folder) / "model.onnx"))
-        model.config.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-
-    return model, tokenizer, info | {"save": save}
+    return StageResult(model, tokenizer, info, Artifact("onnx", {"onnx_file": path}))

@@ -1,8 +1,8 @@
 """Quantization stages that keep a torch model: fp16/bf16, torch dynamic int8, weight-only codecs.
 
-Each returns the model unchanged in fp32 and asks the runner for compact storage (`info["storage"]`,
-see storage.rules) plus, where the model should *compute* differently, a load-time runtime
-(`info["runtime"]`): the stage folder then holds only the compact weights, and the runner's
+Each returns the model unchanged in fp32 as a compact artifact (`Artifact("compact", {"codec":
+spec})`, see artifacts/compact.py `rules`) plus, where the model should *compute* differently, a
+load-time `runtime`: the stage folder then holds only the compact weights, and the runner's
 re-load + measure sees exactly what a user loading that folder gets.
 
     baseline     the model as it comes (the fp32 row of a comparison table)
@@ -17,25 +17,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import torch
-
 from ..errors import SlimtuneError
-from . import StageContext, register
+from ..stage import Artifact, StageContext, StageResult, register
 
 EMBEDDINGS = r"embeddings\."  # tensor names of the embedding tables (BERT-style models)
 
 
-def int8_isa(log) -> dict:
-    """The ISA facts that decide whether int8 matmuls beat fp32 here; says so before quantizing."""
-    from ..benchmark import hardware
-
-    isa = hardware()["isa"]
-    vnni = isa.get("avx512_vnni") or isa.get("avx_vnni") or isa.get("amx_int8")
-    if not vnni:
-        have = ", ".join(k for k, v in isa.items() if v) or "none of avx2/avx512/vnni/amx"
-        log(f"  this CPU has no VNNI/AMX int8 instructions ({have}): int8 may not beat fp32 here; "
-            "the report compares measured latency")
-    return {"int8_compute": True, "cpu_int8_vnni": bool(vnni)}
+def _compact(model, tokenizer, info: dict, codec, runtime: str | None = None) -> StageResult:
+    return StageResult(model, tokenizer, info, Artifact("compact", {"codec": codec, "runtime": runtime}))
 
 
 @dataclass
@@ -53,15 +42,15 @@ class CastConfig:
 @register("cast", CastConfig)
 def cast(model, tokenizer, cfg: CastConfig, ctx: StageContext):
     """Store every float tensor in fp16 or bf16 (half the size); optionally compute in bf16."""
-    info = {"storage": cfg.dtype}
+    info, runtime = {}, None
     if cfg.compute == "bf16":
-        from ..benchmark import hardware
+        from ..measure.bench import hardware
 
         isa = hardware()["isa"]
-        info |= {"runtime": "bf16", "cpu_bf16": bool(isa.get("avx512_bf16") or isa.get("amx_bf16"))}
+        runtime, info["cpu_bf16"] = "bf16", bool(isa.get("avx512_bf16") or isa.get("amx_bf16"))
         if not info["cpu_bf16"]:
             ctx.log("  this CPU has no avx512_bf16/amx_bf16: bf16 matmuls are emulated and may be slower than fp32")
-    return model, tokenizer, info
+    return _compact(model, tokenizer, info, cfg.dtype, runtime)
 
 
 @dataclass
@@ -72,6 +61,10 @@ class TorchInt8Config:
 @register("torch_int8", TorchInt8Config)
 def torch_int8(model, tokenizer, cfg: TorchInt8Config, ctx: StageContext):
     """torch dynamic int8 on Linear layers (per-channel weights, activations quantized per call)."""
+    import torch
+
+    from ..measure.bench import int8_isa
+
     if cfg.embeddings not in ("fp32", "int8", "int4"):
         raise SlimtuneError(f"torch_int8: embeddings must be fp32, int8 or int4, got {cfg.embeddings!r}")
     info = int8_isa(ctx.log)
@@ -79,7 +72,7 @@ def torch_int8(model, tokenizer, cfg: TorchInt8Config, ctx: StageContext):
     spec = [{"match": f"^({'|'.join(linear)})$", "codec": "int8"}]  # exactly what quantize_dynamic will quantize
     if cfg.embeddings != "fp32":
         spec.insert(0, {"match": EMBEDDINGS, "codec": cfg.embeddings})
-    return model, tokenizer, info | {"storage": spec, "runtime": "torch-int8-dynamic"}
+    return _compact(model, tokenizer, info, spec, "torch-int8-dynamic")
 
 
 @dataclass
@@ -113,4 +106,4 @@ def weight_only(model, tokenizer, cfg: WeightOnlyConfig, ctx: StageContext):
         spec = [{"match": f"^(?!.*{EMBEDDINGS})", **cfg.spec(cfg.codec)}]
     elif emb != cfg.codec:
         spec.insert(0, {"match": EMBEDDINGS, **cfg.spec(emb)})
-    return model, tokenizer, {"storage": spec}
+    return _compact(model, tokenizer, {}, spec)

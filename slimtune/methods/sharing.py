@@ -1,7 +1,7 @@
 """Parameter sharing, retrofitted ALBERT-style: groups of layers of a pretrained BERT become one
 block each (initialised from the group's mean or its first layer), then recover by fine-tuning.
 
-The result is a SlimBERT (slim_bert.py) with `num_hidden_layers` unique blocks run in
+The result is a SlimBERT (model/slim_bert.py) with `num_hidden_layers` unique blocks run in
 `layer_order`: as deep as before, each shared tensor stored once (save_pretrained writes three
 blocks for MiniLM-L6 in pairs), and loadable with the Auto classes. Sharing saves storage, not
 time: every layer position still runs.
@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from ..errors import SlimtuneError
-from ..train import count_trainable, train
-from . import StageContext, register
-from .distill import _Collator
-from .prune import RecoveryConfig, _train_set, _trainer
+from ..errors import SlimtuneError, one_of
+from ..model.structure import check_bert, counts
+from ..stage import StageContext, StageResult, register
+from ..train.config import RecoveryConfig
+from ..train.loop import train
+from ..train.teacher import recovery_objective, recovery_set
 
 
 @dataclass
@@ -28,8 +27,7 @@ class ShareConfig(RecoveryConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.init not in ("mean", "first"):
-            raise SlimtuneError(f"share_layers: init {self.init!r} is not one of mean, first")
+        one_of("init", self.init, ("mean", "first"), "share_layers")
         if self.group_size < 1:
             raise SlimtuneError("share_layers: group_size must be >= 1")
 
@@ -43,8 +41,9 @@ def layer_groups(n: int, cfg: ShareConfig) -> list[list[int]]:
 
 def share(model, groups: list[list[int]], init: str = "mean"):
     """A SlimBERT whose block j is the mean (or first) of the layers in groups[j], run in order."""
-    from ..pruning import check_bert, counts
-    from ..slim_bert import SlimBertForSequenceClassification, slim_config
+    import torch
+
+    from ..model.slim_bert import SlimBertForSequenceClassification, slim_config
 
     check_bert(model)
     c = counts(model)
@@ -70,12 +69,10 @@ def share(model, groups: list[list[int]], init: str = "mean"):
 @register("share_layers", ShareConfig)
 def share_layers(model, tokenizer, cfg: ShareConfig, ctx: StageContext):
     """ALBERT-style cross-layer sharing retrofitted onto a trained BERT, then recovery training."""
-    from ..pruning import counts
-
     n = counts(model)["layers"]
     groups = layer_groups(n, cfg)
     params_before = sum(p.numel() for p in model.parameters())
-    data = _train_set(model, tokenizer, cfg, ctx) if cfg.recover else None  # teacher: the unshared model
+    data = recovery_set(model, tokenizer, cfg, ctx) if cfg.recover else None  # teacher: the unshared model
     model = share(model, groups, cfg.init)
     params_after = sum(p.numel() for p in model.parameters())
     ctx.log(f"{n} layers -> {len(groups)} shared blocks {groups}; {params_before:,} -> {params_after:,} parameters")
@@ -83,8 +80,5 @@ def share_layers(model, tokenizer, cfg: ShareConfig, ctx: StageContext):
             "params_removed": params_before - params_after}
     if cfg.recover:
         model.requires_grad_(True)
-        trainable, total = count_trainable(model)
-        info |= train(model, tokenizer, ctx.splits, cfg, ctx.work_dir / "trainer", callbacks=ctx.callbacks,
-                      trainer_cls=_trainer(cfg), train_set=data, collator=_Collator(tokenizer), checkpoint_dir=ctx.checkpoint_dir)
-        info |= {"trainable_params": trainable, "total_params": total}
-    return model, tokenizer, info
+        info |= train(model, tokenizer, cfg, ctx, loss=recovery_objective(cfg), train_set=data, extra_columns=("teacher_logits",))
+    return StageResult(model, tokenizer, info)

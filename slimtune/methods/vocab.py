@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SlimtuneError
-from . import StageContext, register
+from ..stage import StageContext, StageResult, register
 
 SPLITS = ("train", "val", "test")
 
@@ -101,4 +101,4 @@ def trim_vocab(model, tokenizer, cfg: TrimVocabConfig, ctx: StageContext):
     trim_embeddings(model, kept, new_tok.pad_token_id)
     ctx.log(f"  kept {len(kept):,} of {before:,} tokens ({', '.join(cfg.corpus)} texts"
             f"{' + characters' if cfg.keep_characters else ''})")
-    return model, new_tok, {"vocab_before": before, "vocab_after": len(kept), "vocab_corpus": "+".join(cfg.corpus)}
+    return StageResult(model, new_tok, {"vocab_before": before, "vocab_after": len(kept), "vocab_corpus": "+".join(cfg.corpus)})

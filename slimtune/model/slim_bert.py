@@ -10,7 +10,7 @@
 Importing this module registers model_type "slimtune_bert" with the Auto classes, so a folder
 slimtune wrote loads with
 
-    import slimtune.slim_bert  # noqa: F401
+    import slimtune.model.slim_bert  # noqa: F401
     AutoModelForSequenceClassification.from_pretrained("runs/prune/stages/02-pruned")
 
 Head size stays hidden_size / num_attention_heads of the original model. Everything else is
@@ -32,8 +32,9 @@ from transformers.models.bert.modeling_bert import (
     eager_attention_forward,
 )
 
+from .structure import ADAPTER_KINDS
+
 MODEL_TYPE = "slimtune_bert"
-ADAPTER_KINDS = ("houlsby", "pfeiffer")
 
 
 class SlimBertConfig(BertConfig):

@@ -8,7 +8,7 @@ report calls such a model "size-only" unless a speed-up is measured.
 Structured: attention heads and FFN neurons are scored as groups (magnitude: L1 norm of the
 group's weights; Taylor: (sum over the group of w * dL/dw)^2, averaged over calibration batches,
 Molchanov et al. 2019) and then *physically removed*: smaller matrices, a
-`SlimBertForSequenceClassification` (slim_bert.py) with per-layer widths. Whole layers can be dropped
+`SlimBertForSequenceClassification` (model/slim_bert.py) with per-layer widths. Whole layers can be dropped
 too. torch's `torch.nn.utils.prune` only masks (the model stays as large and as slow) and
 transformers 5 removed `prune_heads`, so removal is done here with `prune_linear_layer`.
 """
@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .errors import SlimtuneError
+from ...errors import SlimtuneError
+from ...model.structure import bert_layers as _layers, check_bert, counts, group_weights, head_size
 
-SUPPORTED_TYPES = ("bert", "slimtune_bert")
 
 
 # ---- unstructured --------------------------------------------------------------------------
@@ -113,36 +113,6 @@ def cubic_schedule(target: float, rounds: int, total_steps: int, fraction: float
 
 
 # ---- structured ----------------------------------------------------------------------------
-
-
-def check_bert(model) -> None:
-    kind = model.config.model_type
-    if kind not in SUPPORTED_TYPES:
-        raise SlimtuneError(f"structured pruning supports BERT-family models (model_type bert); this one is {kind!r}")
-    order = getattr(model.config, "layer_order", None)
-    if order is not None and order != list(range(len(order))):
-        raise SlimtuneError("structured pruning of a model with shared layers is not supported; prune before share_layers")
-
-
-def _layers(model) -> nn.ModuleList:
-    return getattr(model, model.base_model_prefix).encoder.layer
-
-
-def head_size(model) -> int:
-    return model.config.hidden_size // model.config.num_attention_heads
-
-
-def group_weights(model) -> list[dict]:
-    """Per layer, the tensors of each head / FFN neuron (as index helpers over the parameters)."""
-    out = []
-    for layer in _layers(model):
-        att = layer.attention.self
-        out.append({
-            "heads": att.query.out_features // head_size(model),
-            "q": att.query, "k": att.key, "v": att.value, "o": layer.attention.output.dense,
-            "inter": layer.intermediate.dense, "out": layer.output.dense,
-        })
-    return out
 
 
 def _row_groups(t: torch.Tensor, size: int) -> torch.Tensor:  # (out, in) -> (groups, size*in) sums
@@ -248,7 +218,7 @@ def remove_structure(model, keep_heads: list[list[int]], keep_ffn: list[list[int
     """Physically remove heads, FFN neurons and layers; returns a SlimBERT classifier."""
     from transformers.pytorch_utils import prune_linear_layer
 
-    from .slim_bert import SlimBertForSequenceClassification, slim_config
+    from ...model.slim_bert import SlimBertForSequenceClassification, slim_config
 
     check_bert(model)
     d = head_size(model)
@@ -293,11 +263,6 @@ def layer_scores(head_s: list[torch.Tensor], ffn_s: list[torch.Tensor]) -> list[
     hs = sum(float(s.sum()) for s in head_s) or 1.0
     fs = sum(float(s.sum()) for s in ffn_s) or 1.0
     return [float(h.sum()) / hs + float(f.sum()) / fs for h, f in zip(head_s, ffn_s)]
-
-
-def counts(model) -> dict:
-    gs = group_weights(model)
-    return {"layers": len(gs), "heads": [g["heads"] for g in gs], "ffn": [g["inter"].out_features for g in gs]}
 
 
 def cumulative_fractions(target: float, rounds: int) -> list[float]:

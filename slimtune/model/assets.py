@@ -12,7 +12,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SlimtuneError
+from ..errors import SlimtuneError
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data import TextSet
+from ..data import TextSet
 from .predictors import Predictor, batched_logits
 
 
@@ -26,9 +26,14 @@ def classification_metrics(labels, preds, num_labels: int) -> dict:
     }
 
 
-def evaluate(pred: Predictor, data: TextSet, batch_size: int = 32, progress: str | None = None) -> tuple[dict, np.ndarray]:
-    """Metrics of `pred` on `data`, and the logits (kept for parity checks between artifacts)."""
-    logits = batched_logits(pred, data.texts, batch_size, progress)
+def evaluate(pred: Predictor, data: TextSet, batch_size: int = 32, progress: str | None = None,
+             logits: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+    """Metrics of `pred` on `data`, and the logits (kept for parity checks between artifacts).
+
+    The one way slimtune scores a model on labelled texts: stages, exports, guards and the CLI
+    all come here. `logits`: already computed for `data` (not recomputed)."""
+    if logits is None:
+        logits = batched_logits(pred, data.texts, batch_size, progress)
     metrics = classification_metrics(data.labels, logits.argmax(axis=1), len(pred.label_names))
     metrics["n_examples"] = len(data)
     return metrics, logits

@@ -14,9 +14,9 @@ import torch
 from slimtune.data import DataConfig, load_splits
 from slimtune.errors import SlimtuneError
 from slimtune.methods import METHODS, StageContext
-from slimtune.metrics import evaluate
-from slimtune.models import load_model
-from slimtune.predictors import TorchPredictor
+from slimtune.measure.metrics import evaluate
+from slimtune.artifacts import load_model
+from slimtune.measure.predictors import TorchPredictor
 from slimtune.recipe import build
 
 TOTAL = 999_138
@@ -33,7 +33,8 @@ def apply(method, model_dir, splits, tmp_path, **fields):
     model, tok = load_model(model_dir, splits.label_names)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = build(METHODS[method].config_cls, fields, method)
-    out, tok, info = METHODS[method].apply(model, tok, cfg, StageContext(splits, tmp_path, log=lambda m: None))
+    result = METHODS[method].apply(model, tok, cfg, StageContext(splits, tmp_path, log=lambda m: None))
+    out, tok, info = result.model, result.tokenizer, result.facts
     return out, tok, info, before
 
 

@@ -25,7 +25,7 @@ import torch
 from onnx import numpy_helper
 from transformers import BertConfig, BertModel
 
-from .errors import SlimtuneError
+from ..errors import SlimtuneError
 
 PREFIX = "model.0.auto_model."
 # Order in which each layer's projections appear in the exported graph (topological order).

@@ -4,7 +4,7 @@
   (tokenization included: it is part of what a user waits for);
 - throughput: texts per second at batch 32 over real test sentences;
 - peak RSS: the peak resident memory of the process (`ru_maxrss`). The recipe runner benchmarks
-  every artifact in a fresh process (`python -m slimtune.benchmark`), so this is what loading and
+  every artifact in a fresh process (`python -m slimtune.measure.bench`), so this is what loading and
   running that model costs, Python and libraries included, not what training left behind;
 - size: bytes of the model's weight files on disk (tokenizer files excluded: same for all stages).
 """
@@ -156,11 +156,22 @@ def hardware() -> dict:
     }
 
 
+def int8_isa(log) -> dict:
+    """The ISA facts that decide whether int8 matmuls beat fp32 here; says so before quantizing."""
+    isa = hardware()["isa"]
+    vnni = isa.get("avx512_vnni") or isa.get("avx_vnni") or isa.get("amx_int8")
+    if not vnni:
+        have = ", ".join(k for k, v in isa.items() if v) or "none of avx2/avx512/vnni/amx"
+        log(f"  this CPU has no VNNI/AMX int8 instructions ({have}): int8 may not beat fp32 here; "
+            "the report compares measured latency")
+    return {"int8_compute": True, "cpu_int8_vnni": bool(vnni)}
+
+
 def benchmark_in_subprocess(artifact: Path, texts: list[str], max_length: int, runs: int, warmup: int, batch_size: int) -> dict:
     """Benchmark `artifact` in a fresh Python process, so memory and caches start clean."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(texts, f)
-    cmd = [sys.executable, "-m", "slimtune.benchmark", str(artifact), "--texts", f.name, "--max-length", str(max_length),
+    cmd = [sys.executable, "-m", "slimtune.measure.bench", str(artifact), "--texts", f.name, "--max-length", str(max_length),
            "--runs", str(runs), "--warmup", str(warmup), "--batch-size", str(batch_size)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -172,8 +183,8 @@ def benchmark_in_subprocess(artifact: Path, texts: list[str], max_length: int, r
 
 
 def _main() -> None:
-    from .models import quiet_libraries
-    from .predictors import load_predictor
+    from ..artifacts import load_predictor
+    from ..model.folders import quiet_libraries
 
     quiet_libraries()
     ap = argparse.ArgumentParser(description="benchmark one artifact; prints one JSON line")

@@ -8,54 +8,14 @@ command under `torchrun` / `accelerate launch`; there is no distribution code he
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
-from .data import Splits, TextSet
-from .errors import SlimtuneError
-from .profile import check_truncation, encode
-
-OPTIMIZERS = ("adamw", "sgd")
-
-
-@dataclass
-class TrainConfig:
-    """How to train (shared by every training method's config)."""
-
-    epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
-    batch_size: int = 16
-    learning_rate: float = 5e-5
-    optimizer: str = "adamw"  # adamw | sgd
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 0.01
-    warmup: float = 0.06  # fraction of the steps
-    max_length: int | None = None  # unset: the data's 95th percentile (profile.fill_max_length)
-    truncation: str = "head"  # head | head_tail (keep the start and the end of long texts)
-    seed: int = 42
-    early_stopping_patience: int = 0  # > 0: stop when validation accuracy stops improving
-    eval_steps: int = 0  # validation every N steps (0: once per epoch)
-    group_by_length: bool = True
-    checkpoint_steps: int = 0  # > 0: keep a resumable checkpoint every N steps (interrupted runs continue)
-    max_minutes: float = 0  # > 0: stop training after this much wall time (methods compared on one budget)
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise SlimtuneError(f"optimizer: {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-        if self.batch_size < 1 or self.learning_rate <= 0 or (self.epochs <= 0 and self.max_steps <= 0):
-            raise SlimtuneError("training: batch_size >= 1, learning_rate > 0 and epochs or max_steps > 0 are required")
-        for name, ok, rule in [("max_length", self.max_length is None or self.max_length >= 2, ">= 2 (room for [CLS] and [SEP])"),
-                               ("warmup", 0 <= self.warmup < 1, "a fraction of the steps in [0, 1)"),
-                               ("weight_decay", self.weight_decay >= 0, ">= 0"),
-                               ("early_stopping_patience", self.early_stopping_patience >= 0, ">= 0"),
-                               ("eval_steps", self.eval_steps >= 0, ">= 0"),
-                               ("checkpoint_steps", self.checkpoint_steps >= 0, ">= 0"),
-                               ("max_minutes", self.max_minutes >= 0, ">= 0")]:
-            if not ok:
-                raise SlimtuneError(f"{name} must be {rule}, not {getattr(self, name)!r}")
-        check_truncation(self.truncation)
-
+from ..data import TextSet
+from ..errors import SlimtuneError
+from ..profile import encode
+from .config import TrainConfig
 
 class EncodedDataset:
     """A torch-style dataset of tokenized examples; padding happens per batch in the collator."""
@@ -86,21 +46,79 @@ def count_trainable(model) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def train(
-    model, tokenizer, splits: Splits, cfg: TrainConfig, work_dir: Path, callbacks=(), trainer_cls=None,
-    train_set=None, collator=None, checkpoint_dir: Path | None = None,
-) -> dict:
-    """Train `model` in place on `splits.train` (or a prepared `train_set`); returns a summary.
+class Collator:
+    """Dynamic padding for the token fields; `extra_columns` (e.g. teacher logits, task ids) are
+    taken out before padding and stacked as they are."""
 
-    `trainer_cls` (a Trainer subclass with its own `compute_loss`) and `collator` are how methods
-    such as distillation change the objective without a second training loop. With
-    `cfg.checkpoint_steps` and a `checkpoint_dir` that survives interruption, a rerun resumes from
+    def __init__(self, tokenizer, extra_columns: tuple[str, ...] = ()):
+        from transformers import DataCollatorWithPadding
+
+        self.pad = DataCollatorWithPadding(tokenizer)
+        self.extra = tuple(extra_columns)
+
+    def __call__(self, rows):
+        import torch
+
+        if not self.extra:
+            return self.pad(rows)
+        batch = self.pad([{k: v for k, v in r.items() if k not in self.extra} for r in rows])
+        for key in self.extra:
+            if key in rows[0]:
+                values = [r[key] for r in rows]
+                batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
+        return batch
+
+
+@functools.cache
+def _loss_trainer():
+    """Trainer whose loss is a plain function `loss(model, inputs) -> (loss, outputs)` (train/losses.py).
+
+    Built on first use: importing transformers' Trainer costs seconds, and recipes are validated
+    without it."""
+    from transformers import Trainer
+
+    class LossTrainer(Trainer):
+        def __init__(self, *args, loss, extra_columns=(), **kwargs):
+            super().__init__(*args, **kwargs)
+            self.loss = loss
+            self.extra_columns = tuple(extra_columns)
+
+        def _set_signature_columns_if_needed(self):
+            # the Trainer drops row fields the model's forward does not take (RemoveColumnsCollator);
+            # the extra columns are for the loss, not the model, and must reach it
+            super()._set_signature_columns_if_needed()
+            self._signature_columns += [c for c in self.extra_columns if c not in self._signature_columns]
+
+        def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+            loss, out = self.loss(model, inputs)
+            return (loss, out) if return_outputs else loss
+
+    return LossTrainer
+
+
+def train(model, tokenizer, cfg: TrainConfig, ctx, loss=None, train_set=None, extra_columns: tuple[str, ...] = (),
+          callbacks=(), work_name: str = "trainer", checkpoints: bool = True, collator=None) -> dict:
+    """Train `model` in place on `ctx.splits.train` (or a prepared `train_set`); returns a summary
+    with the trainable and total parameter counts.
+
+    `loss` (default: cross-entropy on the labels) is a plain function `(model, inputs) -> (loss,
+    outputs)`, built by `losses.objective`; `extra_columns` are row fields it reads besides the
+    tokens and labels (e.g. `teacher_logits`). `callbacks` come before the context's (progress).
+    With `cfg.checkpoint_steps`, a context `checkpoint_dir` and `checkpoints`, a rerun resumes from
     the last checkpoint (weights, optimizer, scheduler, RNG) instead of starting over.
+    `collator` replaces the default dynamic padding (`Collator`), e.g. for rows whose labels are
+    token sequences (decoders); it receives the extra columns too.
     """
     import numpy as np
     import torch
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments
+    from transformers import EarlyStoppingCallback, TrainingArguments
 
+    from .losses import objective
+
+    splits, work_dir = ctx.splits, ctx.work_dir / work_name
+    checkpoint_dir = ctx.checkpoint_dir if checkpoints else None
+    trainable, total = count_trainable(model)
+    ctx.log(f"training {trainable:,} of {total:,} parameters ({trainable / total:.2%})")
     train_set = train_set if train_set is not None else EncodedDataset(tokenizer, splits.train, cfg.max_length, cfg.truncation)
     val_set = EncodedDataset(tokenizer, splits.val, cfg.max_length, cfg.truncation) if len(splits.val) else None
     early = cfg.early_stopping_patience > 0 and val_set is not None
@@ -145,22 +163,24 @@ def train(
     def compute_metrics(pred):
         return {"accuracy": float((np.asarray(pred.predictions).argmax(-1) == pred.label_ids).mean())}
 
-    trainer = (trainer_cls or Trainer)(
+    trainer = _loss_trainer()(
         model=model,
+        loss=loss or objective(),
+        extra_columns=extra_columns,
         args=args,
         train_dataset=train_set,
         eval_dataset=val_set,
         processing_class=tokenizer,
-        data_collator=collator or DataCollatorWithPadding(tokenizer),
+        data_collator=collator or Collator(tokenizer, extra_columns),
         compute_metrics=compute_metrics if val_set is not None else None,
         optimizers=optimizers,
-        callbacks=[*callbacks, *([EarlyStoppingCallback(cfg.early_stopping_patience)] if early else []),
+        callbacks=[*map(_as_trainer_callback, [*callbacks, *ctx.callbacks]), *([EarlyStoppingCallback(cfg.early_stopping_patience)] if early else []),
                    *([TimeBudget(cfg.max_minutes)] if cfg.max_minutes > 0 else [])],
     )
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts on stdout
-    from .benchmark import peak_rss_mb, reset_peak_rss
+    from ..measure.bench import peak_rss_mb, reset_peak_rss
 
     fresh_peak = reset_peak_rss()  # the training's own peak, not the loading before it
     last = _last_checkpoint(checkpoint_dir) if resumable else None
@@ -171,6 +191,8 @@ def train(
     if cfg.truncation != "head":  # predictors cut texts the way the model was trained
         model.config.slimtune_truncation = cfg.truncation
     return {
+        "trainable_params": trainable,
+        "total_params": total,
         "train_steps": int(trainer.state.global_step),
         "train_seconds": float(result.metrics.get("train_runtime", 0.0)),
         "train_loss": float(result.training_loss),
@@ -180,6 +202,20 @@ def train(
         "seconds_per_step": float(result.metrics.get("train_runtime", 0.0)) / max(1, trainer.state.global_step),
         "train_peak_rss_mb": peak_rss_mb() if fresh_peak else None,
     }
+
+
+def _as_trainer_callback(cb):
+    """A plain object with `on_*` methods (e.g. the prune stage's MaskCallback, importable without
+    torch) as a TrainerCallback: the Trainer calls every event on every callback."""
+    from transformers import TrainerCallback
+
+    if isinstance(cb, TrainerCallback):
+        return cb
+    wrapped = TrainerCallback()
+    for name in dir(cb):
+        if name.startswith("on_") and callable(getattr(cb, name)):
+            setattr(wrapped, name, getattr(cb, name))
+    return wrapped
 
 
 def TimeBudget(minutes: float):

@@ -1,86 +1,27 @@
-"""Exports: Hugging Face folder, ONNX, ONNX int8 (dynamic). Every write is atomic.
+"""ONNX artifacts: a folder with `model.onnx` + config.json (labels) + tokenizer files.
 
-A folder is written under a temporary sibling name and renamed when complete, so an interrupted
-run never leaves a half-written model where a finished one is expected.
+Written by `torch.onnx.export` (legacy TorchScript exporter, dynamic batch and sequence axes) with
+eager attention, then ONNX Runtime's transformer optimizer fuses attention/LayerNorm/GELU, then
+`onnxruntime.quantization.quantize_dynamic` makes int8. Optimum is not used: it pins
+transformers 4.x. A stage that builds its own graph (onnx_int8, onnx_compact) hands the finished
+file over as `Artifact("onnx", {"onnx_file": path})`; it is moved into place.
 
-ONNX goes through `torch.onnx.export` (legacy TorchScript exporter, dynamic batch and sequence
-axes) with eager attention, then ONNX Runtime's transformer optimizer fuses attention/LayerNorm/
-GELU, then `onnxruntime.quantization.quantize_dynamic` makes int8. Optimum is not used: it pins
-transformers 4.x.
+An ONNX folder holds no torch model: it runs through ONNX Runtime (`OnnxPredictor`), and no later
+stage can start from it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+import json
+import logging
 import shutil
 import warnings
 from pathlib import Path
 
-from .errors import SlimtuneError
+from ..errors import SlimtuneError
 
-FORMATS = ("hf", "onnx", "onnx-int8")
-
-
-@contextlib.contextmanager
-def atomic_dir(final: Path):
-    """Yield a temp folder; on success it replaces `final` in one rename."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        trash = final.with_name(f".old-{final.name}-{os.getpid()}")
-        os.replace(final, trash)
-        os.replace(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
-def check_writable(out: Path, what: str) -> None:
-    """Fail before any work when `out` cannot become a folder we write into (a file is in the
-    way, or its nearest existing folder is read-only). Leaves nothing behind."""
-    import tempfile
-
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SlimtuneError(f"{what} {out} is a file, not a folder")
-    # atomic_dir writes a temp sibling in the parent, and a run writes inside `out`: probe both
-    parent = next((p for p in out.parents if p.exists()), Path("."))
-    for probe_in in [parent] + ([out] if out.is_dir() else []):
-        if not probe_in.is_dir():
-            raise SlimtuneError(f"{what} {out}: {probe_in} is a file, not a folder")
-        try:
-            tempfile.TemporaryDirectory(dir=probe_in, prefix=".slimtune-probe-").cleanup()
-        except OSError as e:
-            raise SlimtuneError(f"{what} {out}: cannot write in {probe_in} ({e.strerror or e})") from None
-
-
-def clean_temp(folder: Path) -> None:
-    """Remove leftovers of interrupted atomic writes in `folder`."""
-    for p in Path(folder).glob(".tmp-*"):
-        shutil.rmtree(p, ignore_errors=True)
-    for p in Path(folder).glob(".old-*"):
-        shutil.rmtree(p, ignore_errors=True)
-
-
-def save_hf(model, tokenizer, folder: Path) -> None:
-    """save_pretrained (safetensors, config with id2label) + tokenizer, into an existing folder."""
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-
-
-def export_hf(model, tokenizer, out: Path) -> Path:
-    with atomic_dir(out) as tmp:
-        save_hf(model, tokenizer, tmp)
-    return out
+ONNX_FILE = "model.onnx"
 
 
 def _onnx_inputs(model, tokenizer):
@@ -128,8 +69,6 @@ def _fuse(onnx_path: Path, config, embed_layer_norm: bool = True) -> None:
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    import logging
-
     # its "input hidden size is not the q/k/v width" notice is expected for pruned heads
     # (ORT imports its fusion modules as top-level ones, hence the bare logger name)
     logging.getLogger("fusion_attention").setLevel(logging.ERROR)
@@ -166,27 +105,82 @@ def quantize_int8(src: Path, dst: Path) -> None:
     )
 
 
-def export_onnx(model, tokenizer, out: Path, int8: bool = False) -> Path:
-    """Write `out/model.onnx` (+ config.json with labels + tokenizer) atomically."""
-    with atomic_dir(out) as tmp:
-        fp32 = tmp / ("model-fp32.onnx" if int8 else "model.onnx")
+@contextlib.contextmanager
+def quiet_root_logger():
+    """ORT's 4-bit quantizer module calls logging.basicConfig(level=INFO) when imported: it adds a
+    handler to the root logger and lowers its level, after which every quantizer logs each tensor.
+    Its handlers and level are undone on the way out, and the level is held at ERROR meanwhile."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
+        root.setLevel(level)
+
+
+def detect(path: Path) -> bool:
+    path = Path(path)
+    return (path.suffix == ".onnx" and path.is_file()) or (path / ONNX_FILE).is_file()
+
+
+def save(folder: Path, model, tokenizer, onnx_file: Path | None = None, int8: bool = False) -> dict:
+    """Write `folder/model.onnx` (+ config.json with labels + tokenizer) into an existing folder:
+    the graph a stage already built (`onnx_file`, moved), or a new export of `model` (int8: dynamic)."""
+    folder = Path(folder)
+    if onnx_file is not None:
+        shutil.move(str(onnx_file), str(folder / ONNX_FILE))
+    else:
+        fp32 = folder / ("model-fp32.onnx" if int8 else ONNX_FILE)
         try:
             write_onnx(model, tokenizer, fp32)
             if int8:
-                quantize_int8(fp32, tmp / "model.onnx")
+                quantize_int8(fp32, folder / ONNX_FILE)
                 fp32.unlink()
         except SlimtuneError:
             raise
         except Exception as e:  # exporter failures are deep; keep one line for the user
             raise SlimtuneError(f"ONNX export of {type(model).__name__} failed: {str(e).splitlines()[0]}") from e
-        model.config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return out
+    model.config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return {}
 
 
-def export(model, tokenizer, fmt: str, out: Path) -> Path:
-    if fmt not in FORMATS:
-        raise SlimtuneError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
-    if fmt == "hf":
-        return export_hf(model, tokenizer, out)
-    return export_onnx(model, tokenizer, out, int8=fmt == "onnx-int8")
+def label_names(folder: Path) -> list[str]:
+    """The labels in an ONNX export's config.json, read as JSON: AutoConfig would import torch and
+    the model classes (seconds of start-up) for a session that needs neither."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise SlimtuneError(f"{folder}: ONNX model has no config.json beside it (label names)")
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as e:
+        raise SlimtuneError(f"{path}: not valid JSON: {e}") from None
+    id2label = config.get("id2label") or {str(i): f"LABEL_{i}" for i in range(config.get("num_labels", 2))}
+    try:
+        return [id2label[str(i)] for i in range(len(id2label))]
+    except KeyError:
+        raise SlimtuneError(f"{path}: id2label must number the labels 0..{len(id2label) - 1}") from None
+
+
+def predictor(path: Path, max_length: int, labels: list[str] | None = None, task: str | None = None,
+              threads: int | None = None):
+    """An ONNX Runtime predictor for a folder holding `model.onnx` (or the .onnx file itself)."""
+    from ..measure.predictors import OnnxPredictor
+    from ..model.folders import load_tokenizer
+
+    path = Path(path)
+    onnx_file = path if path.suffix == ".onnx" else path / ONNX_FILE
+    if task is not None:
+        raise SlimtuneError(f"{path}: an ONNX export holds one task; export it with --task instead")
+    folder = onnx_file.parent
+    names = label_names(folder)
+    if labels is not None and list(labels) != names:
+        raise SlimtuneError(f"{folder}: model was trained for labels {names}, but the data has {list(labels)}")
+    config = json.loads((folder / "config.json").read_text())
+    pred = OnnxPredictor(onnx_file, load_tokenizer(folder, config.get("vocab_size")), names, max_length, threads)
+    pred.truncation = config.get("slimtune_truncation", "head")
+    return pred

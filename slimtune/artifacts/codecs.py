@@ -1,9 +1,10 @@
-"""Quantizing storage codecs for `storage.py`: fp16, bf16, int8, int4 (group-wise), k-means.
+"""Storage codecs for compact folders (compact.py): sparse, fp16, bf16, int8, int4 (group-wise), k-means.
 
 Each codec turns one weight tensor into a few smaller tensors plus JSON settings, and back into
 fp32 on load (weight-only: the model computes in fp32, or in whatever a storage runtime casts it
-to). Importing this module registers them in `storage.CODECS` (storage.py imports it).
+to). Each is registered once in CODECS, here.
 
+    sparse        2-D weights, a bitmask of the non-zeros plus their values  size ~ density
     fp16 / bf16   every float tensor cast to 16 bits                      2x smaller
     int8          2-D weights, one symmetric scale per row (output channel) ~4x
     int4          2-D weights, 4-bit codes two per byte, one fp16 scale and  ~6-7x
@@ -14,9 +15,63 @@ to). Importing this module registers them in `storage.CODECS` (storage.py import
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
-from .storage import Codec, is_matrix, register_codec
+
+@dataclass(frozen=True)
+class Codec:
+    """encode(tensor) -> (parts, meta); decode(parts, meta) -> tensor. meta must be JSON-able."""
+
+    name: str
+    encode: Callable
+    decode: Callable
+    applies: Callable  # (param name, tensor) -> bool; tensors it does not apply to are stored as is
+
+
+CODECS: dict[str, Codec] = {}
+
+
+def register_codec(codec: Codec) -> Codec:
+    CODECS[codec.name] = codec
+    return codec
+
+
+def is_matrix(name: str, t) -> bool:
+    """2-D float weights (Linear and embedding matrices): where compression pays."""
+    return t.dim() == 2 and t.is_floating_point() and t.numel() >= 1024
+
+
+# --- sparse: a bitmask of the non-zeros plus their values ------------------------------------
+
+def _sparse_encode(t):
+    import numpy as np
+    import torch
+
+    flat = t.detach().contiguous().reshape(-1)
+    nz = flat != 0
+    bits = np.packbits(nz.numpy())  # 1 bit per element, 8 elements a byte
+    return {"mask": torch.from_numpy(bits), "values": flat[nz].clone()}, {"shape": list(t.shape)}
+
+
+def _sparse_decode(parts, meta):
+    import numpy as np
+    import torch
+
+    shape = meta["shape"]
+    n = int(np.prod(shape))
+    nz = torch.from_numpy(np.unpackbits(parts["mask"].numpy(), count=n).astype(bool))
+    values = parts["values"]
+    if int(nz.sum()) != values.numel():
+        raise ValueError("sparse mask and values disagree")
+    out = torch.zeros(n, dtype=values.dtype)
+    out[nz] = values
+    return out.reshape(shape)
+
+
+register_codec(Codec("sparse", _sparse_encode, _sparse_decode, is_matrix))
 
 
 def is_float(name: str, t) -> bool:

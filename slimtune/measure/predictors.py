@@ -1,18 +1,18 @@
 """One interface over a torch model and an ONNX Runtime session: texts in, logits out.
 
 Evaluation, benchmarking, export parity checks and `slimtune predict` all go through a
-`Predictor`, so a torch model and its ONNX export are measured by the very same code.
+`Predictor`, so a torch model and its ONNX export are measured by the very same code. Which
+predictor an artifact folder gets is the artifact registry's choice (`artifacts.load_predictor`).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import SlimtuneError
+from ..errors import SlimtuneError
 
 DEFAULT_MAX_LENGTH = 256
 
@@ -31,7 +31,7 @@ class Predictor:
         raise NotImplementedError
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        from .profile import encode_padded
+        from ..profile import encode_padded
 
         return encode_padded(self.tokenizer, texts, self.max_length, self.truncation)
 
@@ -40,7 +40,7 @@ class TorchPredictor(Predictor):
     kind = "torch"
 
     def __init__(self, model, tokenizer, max_length: int = DEFAULT_MAX_LENGTH):
-        from .models import label_names_of
+        from ..model.folders import label_names_of
 
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -109,7 +109,7 @@ def batched_logits(pred: Predictor, texts: list[str], batch_size: int = 32, prog
 
 
 def _progress(items, description: str | None):
-    from .console import track
+    from ..console import track
 
     return track(items, description)
 
@@ -130,52 +130,3 @@ def predict(pred: Predictor, texts: list[str]) -> list[Prediction]:
         k = int(row.argmax())
         result.append(Prediction(pred.label_names[k], float(row[k]), dict(zip(pred.label_names, map(float, row)))))
     return result
-
-
-def _label_names(folder: Path) -> list[str]:
-    """The labels in an ONNX export's config.json, read as JSON: AutoConfig would import torch and
-    the model classes (seconds of start-up) for a session that needs neither."""
-
-    path = folder / "config.json"
-    if not path.is_file():
-        raise SlimtuneError(f"{folder}: ONNX model has no config.json beside it (label names)")
-    try:
-        config = json.loads(path.read_text())
-    except ValueError as e:
-        raise SlimtuneError(f"{path}: not valid JSON: {e}") from None
-    id2label = config.get("id2label") or {str(i): f"LABEL_{i}" for i in range(config.get("num_labels", 2))}
-    try:
-        return [id2label[str(i)] for i in range(len(id2label))]
-    except KeyError:
-        raise SlimtuneError(f"{path}: id2label must number the labels 0..{len(id2label) - 1}") from None
-
-
-def load_predictor(path: str | Path, max_length: int = DEFAULT_MAX_LENGTH, label_names: list[str] | None = None,
-                   task: str | None = None, threads: int | None = None) -> Predictor:
-    """A predictor for an artifact: an HF folder (torch), or a folder/file holding `model.onnx`.
-
-    `threads`: ONNX Runtime's intra-op threads (default: its own choice, one per core).
-    """
-    from .models import load_model, load_tokenizer
-
-    path = Path(path)
-    onnx_file = path if path.suffix == ".onnx" else path / "model.onnx"
-    if onnx_file.is_file():
-        if task is not None:
-            raise SlimtuneError(f"{path}: an ONNX export holds one task; export it with --task instead")
-        folder = onnx_file.parent
-        names = _label_names(folder)
-        if label_names is not None and list(label_names) != names:
-            raise SlimtuneError(f"{folder}: model was trained for labels {names}, but the data has {list(label_names)}")
-        config = json.loads((folder / "config.json").read_text())
-        pred = OnnxPredictor(onnx_file, load_tokenizer(folder, config.get("vocab_size")), names, max_length, threads)
-        pred.truncation = config.get("slimtune_truncation", "head")
-        return pred
-    from .floor import FLOOR_FILE, load_floor
-
-    if (path / FLOOR_FILE).is_file():
-        return load_floor(path, label_names)
-    if not path.exists():
-        raise SlimtuneError(f"model not found: {path}")
-    model, tokenizer = load_model(path, label_names, task)
-    return TorchPredictor(model, tokenizer, max_length)

@@ -14,29 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from transformers import TrainerCallback
-
-from .. import pruning as P
-from ..data import TextSet
-from ..errors import SlimtuneError
-from ..train import EncodedDataset, TrainConfig, count_trainable, train
-from . import StageContext, register
-from .distill import IGNORE, _Collator, teacher_logits
-from .distill_losses import combined, hard_ce
-
-
-@dataclass
-class RecoveryConfig(TrainConfig):
-    learning_rate: float = 3e-5
-    recover: bool = True  # False: prune only, no training
-    alpha: float = 1.0  # weight of the hard-label CE; 1 - alpha on KL to the unpruned model's logits
-    temperature: float = 2.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0 <= self.alpha <= 1 or self.temperature <= 0:
-            raise SlimtuneError("alpha must be in [0, 1] and temperature > 0")
+from ...data import TextSet
+from ...errors import SlimtuneError, one_of
+from ...model.structure import check_bert, counts, num_params
+from ...stage import Artifact, StageContext, StageResult, register
+from ...train.config import RecoveryConfig, TrainConfig
 
 
 @dataclass
@@ -54,10 +36,10 @@ class PruneConfig(RecoveryConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _one_of("scope", self.scope, ("global", "layer"))
-        _one_of("score", self.score, ("magnitude", "movement"))
-        _one_of("schedule", self.schedule, ("oneshot", "cubic"))
-        _one_of("storage", self.storage, ("sparse", "dense"))
+        one_of("scope", self.scope, ("global", "layer"))
+        one_of("score", self.score, ("magnitude", "movement"))
+        one_of("schedule", self.schedule, ("oneshot", "cubic"))
+        one_of("storage", self.storage, ("sparse", "dense"))
         if not 0 < self.sparsity < 1:
             raise SlimtuneError(f"prune: sparsity must be in (0, 1), got {self.sparsity}")
         if self.score == "movement" and (self.schedule != "cubic" or not self.recover):
@@ -81,8 +63,8 @@ class StructuredConfig(RecoveryConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _one_of("score", self.score, ("taylor", "magnitude"))
-        _one_of("scope", self.scope, ("global", "layer"))
+        one_of("score", self.score, ("taylor", "magnitude"))
+        one_of("scope", self.scope, ("global", "layer"))
         if not (0 <= self.heads < 1 and 0 <= self.ffn < 1):
             raise SlimtuneError("prune_structured: heads and ffn are fractions in [0, 1)")
         if self.layers < 0 or self.rounds < 1 or self.calibration_batches < 1:
@@ -91,59 +73,26 @@ class StructuredConfig(RecoveryConfig):
             raise SlimtuneError("prune_structured: give layers (a count) or drop_layers (a list), not both")
 
 
-def _one_of(key: str, value: str, allowed: tuple) -> None:
-    if value not in allowed:
-        raise SlimtuneError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
-
-
 # ---- training pieces --------------------------------------------------------------------------
 
 
-def _trainer(cfg: RecoveryConfig, l1_weights: list | None = None):
-    """Trainer whose loss is CE (or CE + KL to cached teacher logits) plus an optional L1 term."""
-    from transformers import Trainer
+class MaskCallback:
+    """Holds unstructured masks through training; on a schedule, recomputes them at higher sparsity.
 
-    l1 = getattr(cfg, "l1", 0.0)
-    n_l1 = sum(w.numel() for w in l1_weights) if l1_weights else 1
-
-    class RecoveryTrainer(Trainer):
-        def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
-            inputs = dict(inputs)
-            t_logits = inputs.pop("teacher_logits", None)
-            labels = inputs.pop("labels")
-            out = model(**inputs)
-            if t_logits is None:
-                loss = hard_ce(out.logits, labels)
-            else:
-                loss = combined(cfg.alpha, cfg.temperature, out.logits, t_logits, labels, IGNORE)
-            if l1 and model.training:
-                loss = loss + l1 * sum(w.abs().sum() for w in l1_weights) / n_l1
-            return (loss, out) if return_outputs else loss
-
-    return RecoveryTrainer
-
-
-def _train_set(model, tokenizer, cfg: RecoveryConfig, ctx: StageContext):
-    """Labelled training rows, with the unpruned model's logits when distilling (alpha < 1)."""
-    data = EncodedDataset(tokenizer, ctx.splits.train, cfg.max_length)
-    if cfg.alpha < 1:
-        logits, _ = teacher_logits(model, tokenizer, ctx.splits.train.texts, cfg.max_length, ctx.cache_dir or ctx.work_dir, ctx.log)
-        for row, t in zip(data.rows, logits):
-            row["teacher_logits"] = t
-    return data
-
-
-class MaskCallback(TrainerCallback):
-    """Holds unstructured masks through training; on a schedule, recomputes them at higher sparsity."""
+    A plain object with Trainer callback methods (`train` wraps it): importing it costs no torch."""
 
     def __init__(self, weights: dict, cfg: PruneConfig, masks: dict | None = None, first: dict | None = None):
         self.weights, self.cfg = weights, cfg
         self.masks = masks
         self.first = first or {}  # name -> bool mask of weights to prune before any other (e.g. unused tokens)
         self.schedule: dict[int, float] = {}
+        import torch
+
         self.movement = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()} if cfg.score == "movement" else None
 
     def on_train_begin(self, args, state, control, **kwargs):
+        from . import scores as P
+
         if self.cfg.schedule == "cubic":
             self.schedule = P.cubic_schedule(self.cfg.sparsity, self.cfg.rounds, state.max_steps, self.cfg.prune_fraction)
         if self.masks is None and state.global_step > 0:
@@ -164,6 +113,8 @@ class MaskCallback(TrainerCallback):
         self._apply()
 
     def prune_to(self, sparsity: float) -> None:
+        from . import scores as P
+
         scores = self.movement if self.movement is not None else {n: w.detach().abs() for n, w in self.weights.items()}
         # weights already exactly zero (e.g. a padding row) cost nothing to prune; then `first`
         scores = {n: s.masked_fill(self.weights[n].detach() == 0, float("-inf")) for n, s in scores.items()}
@@ -174,6 +125,8 @@ class MaskCallback(TrainerCallback):
         self.masks = P.masks_for(scores, sparsity, self.cfg.scope)
 
     def _apply(self) -> None:
+        from . import scores as P
+
         if self.masks is not None:
             P.apply_masks(self.weights, self.masks)
 
@@ -184,6 +137,10 @@ class MaskCallback(TrainerCallback):
 @register("prune", PruneConfig)
 def prune(model, tokenizer, cfg: PruneConfig, ctx: StageContext):
     """Unstructured pruning to an exact sparsity (magnitude or movement), stored sparse on disk."""
+    from ...train.loop import count_trainable, train
+    from ...train.teacher import recovery_objective, recovery_set
+    from . import scores as P
+
     weights = P.prunable_weights(model, cfg.include_embeddings)
     first = {}
     if cfg.include_embeddings and cfg.unused_tokens_first:
@@ -198,23 +155,23 @@ def prune(model, tokenizer, cfg: PruneConfig, ctx: StageContext):
         cb._apply()
     if cfg.recover:
         model.requires_grad_(True)
-        data = _train_set(model, tokenizer, cfg, ctx)
-        trainable, total = count_trainable(model)
+        data = recovery_set(model, tokenizer, cfg, ctx)
+        trainable, _ = count_trainable(model)
         ctx.log(f"pruning {sum(w.numel() for w in weights.values()):,} weights to {cfg.sparsity:.0%} ({cfg.schedule}, {cfg.score}) while training {trainable:,}")
-        info = train(model, tokenizer, ctx.splits, cfg, ctx.work_dir / "trainer", callbacks=[cb, *ctx.callbacks],
-                     trainer_cls=_trainer(cfg, list(weights.values())), train_set=data, collator=_Collator(tokenizer),
-                     checkpoint_dir=ctx.checkpoint_dir)
-        info |= {"trainable_params": trainable, "total_params": total}
+        info = train(model, tokenizer, cfg, ctx, loss=recovery_objective(cfg, cfg.l1, list(weights.values())), train_set=data,
+                     extra_columns=("teacher_logits",), callbacks=[cb])
     report = P.sparsity_report(weights)
     ctx.log(f"sparsity {report['sparsity']:.4f} over {report['prunable_weights']:,} prunable weights")
     info |= report | {"pruning": "unstructured", "speedup_kind": "size-only"}
-    if cfg.storage == "sparse":
-        info["storage"] = "sparse"
-    return model, tokenizer, info
+    artifact = Artifact("compact", {"codec": "sparse"}) if cfg.storage == "sparse" else Artifact()
+    return StageResult(model, tokenizer, info, artifact)
 
 
 def _calibration_batches(model, tokenizer, cfg: StructuredConfig, ctx: StageContext):
+    import torch
     from transformers import DataCollatorWithPadding
+
+    from ...train.loop import EncodedDataset
 
     train = ctx.splits.train
     bs = cfg.batch_size
@@ -227,6 +184,8 @@ def _calibration_batches(model, tokenizer, cfg: StructuredConfig, ctx: StageCont
 
 
 def _scores(model, tokenizer, cfg: StructuredConfig, ctx: StageContext):
+    from . import scores as P
+
     if cfg.score == "magnitude":
         return P.group_scores(model, "magnitude")
     return P.taylor_scores(model, _calibration_batches(model, tokenizer, cfg, ctx))
@@ -235,16 +194,20 @@ def _scores(model, tokenizer, cfg: StructuredConfig, ctx: StageContext):
 @register("prune_structured", StructuredConfig)
 def prune_structured(model, tokenizer, cfg: StructuredConfig, ctx: StageContext):
     """Remove attention heads, FFN neurons and layers physically (smaller dense matrices)."""
-    P.check_bert(model)
-    before = P.counts(model)
-    params_before = sum(p.numel() for p in model.parameters())
+    from ...train.loop import train
+    from ...train.teacher import recovery_objective, recovery_set
+    from . import scores as P
+
+    check_bert(model)
+    before = counts(model)
+    params_before = num_params(model)
     n_heads, n_ffn = sum(before["heads"]), sum(before["ffn"])
     drop_layers = list(cfg.drop_layers or [])
     if any(not 0 <= i < before["layers"] for i in drop_layers) or len(set(drop_layers)) >= before["layers"]:
         raise SlimtuneError(f"prune_structured: drop_layers {drop_layers} must name some (not all) of layers 0..{before['layers'] - 1}")
     if cfg.layers >= before["layers"]:
         raise SlimtuneError(f"prune_structured: layers={cfg.layers} but the model has {before['layers']}")
-    data = _train_set(model, tokenizer, cfg, ctx) if cfg.recover else None
+    data = recovery_set(model, tokenizer, cfg, ctx) if cfg.recover else None
     history = []
     fh, ff = P.cumulative_fractions(cfg.heads, cfg.rounds), P.cumulative_fractions(cfg.ffn, cfg.rounds)
     for r in range(cfg.rounds):
@@ -270,31 +233,29 @@ def prune_structured(model, tokenizer, cfg: StructuredConfig, ctx: StageContext)
         for i, kh, kf in zip(alive, kh_sub, kf_sub):
             keep_h[i], keep_f[i] = kh, kf
         model = P.remove_structure(model, keep_h, keep_f, keep_layers)
-        now = P.counts(model)
+        now = counts(model)
         ctx.log(f"round {r + 1}/{cfg.rounds}: {now['layers']} layers, heads {now['heads']}, FFN {now['ffn']}")
         step = {"round": r + 1, **now, "params": sum(p.numel() for p in model.parameters())}
         if cfg.recover:
             model.requires_grad_(True)
             rcfg = _round_config(cfg, cfg.rounds)
-            out = train(model, tokenizer, ctx.splits, rcfg, ctx.work_dir / f"trainer-{r}", callbacks=ctx.callbacks,
-                        trainer_cls=_trainer(cfg), train_set=data, collator=_Collator(tokenizer),
-                        checkpoint_dir=None if cfg.rounds > 1 else ctx.checkpoint_dir)
+            out = train(model, tokenizer, rcfg, ctx, loss=recovery_objective(cfg), train_set=data,
+                        extra_columns=("teacher_logits",), work_name=f"trainer-{r}", checkpoints=cfg.rounds == 1)
             step |= {k: out[k] for k in ("train_steps", "train_seconds", "val_accuracy")}
         history.append(step)
-    params_after = sum(p.numel() for p in model.parameters())
+    params_after = num_params(model)
     info = {
         "pruning": "structured", "score": cfg.score, "rounds": history,
         "heads_before": n_heads, "ffn_before": n_ffn, "layers_before": before["layers"],
-        **{f"{k}_after": v for k, v in P.counts(model).items()},
+        **{f"{k}_after": v for k, v in counts(model).items()},
         "params_before": params_before, "params_removed": params_before - params_after,
     }
-    if cfg.recover:
-        trainable, total = count_trainable(model)
-        info |= {"trainable_params": trainable, "total_params": total,
+    if cfg.recover:  # the last round's counts: the final model's
+        info |= {"trainable_params": out["trainable_params"], "total_params": out["total_params"],
                  "train_steps": sum(h["train_steps"] for h in history),
                  "train_seconds": sum(h["train_seconds"] for h in history),
                  "train_examples": len(data), "val_accuracy": [v for h in history for v in h["val_accuracy"]]}
-    return model, tokenizer, info
+    return StageResult(model, tokenizer, info)
 
 
 def _round_config(cfg: StructuredConfig, rounds: int) -> TrainConfig:

@@ -13,75 +13,26 @@ of safetensors (no pickle):
 
 `load(folder)` builds the model from its config and decodes every tensor back into a dense
 state dict, so everything downstream (evaluation, ONNX export, further stages) sees an ordinary
-model. A codec is registered by name in CODECS; a "runtime" (e.g. run in bf16 after loading) in
-RUNTIMES.
+model. A codec is registered by name in `codecs.CODECS`; a "runtime" (e.g. run in bf16 after
+loading) in RUNTIMES.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import SlimtuneError
+from ..errors import SlimtuneError
+
+# codecs.py (torch at import) holds the codec registry; it is imported where tensors are coded, so
+# finding a compact folder (`detect`) costs no torch import
 
 WEIGHTS_FILE = "slimtune.safetensors"
 FORMAT = "slimtune-compact/1"
 
 
-@dataclass(frozen=True)
-class Codec:
-    """encode(tensor) -> (parts, meta); decode(parts, meta) -> tensor. meta must be JSON-able."""
-
-    name: str
-    encode: Callable
-    decode: Callable
-    applies: Callable  # (param name, tensor) -> bool; tensors it does not apply to are stored as is
-
-
-CODECS: dict[str, Codec] = {}
 RUNTIMES: dict[str, Callable] = {}  # name -> fn(model) -> model, applied after loading
-
-
-def register_codec(codec: Codec) -> Codec:
-    CODECS[codec.name] = codec
-    return codec
-
-
-def is_matrix(name: str, t) -> bool:
-    """2-D float weights (Linear and embedding matrices): where compression pays."""
-    return t.dim() == 2 and t.is_floating_point() and t.numel() >= 1024
-
-
-# --- sparse: a bitmask of the non-zeros plus their values ------------------------------------
-
-def _sparse_encode(t):
-    import numpy as np
-    import torch
-
-    flat = t.detach().contiguous().reshape(-1)
-    nz = flat != 0
-    bits = np.packbits(nz.numpy())  # 1 bit per element, 8 elements a byte
-    return {"mask": torch.from_numpy(bits), "values": flat[nz].clone()}, {"shape": list(t.shape)}
-
-
-def _sparse_decode(parts, meta):
-    import numpy as np
-    import torch
-
-    shape = meta["shape"]
-    n = int(np.prod(shape))
-    nz = torch.from_numpy(np.unpackbits(parts["mask"].numpy(), count=n).astype(bool))
-    values = parts["values"]
-    if int(nz.sum()) != values.numel():
-        raise ValueError("sparse mask and values disagree")
-    out = torch.zeros(n, dtype=values.dtype)
-    out[nz] = values
-    return out.reshape(shape)
-
-
-register_codec(Codec("sparse", _sparse_encode, _sparse_decode, is_matrix))
 
 
 # --- save / load ------------------------------------------------------------------------------
@@ -95,6 +46,8 @@ def rules(spec) -> list[tuple]:
     encodes it, e.g. [{"match": "embeddings", "codec": "int8"}, {"codec": "kmeans", "centroids": 16}].
     """
     import re
+
+    from .codecs import CODECS
 
     items = spec if isinstance(spec, list) else [spec]
     out = []
@@ -113,11 +66,13 @@ def rules(spec) -> list[tuple]:
     return out
 
 
-def save(model, tokenizer, folder: Path, codec, runtime: str | None = None) -> dict:
+def save(folder: Path, model, tokenizer, codec, runtime: str | None = None) -> dict:
     """Write `model` to `folder` (which exists), each tensor encoded as `codec` says (see `rules`).
 
-    Returns {tensor name: codec used} for the report."""
+    Returns the report's fact: {"storage": the spec}."""
     from safetensors.torch import save_file
+
+    from .codecs import CODECS
 
     table = rules(codec)
     if runtime is not None and runtime not in RUNTIMES:
@@ -141,16 +96,18 @@ def save(model, tokenizer, folder: Path, codec, runtime: str | None = None) -> d
     model.config.architectures = [type(model).__name__]
     model.config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return {n: e["codec"] for n, e in index.items()}
+    return {"storage": codec}
 
 
-def is_compact(folder: Path) -> bool:
+def detect(folder: Path) -> bool:
     return (Path(folder) / WEIGHTS_FILE).is_file()
 
 
 def read_state_dict(path: Path) -> tuple[dict, dict]:
     """Decode `slimtune.safetensors` into a dense state dict; returns (state dict, header)."""
     from safetensors import safe_open
+
+    from .codecs import CODECS
 
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -174,9 +131,12 @@ def read_state_dict(path: Path) -> tuple[dict, dict]:
     return state, header
 
 
-def load(folder: Path, config):
+def load(folder: Path, config, new_head: dict | None = None):
     """Build the model described by `config` and fill it from the compact weights in `folder`."""
     from transformers import AutoModelForSequenceClassification
+
+    if new_head:
+        raise SlimtuneError(f"{folder}: compact weights must hold a trained classifier")
 
     state, header = read_state_dict(Path(folder) / WEIGHTS_FILE)
     model = AutoModelForSequenceClassification.from_config(config)
@@ -215,5 +175,3 @@ def _torch_int8_dynamic(model):
 
 
 RUNTIMES |= {"bf16": _bf16, "torch-int8-dynamic": _torch_int8_dynamic}
-
-from . import codecs  # noqa: E402,F401  (registers fp16, bf16, int8, int4, kmeans)

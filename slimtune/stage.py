@@ -1,0 +1,67 @@
+"""What a stage is: a small config dataclass plus `apply(model, tokenizer, cfg, ctx) -> StageResult`,
+registered by name (`@register("lora", LoraConfig)`; the modules in `methods/` fill METHODS).
+
+`apply` takes the model coming out of the previous stage and returns a `StageResult`: the next
+model, its tokenizer (a distilled student may bring its own), facts for the report (e.g.
+trainable params) and the `Artifact` the runner saves it as (default: a plain HF folder; see
+`slimtune.artifacts` for the formats). Nothing here imports torch: recipes are validated with
+the configs alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .data import Splits
+from .profile import EVAL_MAX_LENGTH  # how a run evaluates unless a stage trains on longer texts
+
+
+@dataclass
+class StageContext:
+    splits: Splits
+    work_dir: Path  # scratch space inside the stage's temp folder, gone when the stage ends
+    log: Callable[[str], None] = print
+    cache_dir: Path | None = None  # run-wide cache that survives stages and reruns (teacher outputs)
+    checkpoint_dir: Path | None = None  # this stage's resumable training checkpoints
+    callbacks: list = field(default_factory=list)  # extra Trainer callbacks
+    max_length: int = EVAL_MAX_LENGTH  # how the run evaluates: a stage's own checks use the same
+
+
+@dataclass
+class Artifact:
+    """How the runner saves a stage's model: a format registered in `slimtune.artifacts`, with options."""
+
+    kind: str = "hf"  # hf | compact | peft_adapter | multitask | onnx
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class StageResult:
+    model: object
+    tokenizer: object
+    facts: dict = field(default_factory=dict)  # for the report (metrics.json), JSON-able
+    artifact: Artifact = field(default_factory=Artifact)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config_cls: type
+    apply: Callable[..., StageResult]
+    doc: str = ""
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, config_cls: type):
+    """Decorator: make `apply` available in recipes as `method: name`."""
+
+    def wrap(fn):
+        METHODS[name] = Method(name, config_cls, fn, (fn.__doc__ or "").strip().splitlines()[0])
+        return fn
+
+    return wrap
+

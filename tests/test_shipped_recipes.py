@@ -1,0 +1,152 @@
+"""Every shipped recipe, run end to end on a tiny model, with its deterministic facts checked.
+
+The model is swapped for a tiny random encoder of MiniLM-L6's depth (recipes name layers: 6
+layers, hidden 32, 2 heads, FFN 64, the real 30,522-token vocabulary) and the budgets are cut to
+a few steps; everything else is the recipe as shipped. What does not depend on training luck is
+checked exactly: parameters removed, sparsity, layer and head counts, trainable counts; sizes are
+checked as ratios against the stage they came from.
+
+Parameter counts of the tiny 6-layer classifier (2 labels), by hand:
+    embeddings 30,522*32 + 128*32 + 2*32 + 64 (LayerNorm)          = 980,928
+    one layer: attention 4*(32*32+32) + FFN (32*64+64) + (64*32+32) + 2 LayerNorms = 8,544
+    head: pooler 32*32+32 + classifier 32*2+2                      = 1,122
+    total 980,928 + 6*8,544 + 1,122                                = 1,033,314
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+from test_runner import FAST_EVAL, run
+
+from slimtune.methods import METHODS
+from slimtune.recipe import parse
+
+REPO = Path(__file__).resolve().parents[1]
+EMB, LAYER, HEAD = 980_928, 8_544, 1_122
+FULL = EMB + 6 * LAYER + HEAD  # 1,033,314
+
+
+FACTS = ("size_bytes", "total_params", "trainable_params", "params_removed", "sparsity", "vocab_after", "layers_after",
+         "heads_after", "ffn_after", "parity", "parity_val", "onnx_quantization")
+
+
+def rows(report) -> dict:
+    return {s["name"]: s["metrics"] for s in report["stages"]}
+
+
+def size_ratio(m: dict, name: str, of: str) -> float:
+    return m[name]["size_bytes"] / m[of]["size_bytes"]
+
+
+def check_default(m):
+    assert m["student"]["teacher_params"] == FULL
+    assert m["student"]["total_params"] == EMB + 3 * LAYER + HEAD  # layers 0, 2, 4 kept
+    # the tokens of the 64 training + validation texts, specials and single characters (seeded subsample)
+    assert m["trim"]["vocab_before"] == 30_522 and m["trim"]["vocab_after"] == 3_674
+    assert size_ratio(m, "trim", "student") < 0.2  # the embedding table is most of a tiny model
+    assert m["compact"]["onnx_quantization"].startswith("ONNX matmul int8, embeddings int4")
+    assert size_ratio(m, "compact", "trim") < 0.35
+
+
+def check_distill(m):
+    assert m["student"]["teacher_params"] == FULL
+    assert m["student"]["total_params"] > 17_000_000  # the packaged MiniLM-L3 student, 17.2M
+    assert size_ratio(m, "onnx-int8", "student") < 0.3
+    assert m["onnx-int8"]["parity"]["argmax_agreement"] >= 0.9
+
+
+def check_distill_truncate(m):
+    assert m["student"]["teacher_params"] == FULL
+    assert m["student"]["total_params"] == EMB + 3 * LAYER + HEAD
+    assert m["onnx-int8"]["parity"]["argmax_agreement"] >= 0.9
+
+
+def check_peft(m):
+    assert m["full"]["trainable_params"] == FULL
+    assert m["head_only"]["trainable_params"] == HEAD
+    assert m["last_2"]["trainable_params"] == 2 * LAYER + HEAD
+    assert m["lora"]["trainable_params"] == 6 * 2 * (8 * 32 + 32 * 8) + HEAD  # r=8 on query and value
+    assert m["prompt"]["trainable_params"] == 20 * 32 + HEAD  # 20 virtual token embeddings
+    assert m["prefix"]["trainable_params"] == 20 * 6 * 2 * 32 + HEAD  # a key and a value per layer and token
+    # pfeiffer, size 64: down (32*64+64) and up (64*32+32) per layer; LayerNorms (13 of 64) train too
+    assert m["adapter"]["trainable_params"] == 6 * (2_112 + 2_080) + 13 * 64 + HEAD
+    # every bias (q, k, v, o, FFN in and out, 2 LayerNorms per layer; the embeddings' LayerNorm) and the head
+    assert m["bitfit"]["trainable_params"] == 6 * (4 * 32 + 64 + 32 + 2 * 32) + 32 + HEAD
+    assert m["shared"]["params_removed"] == 3 * LAYER  # 6 layers -> 3 shared blocks
+    assert m["shared"]["groups"] == [[0, 1], [2, 3], [4, 5]]
+
+
+def check_prune(m):
+    p = m["pruned"]
+    assert p["layers_after"] == 4 and sum(p["heads_after"]) == 6 and sum(p["ffn_after"]) == round(0.35 * 6 * 64)
+    # per layer 2,096 per head, 65 per FFN neuron, 192 besides: 51,264 before, 22,054 after
+    assert p["params_removed"] == 6 * LAYER - (2_096 * 6 + 65 * 134 + 4 * 192)
+    assert p["params_removed"] == 29_210
+    assert m["onnx-int8"]["parity"]["argmax_agreement"] >= 0.9
+
+
+def check_prune_unstructured(m):
+    s = m["sparse80"]
+    assert s["sparsity"] == pytest.approx(0.8, abs=1e-6) and s["storage"] == "sparse"
+    assert size_ratio(m, "sparse80", "finetune") < 0.3  # 20% of the values + a 1-bit mask
+
+
+def check_quantize(m):
+    # measured (fp32 4,144,896 bytes): fp16 0.505, int8 0.288, int4 0.165, kmeans16 0.134, kmeans256 0.267;
+    # the 30,522 x 32 embedding table is 94% of the weights, so per-row scales weigh 1/8 here
+    assert size_ratio(m, "fp16", "fp32") < 0.51 and size_ratio(m, "bf16-compute", "fp32") < 0.51
+    assert size_ratio(m, "torch-int8", "fp32") < 0.99  # int8 Linear weights only; the embeddings stay fp32
+    assert size_ratio(m, "int8-weights", "fp32") < 0.29
+    assert size_ratio(m, "int4-weights", "fp32") < 0.17
+    assert size_ratio(m, "kmeans16", "fp32") < 0.14 and size_ratio(m, "kmeans256", "fp32") < 0.27
+    assert m["onnx-int8-dynamic"]["onnx_quantization"] == "dynamic per-channel"
+    assert size_ratio(m, "onnx-int8-dynamic", "fp32") < 0.28 and size_ratio(m, "onnx-int8-static", "fp32") < 0.33
+    assert m["trim-vocab"]["vocab_after"] == 3_674 and m["trim-vocab"]["vocab_before"] == 30_522
+    assert size_ratio(m, "trim-vocab-int4", "trim-vocab") < 0.22
+    assert size_ratio(m, "trim-vocab-fp16", "trim-vocab") < 0.54  # the per-tensor codec index weighs more here
+
+
+CHECKS = {
+    "default.yaml": check_default,
+    "distill.yaml": check_distill,
+    "distill_truncate.yaml": check_distill_truncate,
+    "peft.yaml": check_peft,
+    "prune.yaml": check_prune,
+    "prune_unstructured.yaml": check_prune_unstructured,
+    "quantize.yaml": check_quantize,
+}
+
+
+DECODER_RECIPES = ("generate.yaml", "decoder_classify.yaml")  # run on a tiny Llama in tests/test_decoder*.py
+ENCODER_RECIPES = sorted(p for p in (REPO / "recipes").glob("*.yaml") if p.name not in DECODER_RECIPES)
+
+
+def test_every_shipped_recipe_has_a_check():
+    assert [p.name for p in ENCODER_RECIPES] == sorted(CHECKS)
+    assert all((REPO / "recipes" / name).is_file() for name in DECODER_RECIPES)
+
+
+@pytest.mark.parametrize("recipe", ENCODER_RECIPES, ids=lambda p: p.name)
+def test_shipped_recipe_on_tiny_model(recipe, tiny_base6_dir, tmp_path):
+    raw = yaml.safe_load(recipe.read_text())
+    parse(raw, str(recipe))  # valid as shipped
+    raw["model"] = str(tiny_base6_dir)
+    raw["data"] |= {"max_train_samples": 64, "max_test_samples": 48, "val_size": 0.01}
+    for st in raw["stages"]:
+        fields = {f.name for f in dataclasses.fields(METHODS[st["method"]].config_cls)}
+        st |= {k: v for k, v in {"max_steps": 2, "epochs": 1, "max_length": 32}.items() if k in fields}  # training stages only
+        st.pop("early_stopping_patience", None)
+        if "extra_texts" in st:
+            st["max_extra_texts"] = 16
+        if st["method"] == "prune":  # the cubic schedule reaches its sparsity at 70% of the steps
+            st["max_steps"] = 10
+    raw["eval"] = FAST_EVAL
+    report, _ = run(raw, tmp_path)
+    for row in report["stages"]:  # shown when a check fails
+        print(row["name"], {k: row["metrics"].get(k) for k in FACTS if k in row["metrics"]})
+    assert [s["name"] for s in report["stages"]] == [s["name"] for s in raw["stages"]] + raw.get("export", [])
+    CHECKS[recipe.name](rows(report))
