@@ -212,6 +212,22 @@ def auto_(
     _console().print(f"report: {out / 'report.md'} (json: {out / 'report.json'}, plot: {out / 'pareto.png'})", markup=False)
 
 
+@app.command("generate")
+def generate_(
+    model: Annotated[str, typer.Argument(help="causal LM: smollm2-135m, a generate stage's folder or a genai-int4/genai-fp32 export")],
+    prompt: Annotated[str, typer.Argument(help="the user message (put in the model's chat template)")],
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="tokens to generate at most")] = 128,
+    system: Annotated[Optional[str], typer.Option(help="a system message before the prompt")] = None,
+):
+    """Stream a greedy answer to a prompt (decoders; issue 14)."""
+    from .decoder.lm import stream_answer
+
+    for piece in stream_answer(model, prompt, system, max_new_tokens):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
 def _cli_exceptions():
     """(exit, usage error, abort) classes of the click that typer runs on: typer >= 0.2x vendors
     its own copy, whose classes are not click's, so catching click's alone misses every one."""

@@ -18,9 +18,6 @@ blocks), so `build` recurses instead of a method calling back into the parser.
 
 from __future__ import annotations
 
-import dataclasses
-import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,9 +27,7 @@ from .data import DataConfig
 from .errors import SlimtuneError
 from .export import FORMATS
 from .methods import METHODS
-
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-FROM_MODEL = "model"  # `from: model`: a stage that starts from the recipe's model, not an earlier stage
+from .schema import FROM_MODEL, NAME_RE, Stage, _nondefault, build  # noqa: F401  (also this module's API)
 
 
 @dataclass
@@ -52,17 +47,6 @@ class EvalConfig:
         for name, low in (("max_length", 2), ("batch_size", 1), ("latency_runs", 1), ("warmup", 0), ("bench_texts", 1)):
             if getattr(self, name) is not None and getattr(self, name) < low:
                 raise SlimtuneError(f"{name} must be >= {low}, not {getattr(self, name)!r}")
-
-
-@dataclass
-class Stage:
-    name: str
-    method: str
-    config: object  # the method's config dataclass
-    source: str | None = None  # `from:` an earlier stage's model instead of the previous one
-
-    def fields(self) -> dict:
-        return dataclasses.asdict(self.config)
 
 
 @dataclass
@@ -98,83 +82,18 @@ class Recipe:
 TOP_KEYS = {"data", "model", "stages", "export", "eval", "baseline", "device", "trainer"}
 
 
-def _nondefault(obj) -> dict:
-    """The fields that differ from their defaults, nested blocks as mappings (what a user wrote)."""
-    out = {}
-    for f in dataclasses.fields(obj):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-        value = getattr(obj, f.name)
-        if value != default:
-            out[f.name] = _plain(value)
-    return out
-
-
-def _plain(value):
-    if dataclasses.is_dataclass(value):
-        return _nondefault(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def build(cls, values, where: str):
-    """Instantiate dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
-    if not isinstance(values, dict):
-        raise SlimtuneError(f"{where}: expected a mapping of fields, got {type(values).__name__}")
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    for key in values:
-        if key not in allowed:
-            raise SlimtuneError(f"{where}: unknown key {key!r}; allowed: {', '.join(allowed)}")
-    hints = typing.get_type_hints(cls)
-    values = {key: _nested(value, hints[key], f"{where}.{key}") for key, value in values.items()}
-    for key, value in values.items():
-        if not _type_ok(value, hints[key]):
-            raise SlimtuneError(f"{where}.{key}: expected {_type_name(hints[key])}, got {value!r}")
-    try:
-        return cls(**values)
-    except SlimtuneError as e:
-        raise SlimtuneError(f"{where}: {e}") from None
-
-
-def _nested(value, hint, where: str):
-    """Build the dataclass blocks inside a field: `Block`, `dict[str, Block]` or `list[Block]`."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-        return build(hint, value, where)
-    if origin is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]) and isinstance(value, dict):
-        return {k: build(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if origin is list and args and dataclasses.is_dataclass(args[0]) and isinstance(value, list):
-        return [build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    return value
-
-
-def _type_ok(value, hint) -> bool:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        return any(_type_ok(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if origin is list:
-        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value) if args else isinstance(value, list)
-    if origin is dict:
-        return isinstance(value, dict) and (not args or all(_type_ok(k, args[0]) and _type_ok(v, args[1]) for k, v in value.items()))
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint) if isinstance(hint, type) else True
-
-
-def _type_name(hint) -> str:
-    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
-
-
 def parse(raw: dict, source: str = "<recipe>") -> Recipe:
     if not isinstance(raw, dict):
         raise SlimtuneError(f"{source}: a recipe is a mapping with keys {', '.join(sorted(TOP_KEYS))}")
+    # hook (decoders, issue 14): `task: generate` recipes are validated by slimtune/decoder/recipe.py
+    task = raw.get("task", "classify")
+    if task == "generate":
+        from .decoder.recipe import parse as parse_generate
+
+        return parse_generate(raw, source)
+    if task != "classify":
+        raise SlimtuneError(f"{source}: task must be classify (the default) or generate, not {task!r}")
+    raw = {k: v for k, v in raw.items() if k != "task"}
     for key in raw:
         if key not in TOP_KEYS:
             raise SlimtuneError(f"{source}: unknown key {key!r}; allowed: {', '.join(sorted(TOP_KEYS))}")

@@ -15,7 +15,6 @@ stage whose recipe changed since it ran is an error rather than silently reused.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import shutil
@@ -30,7 +29,6 @@ from .artifacts.atomic import atomic_dir, check_writable, clean_temp
 from .compute import Compute, resolve_device
 from .console import trainer_progress
 from .data import Splits, load_splits
-from .errors import SlimtuneError
 from .export import export_checked
 from .measure import bench
 from .measure.floor import KIND as FLOOR_KIND, fit_floor
@@ -38,29 +36,9 @@ from .measure.metrics import evaluate, parity
 from .measure.predictors import batched_logits
 from .profile import eval_config, fill_max_length, profile_data
 from .recipe import FROM_MODEL, EvalConfig, Recipe
+from .runfolder import failing_step as _failing_step, finished as _finished, fingerprint as _fingerprint
+from .runfolder import write_json as _write_json, yaml_text as _yaml
 from .stage import METHODS, Artifact, StageContext
-
-
-def _fingerprint(recipe: Recipe, splits: Splits, upto: int | None, fmt: str | None = None) -> dict:
-    """What a folder's content depends on: the data (its settings and its content: editing the
-    file must not reuse stages trained on the old one), model, eval and every stage up to it."""
-    d = recipe.to_dict()
-    stages = d["stages"] if upto is None else d["stages"][: upto + 1]
-    return {"data": d["data"], "data_digest": splits.digest, "model": d["model"], "eval": d["eval"],
-            "stages": stages, "format": fmt, **({"trainer": d["trainer"]} if d.get("trainer") else {})}
-
-
-def _finished(folder: Path, fingerprint: dict) -> dict | None:
-    path = folder / "metrics.json"
-    if not path.is_file():
-        return None
-    saved = json.loads(path.read_text())
-    if saved.get("fingerprint") != fingerprint:
-        raise SlimtuneError(
-            f"{folder} was made by a different recipe or data (stage settings, data settings or the data "
-            "file's content changed); use a new --out folder or delete that one"
-        )
-    return saved
 
 
 def measure(artifact: Path, splits: Splits, ev: EvalConfig, log: Callable[[str], None], source_logits=None,
@@ -92,6 +70,10 @@ def measure(artifact: Path, splits: Splits, ev: EvalConfig, log: Callable[[str],
 def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
     from .report import write_report
 
+    if getattr(recipe, "task", "classify") == "generate":  # hook (decoders, issue 14)
+        from .decoder.runner import run as run_generate
+
+        return run_generate(recipe, out, log)
     out = Path(out)
     # hook (distributed.py): under torchrun every rank walks the recipe; rank 0 alone writes and measures
     compute = Compute(resolve_device(recipe.device, f"{recipe.source}: device"), recipe.trainer, log)
@@ -190,26 +172,6 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
     return report
 
 
-@contextlib.contextmanager
-def _failing_step(what: str, out: Path):
-    """A stage or export that fails ends the run with one line: which step, the cause, how to resume.
-
-    The traceback stays on the exception chain (`slimtune --debug` prints it); finished stages are
-    already renamed into place, and the failed step's temp folder is removed by `atomic_dir`.
-    """
-    try:
-        yield
-    except SlimtuneError as e:
-        raise SlimtuneError(f"{what}: {e}") from e
-    except Exception as e:  # anything from torch / transformers / peft / onnxruntime deep inside a step
-        text = str(e).strip()
-        cause = f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-        raise SlimtuneError(
-            f"{what} failed: {cause}. Finished stages are kept in {out}; fix the cause and run the same "
-            "command to resume (--debug shows the traceback)"
-        ) from e
-
-
 def _checkpoint_dir(folder: Path, fp: dict) -> Path:
     # keyed by the stage's fingerprint: a checkpoint of a since-changed recipe is never resumed
     key = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -298,15 +260,3 @@ def _floor_row(splits: Splits, ev: EvalConfig, out: Path, log, fingerprint: dict
 
 def _row(name: str, method: str, folder: Path, out: Path, done: dict) -> dict:
     return {"name": name, "method": method, "artifact": str(folder.relative_to(out)), "metrics": done["metrics"]}
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
-
-
-def _yaml(d: dict) -> str:
-    import yaml
-
-    return yaml.safe_dump(d, sort_keys=False)

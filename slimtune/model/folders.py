@@ -17,7 +17,7 @@ from pathlib import Path
 from . import assets
 from ..errors import SlimtuneError
 
-PACKAGED_MODELS = ("minilm-l6", "minilm-l3")
+PACKAGED_MODELS = ("minilm-l6", "minilm-l3", "smollm2-135m")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "slimtune.safetensors")
 
 
@@ -38,6 +38,10 @@ def resolve(name_or_path: str | Path) -> Path:
 
         onnx_path = assets.locate(assets.MINILM_L3_ONNX)
         return convert_minilm_l3(onnx_path, assets.locate(assets.MINILM_L6), cache_dir() / "minilm-l3")
+    if key == "smollm2-135m":  # hook (decoders, issue 14): a causal LM; classification gets a last-token head
+        from ..decoder.packaged import smollm2_folder
+
+        return smollm2_folder(cache_dir())
     path = Path(key)
     if not path.is_dir():
         hint = "" if os.sep in key or path.suffix else f" (packaged models: {', '.join(PACKAGED_MODELS)})"

@@ -100,7 +100,7 @@ def _loss_trainer():
 
 
 def train(model, tokenizer, cfg: TrainConfig, ctx, loss=None, train_set=None, extra_columns: tuple[str, ...] = (),
-          callbacks=(), work_name: str = "trainer", checkpoints: bool = True) -> dict:
+          callbacks=(), work_name: str = "trainer", checkpoints: bool = True, collator=None) -> dict:
     """Train `model` in place on `ctx.splits.train` (or a prepared `train_set`); returns a summary
     with the trainable and total parameter counts.
 
@@ -109,6 +109,8 @@ def train(model, tokenizer, cfg: TrainConfig, ctx, loss=None, train_set=None, ex
     tokens and labels (e.g. `teacher_logits`). `callbacks` come before the context's (progress).
     With `cfg.checkpoint_steps`, a context `checkpoint_dir` and `checkpoints`, a rerun resumes from
     the last checkpoint (weights, optimizer, scheduler, RNG) instead of starting over.
+    `collator` replaces the default dynamic padding (`Collator`), e.g. for rows whose labels are
+    token sequences (decoders); it receives the extra columns too.
     """
     import numpy as np
     import torch
@@ -177,7 +179,7 @@ def train(model, tokenizer, cfg: TrainConfig, ctx, loss=None, train_set=None, ex
         train_dataset=train_set,
         eval_dataset=val_set,
         processing_class=tokenizer,
-        data_collator=Collator(tokenizer, extra_columns),
+        data_collator=collator or Collator(tokenizer, extra_columns),
         compute_metrics=compute_metrics if val_set is not None else None,
         optimizers=optimizers,
         callbacks=[*map(_as_trainer_callback, [*callbacks, *ctx.callbacks]), *([EarlyStoppingCallback(cfg.early_stopping_patience)] if early else []),

@@ -1,0 +1,95 @@
+"""Decoder benchmark (issue 14): recipes/generate.yaml on the real SmolLM2-135M-Instruct, plus depth
+pruning 30 -> 20 layers with distillation recovery, all in one run, ratios from that one run.
+
+    python benchmarks/decoder.py [--out runs/bench-decoder] [--lora-minutes 20] [--prune-minutes 15]
+
+Stages: untuned (baseline) -> lora (training budget --lora-minutes) -> pruned (from lora: 10 layers
+removed by the cosine score, recovered --prune-minutes with distillation from lora's top-k logits)
+-> tuned (lora again, measured last so the GenAI exports are of it) -> genai-int4, genai-fp32.
+
+Targets: LoRA lowers held-out response perplexity below the untuned model's; GenAI int4 >= 5x
+smaller than fp32 and >= 4x the decode tokens/s of transformers fp32, perplexity within 10% of
+fp32; GenAI fp32 greedy tokens identical to torch on every prompt measured; pruned perplexity
+within 15% of the unpruned fine-tuned model's, decode >= 1.4x faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(REPO / "runs" / "bench-decoder"))
+    ap.add_argument("--lora-minutes", type=float, default=20)
+    ap.add_argument("--prune-minutes", type=float, default=15)
+    ap.add_argument("--train-samples", type=int, default=None, help="subsample the training pairs (teacher logits cost a forward each)")
+    ap.add_argument("--test-samples", type=int, default=None, help="held-out pairs scored for perplexity (recipe: 120)")
+    ap.add_argument("--answer-prompts", type=int, default=None, help="greedy answers per artifact (recipe: 24)")
+    args = ap.parse_args()
+    raw = yaml.safe_load((REPO / "recipes" / "generate.yaml").read_text())
+    if args.train_samples:
+        raw["data"]["max_train_samples"] = args.train_samples
+    if args.test_samples:
+        raw["data"]["max_test_samples"] = args.test_samples
+    if args.answer_prompts:
+        raw["eval"]["answer_prompts"] = args.answer_prompts
+    lora = next(s for s in raw["stages"] if s["method"] == "lora")
+    lora["max_minutes"] = args.lora_minutes
+    raw["stages"] += [
+        {"name": "pruned", "method": "prune_layers", "from": "lora", "layers": 10, "score": "cosine", "alpha": 0.5,
+         "batch_size": 8, "max_length": 128, "learning_rate": 2e-4, "max_steps": 400, "max_minutes": args.prune_minutes},
+        {"name": "tuned", "method": "baseline", "from": "lora"},
+    ]
+    from slimtune.model.folders import quiet_libraries
+    from slimtune.recipe import parse
+    from slimtune.runner import run
+
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)  # a benchmark measures a whole run, never a resume
+    quiet_libraries()
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    report = run(parse(raw, "recipes/generate.yaml + pruned"), out, log=lambda m: print(m, flush=True))
+    wall = time.perf_counter() - start
+    m = {s["name"]: s["metrics"] for s in report["stages"]}
+    u, t, p, q, f = m["untuned"], m["tuned"], m["pruned"], m["genai-int4"], m["genai-fp32"]
+    checks = [
+        ("LoRA perplexity / untuned perplexity", t["perplexity"] / u["perplexity"], "< 1", t["perplexity"] < u["perplexity"]),
+        ("GenAI int4 size: fp32 folder / int4", f["size_bytes"] / q["size_bytes"], ">= 5x", f["size_bytes"] / q["size_bytes"] >= 5),
+        ("GenAI int4 decode tok/s / transformers fp32", q["decode_tokens_per_s"] / t["decode_tokens_per_s"], ">= 4x",
+         q["decode_tokens_per_s"] / t["decode_tokens_per_s"] >= 4),
+        ("GenAI int4 perplexity / GenAI fp32", q["perplexity"] / f["perplexity"], "<= 1.10", q["perplexity"] / f["perplexity"] <= 1.10),
+        ("GenAI fp32 prompts with identical first 32 greedy tokens", f["parity"]["greedy_identical"] / f["parity"]["greedy_prompts"],
+         "= 1", f["parity"]["greedy_identical"] == f["parity"]["greedy_prompts"]),
+        ("pruned (20 layers) perplexity / tuned (30)", p["perplexity"] / t["perplexity"], "<= 1.15", p["perplexity"] / t["perplexity"] <= 1.15),
+        ("pruned decode tok/s / tuned", p["decode_tokens_per_s"] / t["decode_tokens_per_s"], ">= 1.4x",
+         p["decode_tokens_per_s"] / t["decode_tokens_per_s"] >= 1.4),
+        ("LoRA training steps in its budget", m["lora"]["train_steps"], f"(info: {args.lora_minutes} min)", True),
+        ("LoRA seconds per step (8 pairs)", m["lora"]["seconds_per_step"], "(info)", True),
+        ("pruning recovery steps in its budget", p.get("train_steps", 0), f"(info: {args.prune_minutes} min)", True),
+        ("whole run wall time (min)", wall / 60, "(info)", True),
+    ]
+    hw = report["hardware"]
+    print(f"\nmachine: {hw['cpu']}, {hw['cores_logical']} cores, torch threads {hw['torch_threads']}; load average "
+          f"{load_before[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end; timing: batch 1, median over "
+          f"{report['eval']['speed_prompts']} prompts x {report['eval']['speed_new_tokens']} tokens per artifact")
+    bad = 0
+    for name, value, target, ok in checks:
+        bad += not ok
+        print(f"{'PASS' if ok else 'FAIL'}  {name}: {value:.3f} (target {target})")
+    print(f"report: {out / 'report.md'}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

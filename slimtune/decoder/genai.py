@@ -1,0 +1,122 @@
+"""`genai-int4` / `genai-fp32` exports: ONNX Runtime GenAI's model builder, run offline on an HF folder.
+
+The builder (`python -m onnxruntime_genai.models.builder -i HF_DIR -o OUT -p int4|fp32 -e cpu`)
+writes `model.onnx` (+ `.data`) with fused GroupQueryAttention and, for int4, MatMulNBits
+weights, plus `genai_config.json` and the tokenizer. It runs in a child process: it prints
+hundreds of progress lines and, on a model it cannot convert, fails deep inside; the user gets one
+line. (`-m` is not passed with `-i`, and `--help` crashes in 0.18.0.)
+
+Generation goes through `onnxruntime_genai` (the KV cache handled by its generator). Perplexity
+needs the logits of every position, which the generator does not hand out for a whole sequence,
+so it runs the same `model.onnx` in a plain ONNX Runtime session with an empty past.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import SlimtuneError
+from .measure import Decoder
+
+GENAI_FORMATS = {"genai-int4": "int4", "genai-fp32": "fp32"}
+
+
+def export_genai(source: Path, fmt: str, out: Path, cache: Path) -> Path:
+    """Build a GenAI folder from the HF causal-LM folder `source`, atomically at `out`."""
+    from ..artifacts.atomic import atomic_dir
+
+    if fmt not in GENAI_FORMATS:
+        raise SlimtuneError(f"export format {fmt!r} is not one of {', '.join(GENAI_FORMATS)}")
+    cache.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out) as tmp:
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source), "-o", str(tmp),
+               "-p", GENAI_FORMATS[fmt], "-e", "cpu", "-c", str(cache)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+        if proc.returncode != 0 or not (tmp / "genai_config.json").is_file():
+            lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+            raise SlimtuneError(f"{fmt} export of {source} failed: {lines[-1] if lines else f'exit code {proc.returncode}'}")
+    return out
+
+
+class GenAIDecoder(Decoder):
+    kind = "genai"
+
+    def __init__(self, folder: Path):
+        import json
+
+        import onnxruntime_genai as og
+
+        from ..model.folders import load_tokenizer
+
+        self.folder = Path(folder)
+        try:
+            # as many intra-op threads as torch uses here, so torch and GenAI rows compare like with like
+            import torch
+
+            config = og.Config(str(self.folder))
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+                "intra_op_num_threads": torch.get_num_threads()}}}}))
+            self.model = og.Model(config)
+        except Exception as e:  # GenAI raises its own error type for a bad folder
+            raise SlimtuneError(f"{self.folder}: cannot load GenAI model: {str(e).splitlines()[0]}") from None
+        # the HF tokenizer the builder copied: the same ids as og.Tokenizer, and the chat template
+        self.tokenizer = load_tokenizer(self.folder)
+        decoder = json.loads((self.folder / "genai_config.json").read_text())["model"]
+        self._stop = self.eos_ids() | set(np.atleast_1d(decoder.get("eos_token_id", [])).tolist())
+        self._session = None
+
+    def stream(self, ids: list[int], max_new_tokens: int, stop: bool = True) -> Iterator[int]:
+        import onnxruntime_genai as og
+
+        params = og.GeneratorParams(self.model)
+        total = len(ids) + max_new_tokens
+        # without `stop` (timing), min_length keeps the generator from ending at end-of-sequence
+        params.set_search_options(do_sample=False, max_length=total, **({} if stop else {"min_length": total}))
+        gen = og.Generator(self.model, params)
+        gen.append_tokens(np.asarray([ids], dtype=np.int32))
+        for _ in range(max_new_tokens):
+            if gen.is_done():
+                return
+            gen.generate_next_token()
+            nxt = int(gen.get_next_tokens()[0])
+            yield nxt
+            if stop and nxt in self._stop:
+                return
+
+    def logprobs(self, ids: list[int]) -> np.ndarray:
+        sess = self._ort()
+        feed = {"input_ids": np.asarray([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+        for inp in sess.get_inputs():
+            if inp.name.startswith("past_key_values"):
+                heads, dim = inp.shape[1], inp.shape[3]
+                if not isinstance(dim, int):  # "kv_cache_dim": the head size
+                    dim = self._head_size
+                dtype = np.float16 if "float16" in inp.type else np.float32
+                feed[inp.name] = np.zeros((1, heads, 0, dim), dtype=dtype)
+            elif inp.name == "position_ids":
+                feed[inp.name] = np.arange(len(ids), dtype=np.int64)[None]
+        logits = sess.run(["logits"], feed)[0][0, :-1].astype(np.float64)  # (T-1, V)
+        z = logits - logits.max(-1, keepdims=True)
+        lse = np.log(np.exp(z).sum(-1))
+        return z[np.arange(len(ids) - 1), ids[1:]] - lse
+
+    def _ort(self):
+        if self._session is None:
+            import json
+
+            import onnxruntime as ort
+
+            cfg = json.loads((self.folder / "genai_config.json").read_text())["model"]["decoder"]
+            self._head_size = int(cfg["head_size"])
+            import torch
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = torch.get_num_threads()
+            self._session = ort.InferenceSession(str(self.folder / cfg["filename"]), opts, providers=["CPUExecutionProvider"])
+        return self._session

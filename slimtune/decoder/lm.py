@@ -1,0 +1,95 @@
+"""Load a causal LM (packaged `smollm2-135m` or an HF folder) or a GenAI export as a `Decoder`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import SlimtuneError
+from .packaged import PACKAGED_DECODERS
+
+GENAI_CONFIG = "genai_config.json"  # what the ONNX Runtime GenAI builder writes beside model.onnx
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    key = str(name_or_path)
+    if key == "smollm2-135m":
+        from ..model.folders import cache_dir
+        from .packaged import smollm2_folder
+
+        return smollm2_folder(cache_dir())
+    from ..model.folders import check_model_dir
+
+    path = Path(key)
+    if not path.is_dir():
+        raise SlimtuneError(f"model not found: {key} is not a folder (packaged decoders: {', '.join(PACKAGED_DECODERS)})")
+    if not (path / GENAI_CONFIG).is_file():
+        check_model_dir(path)
+    return path
+
+
+def is_genai(path: Path) -> bool:
+    return (Path(path) / GENAI_CONFIG).is_file()
+
+
+def load_causal_lm(name_or_path: str | Path):
+    """(model, tokenizer) in float32, eval mode; the tokenizer gets a pad token (its eos) if it has none."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..model.folders import first_line as _first_line, load_tokenizer
+
+    path = resolve(name_or_path)
+    if is_genai(path):
+        raise SlimtuneError(f"{path}: an ONNX Runtime GenAI export cannot be trained further; start from an HF folder")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise SlimtuneError(f"{path}/config.json: {_first_line(e)}") from None
+    if not any(a.endswith("ForCausalLM") for a in (config.architectures or [])) and getattr(config, "is_decoder", None) is False:
+        raise SlimtuneError(f"{path}: {config.model_type} is not a causal LM (generate needs a GPT-family decoder)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except ValueError as e:  # an encoder config: transformers names the missing mapping
+        raise SlimtuneError(f"{path}: not a causal LM ({_first_line(e)})") from None
+    except Exception as e:  # safetensors, torch and transformers each raise their own kinds
+        raise SlimtuneError(f"{path}: cannot load weights: {_first_line(e)}") from None
+    tokenizer = load_tokenizer(path, getattr(config, "vocab_size", None))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer
+
+
+def load_decoder(path: str | Path):
+    """A `Decoder` for a causal-LM folder (torch) or a GenAI export folder."""
+    path = resolve(path)
+    if is_genai(path):
+        from .genai import GenAIDecoder
+
+        return GenAIDecoder(path)
+    from .measure import TorchDecoder
+
+    return TorchDecoder(*load_causal_lm(path))
+
+
+def stream_answer(path: str | Path, prompt: str, system: str | None = None, max_new_tokens: int = 128):
+    """Yield the greedy answer to `prompt` piece by piece as it is generated (torch or GenAI folder).
+
+    Each piece is the new text since the last one: decoding the ids so far and taking the new
+    suffix keeps a character split over two byte-level tokens whole.
+    """
+    from .chat import prompt_ids
+
+    if not prompt.strip():
+        raise SlimtuneError("generate: the prompt is empty")
+    if max_new_tokens < 1:
+        raise SlimtuneError("generate: --max-new-tokens must be >= 1")
+    dec = load_decoder(path)
+    ids, shown = [], ""
+    for tok in dec.stream(prompt_ids(dec.tokenizer, prompt, system), max_new_tokens):
+        ids.append(tok)
+        text = dec.tokenizer.decode(ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # half a character: wait for the rest
+            continue
+        if len(text) > len(shown):
+            yield text[len(shown):]
+            shown = text

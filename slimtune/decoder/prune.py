@@ -1,0 +1,258 @@
+"""Depth pruning of a decoder (`prune_layers`): remove whole layers, then recover by distillation.
+
+Which layers: `drop_layers: [i, ...]`, or the `layers` least important by `score`:
+- `cosine`: how little a layer changes its input, 1 - cos(h_in, h_out) averaged over the tokens of
+  `calibration_pairs` training pairs (Men et al. 2024, "ShortGPT"; Gromov et al. 2024): a layer
+  whose output points where its input did adds little;
+- `loss`: how much the response loss on those pairs rises when the layer alone is skipped.
+
+Removing is physical: the layer list gets shorter, `num_hidden_layers` follows, and each kept
+attention gets its new position in the KV cache (`layer_idx`), so the saved folder is an ordinary
+smaller model of the same architecture. The kept layers' weights are untouched.
+
+Recovery trains the pruned model on the response tokens with `alpha` x cross-entropy plus
+(1 - alpha) x distillation from the unpruned model's logits over the response tokens. Only the
+teacher's top-`top_k` logits per response token are kept (a 49,152-word vocabulary over every
+response token would be gigabytes); they are computed once, before pruning, and cached in the
+run's cache folder (safetensors), reused on reruns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from ..errors import SlimtuneError
+from ..stage import StageResult
+from .chat import IGNORE, PairDataset, collate
+from .methods import GenContext, GenTrainConfig, register, train_pairs, training_context
+
+SCORES = ("cosine", "loss")
+
+
+@dataclass
+class PruneLayersConfig(GenTrainConfig):
+    layers: int = 0  # how many of the least important layers to remove
+    drop_layers: list[int] | None = None  # or exactly these (0-based)
+    score: str = "cosine"  # cosine | loss
+    calibration_pairs: int = 32  # training pairs the score is measured on
+    recover: bool = True  # train after removing (False: report the pruned model as is)
+    alpha: float = 0.5  # weight of the response cross-entropy; 1 - alpha on distillation from the unpruned model
+    temperature: float = 1.0
+    top_k: int = 32  # teacher logits kept per response token
+    learning_rate: float = 1e-4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.layers > 0) == bool(self.drop_layers):
+            raise SlimtuneError("prune_layers: give exactly one of `layers: N` (> 0) or `drop_layers: [i, ...]`")
+        if self.score not in SCORES:
+            raise SlimtuneError(f"prune_layers: score {self.score!r} is not one of {', '.join(SCORES)}")
+        if not 0 <= self.alpha <= 1 or self.temperature <= 0 or self.top_k < 1 or self.calibration_pairs < 1:
+            raise SlimtuneError("prune_layers: alpha in [0, 1], temperature > 0, top_k >= 1, calibration_pairs >= 1")
+
+
+def decoder_layers(model) -> "torch.nn.ModuleList":
+    import torch
+
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise SlimtuneError(f"{type(model).__name__}: prune_layers needs a Llama-style decoder (model.layers)")
+    return layers
+
+
+def _batches(tokenizer, ctx: GenContext, n: int, max_length: int | None, size: int = 8):
+    data = PairDataset(tokenizer, ctx.splits.train.prompts[:n], ctx.splits.train.responses[:n], ctx.splits.system, max_length)
+    fn = collate(tokenizer.pad_token_id)
+    return [fn(data.rows[i : i + size]) for i in range(0, len(data), size)]
+
+
+def cosine_scores(model, batches) -> list[float]:
+    """1 - mean cosine(input, output) of each layer over the real (unpadded) tokens."""
+    import torch
+
+    layers = decoder_layers(model)
+    sums, count, mask = [0.0] * len(layers), 0, {}
+
+    def hook(i):
+        def fn(module, args, kwargs, output):
+            h_in = args[0] if args else kwargs["hidden_states"]
+            h_out = output[0] if isinstance(output, tuple) else output
+            cos = torch.nn.functional.cosine_similarity(h_in.float(), h_out.float(), dim=-1)  # (B, T)
+            sums[i] += float(cos[mask["m"]].sum())
+        return fn
+
+    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        with torch.inference_mode():
+            for b in batches:
+                mask["m"] = b["attention_mask"].bool()
+                count += int(mask["m"].sum())
+                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+    finally:
+        for h in handles:
+            h.remove()
+    return [1.0 - s / count for s in sums]
+
+
+def loss_scores(model, batches) -> list[float]:
+    """Rise of the response loss when each layer alone is skipped."""
+    import torch
+
+    inner = model.model
+    full = inner.layers
+
+    def loss() -> float:
+        with torch.inference_mode():
+            return sum(float(model(**b).loss) for b in batches) / len(batches)
+
+    base, scores = loss(), []
+    try:
+        for i in range(len(full)):
+            inner.layers = torch.nn.ModuleList([m for j, m in enumerate(full) if j != i])
+            scores.append(loss() - base)
+    finally:
+        inner.layers = full
+    return scores
+
+
+def remove_layers(model, drop: list[int]) -> None:
+    """Remove layers `drop` in place; kept layers keep their weights and get their new cache index."""
+    import torch
+
+    layers = decoder_layers(model)
+    n = len(layers)
+    bad = [i for i in drop if not 0 <= i < n]
+    if bad or len(set(drop)) >= n:
+        raise SlimtuneError(f"prune_layers: cannot drop {sorted(drop)} from a {n}-layer model (0..{n - 1}, at least one kept)")
+    kept = [m for i, m in enumerate(layers) if i not in set(drop)]
+    for new, layer in enumerate(kept):
+        for sub in layer.modules():
+            if hasattr(sub, "layer_idx"):
+                sub.layer_idx = new
+    model.model.layers = torch.nn.ModuleList(kept)
+    model.config.num_hidden_layers = len(kept)
+    types = getattr(model.config, "layer_types", None)
+    if isinstance(types, list) and len(types) == n:
+        model.config.layer_types = [t for i, t in enumerate(types) if i not in set(drop)]
+
+
+def teacher_topk(model, data: PairDataset, k: int) -> dict:
+    """Top-k logits of `model` at every position that predicts a response token, example by example:
+    values (N, k) float32, indices (N, k) int32, offsets (examples + 1,) into the N rows."""
+    import torch
+
+    vals, idx, offsets = [], [], [0]
+    with torch.inference_mode():
+        for row in data.rows:
+            logits = model(input_ids=torch.tensor([row["input_ids"]])).logits[0, :-1]
+            at = torch.tensor(row["labels"][1:]) != IGNORE
+            top = logits[at].float().topk(min(k, logits.shape[-1]), dim=-1)
+            vals.append(top.values)
+            idx.append(top.indices.to(torch.int32))
+            offsets.append(offsets[-1] + int(at.sum()))
+    return {"values": torch.cat(vals), "indices": torch.cat(idx), "offsets": torch.tensor(offsets, dtype=torch.int64)}
+
+
+def _cached_teacher(model, tokenizer, cfg: PruneLayersConfig, ctx: GenContext, data: PairDataset):
+    from safetensors.torch import load_file, save_file
+
+    key = hashlib.sha256(json.dumps([str(ctx.teacher), ctx.splits.digest, cfg.max_length, cfg.top_k]).encode()).hexdigest()[:16]
+    path = (ctx.cache_dir or ctx.work_dir) / f"teacher-topk-{key}.safetensors"
+    if path.is_file():
+        ctx.log(f"  teacher logits: cached ({path.name})")
+        return load_file(path)
+    ctx.log(f"  teacher logits: top-{cfg.top_k} over {data.response_tokens:,} response tokens (once; cached)")
+    out = teacher_topk(model, data, cfg.top_k)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(out, str(tmp))
+    tmp.replace(path)
+    return out
+
+
+def distill_loss(cache: dict, alpha: float, temperature: float):
+    """The loss `train.loop.train` minimises, `(model, inputs) -> (loss, outputs)`: alpha x the
+    response cross-entropy + (1 - alpha) x T^2 cross-entropy to the teacher's cached top-k
+    distribution; each row's `example` column (kept by `extra_columns`) indexes the cache."""
+    import torch
+
+    offsets, values, indices = cache["offsets"], cache["values"], cache["indices"].long()
+
+    def loss_fn(model, inputs):
+        inputs = dict(inputs)
+        examples = inputs.pop("example")
+        out = model(**inputs)
+        at = inputs["labels"][:, 1:] != IGNORE
+        student = out.logits[:, :-1][at] / temperature  # (N, V), rows in example order
+        rows = torch.cat([torch.arange(offsets[e], offsets[e + 1]) for e in examples.tolist()])
+        p = torch.softmax(values[rows] / temperature, dim=-1)  # (N, k)
+        logq = torch.log_softmax(student.float(), dim=-1).gather(1, indices[rows])
+        kd = -(p * logq).sum(-1).mean() * temperature**2
+        return alpha * out.loss + (1 - alpha) * kd, out
+
+    return loss_fn
+
+
+class _Indexed(PairDataset):
+    """The training pairs, each row carrying its index into the teacher cache."""
+
+    def __init__(self, base: PairDataset):
+        self.rows = [r | {"example": i} for i, r in enumerate(base.rows)]
+        self.dropped = base.dropped
+
+
+@register("prune_layers", PruneLayersConfig)
+def prune_layers(model, tokenizer, cfg: PruneLayersConfig, ctx: GenContext):
+    """Remove the least important whole layers; recover with distillation from the unpruned model."""
+    layers = decoder_layers(model)
+    before = len(layers)
+    if cfg.drop_layers:
+        drop, scores = sorted(set(cfg.drop_layers)), None
+    else:
+        if cfg.layers >= before:
+            raise SlimtuneError(f"prune_layers: layers={cfg.layers} but the model has {before}; at least one must stay")
+        batches = _batches(tokenizer, ctx, cfg.calibration_pairs, cfg.max_length)
+        scores = (cosine_scores if cfg.score == "cosine" else loss_scores)(model, batches)
+        drop = sorted(sorted(range(before), key=lambda i: scores[i])[: cfg.layers])
+    ctx.log(f"  removing layers {drop} of {before}" + (f" (score {cfg.score})" if scores else ""))
+    distil = cfg.recover and cfg.alpha < 1
+    train_set = cache = None
+    if distil:
+        data = PairDataset(tokenizer, ctx.splits.train.prompts, ctx.splits.train.responses, ctx.splits.system, cfg.max_length)
+        cache = _cached_teacher(model, tokenizer, cfg, ctx, data)
+        train_set = _Indexed(data)
+    params_before = sum(p.numel() for p in model.parameters())
+    remove_layers(model, drop)
+    info = {"pruning": "depth", "layers_before": before, "layers_after": before - len(drop), "dropped_layers": drop,
+            "layer_scores": scores, "score": cfg.score if scores else "given",
+            "params_removed": params_before - sum(p.numel() for p in model.parameters())}
+    if cfg.recover:
+        model.requires_grad_(True)
+        if distil:
+            info |= _train_distilled(model, tokenizer, cfg, ctx, train_set, cache)
+        else:
+            info |= train_pairs(model, tokenizer, cfg, ctx)
+    return StageResult(model.eval(), tokenizer, info)
+
+
+def _train_distilled(model, tokenizer, cfg, ctx, train_set, cache) -> dict:
+    import torch
+
+    from ..train.loop import count_trainable, train
+
+    base = collate(tokenizer.pad_token_id)
+
+    def collator(rows):
+        batch = base([{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in rows])
+        batch["example"] = torch.tensor([r["example"] for r in rows])
+        return batch
+
+    trainable, total = count_trainable(model)
+    ctx.log(f"training {trainable:,} of {total:,} parameters, alpha {cfg.alpha} (response loss) + distillation")
+    info = train(model, tokenizer, cfg, training_context(ctx), loss=distill_loss(cache, cfg.alpha, cfg.temperature),
+                 train_set=train_set, extra_columns=("example",), collator=collator)
+    info.pop("val_accuracy", None)
+    return {"trainable_params": trainable, "total_params": total, "distilled": True, **info}

