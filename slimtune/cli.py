@@ -219,7 +219,7 @@ def generate_(
     max_new_tokens: Annotated[int, typer.Option(min=1, help="tokens to generate at most")] = 128,
     system: Annotated[Optional[str], typer.Option(help="a system message before the prompt")] = None,
 ):
-    """Stream a greedy answer to a prompt (decoders; issue 14)."""
+    """Stream a greedy answer to a prompt (decoder models such as smollm2-135m)."""
     from .decoder.lm import stream_answer
 
     for piece in stream_answer(model, prompt, system, max_new_tokens):
