@@ -27,7 +27,7 @@ from .data import DataConfig
 from .errors import SlimtuneError
 from .export import FORMATS
 from .methods import METHODS
-from .schema import FROM_MODEL, NAME_RE, Stage, _nondefault, build  # noqa: F401  (also this module's API)
+from .schema import FROM_MODEL, NAME_RE, Stage, _nondefault, build, parse_stages  # noqa: F401  (also this module's API)
 
 
 @dataclass
@@ -106,22 +106,8 @@ def parse(raw: dict, source: str = "<recipe>") -> Recipe:
         model = next(iter(model.values()))
     if not isinstance(model, str):
         raise SlimtuneError(f"{source}: model must be a packaged name (minilm-l6, minilm-l3) or a folder path")
-    stages, seen = [], set()
-    for i, st in enumerate(raw.get("stages") or []):
-        where = f"{source}: stages[{i}]"
-        if not isinstance(st, dict) or "method" not in st or "name" not in st:
-            raise SlimtuneError(f"{where}: each stage needs `name` and `method`")
-        name, method = str(st["name"]), st["method"]
-        if not NAME_RE.match(name) or name in seen or name == FROM_MODEL:
-            raise SlimtuneError(f"{where}: name {name!r} must be unique and use only letters, digits, _ . -")
-        if method not in METHODS:
-            raise SlimtuneError(f"{where}: unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
-        origin = st.get("from")
-        if origin is not None and origin != FROM_MODEL and origin not in seen:
-            raise SlimtuneError(f"{where}: from {origin!r} is not an earlier stage ({', '.join(seen) or 'none'}) or `model`")
-        fields = {k: v for k, v in st.items() if k not in ("name", "method", "from")}
-        stages.append(Stage(name, method, build(METHODS[method].config_cls, fields, f"{where} ({method})"), origin))
-        seen.add(name)
+    stages = parse_stages(raw.get("stages"), METHODS, source, "unknown method {method!r}")
+    seen = [st.name for st in stages]
     export = raw.get("export") or []
     if not isinstance(export, list) or any(f not in FORMATS for f in export):
         raise SlimtuneError(f"{source}: export must be a list of formats from: {', '.join(FORMATS)}")

@@ -102,3 +102,26 @@ def _type_ok(value, hint) -> bool:
 
 def _type_name(hint) -> str:
     return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def parse_stages(raw_stages, methods: dict, source: str, unknown: str) -> list[Stage]:
+    """The `stages:` list of any task's recipe: unique names, a known method (`methods`: name ->
+    Method with a `config_cls`), `from:` an earlier stage or `model`, fields typed by the method's
+    config. `unknown` words the unknown-method error (`{method!r}` is filled in)."""
+    stages, seen = [], set()
+    for i, st in enumerate(raw_stages or []):
+        where = f"{source}: stages[{i}]"
+        if not isinstance(st, dict) or "method" not in st or "name" not in st:
+            raise SlimtuneError(f"{where}: each stage needs `name` and `method`")
+        name, method = str(st["name"]), st["method"]
+        if not NAME_RE.match(name) or name in seen or name == FROM_MODEL:
+            raise SlimtuneError(f"{where}: name {name!r} must be unique and use only letters, digits, _ . -")
+        if method not in methods:
+            raise SlimtuneError(f"{where}: {unknown.format(method=method)}; known: {', '.join(sorted(methods))}")
+        origin = st.get("from")
+        if origin is not None and origin != FROM_MODEL and origin not in seen:
+            raise SlimtuneError(f"{where}: from {origin!r} is not an earlier stage ({', '.join(seen) or 'none'}) or `model`")
+        fields = {k: v for k, v in st.items() if k not in ("name", "method", "from")}
+        stages.append(Stage(name, method, build(methods[method].config_cls, fields, f"{where} ({method})"), origin))
+        seen.add(name)
+    return stages

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import SlimtuneError
-from ..schema import FROM_MODEL, NAME_RE, Stage, _nondefault, build
+from ..schema import FROM_MODEL, NAME_RE, Stage, _nondefault, build, parse_stages
 from .data import GenDataConfig
 from .genai import GENAI_FORMATS
 from .registry import GEN_METHODS
@@ -81,22 +81,8 @@ def parse(raw: dict, source: str = "<recipe>") -> GenRecipe:
     model = raw["model"]
     if not isinstance(model, str):
         raise SlimtuneError(f"{source}: model must be a packaged decoder (smollm2-135m) or a folder path")
-    stages, seen = [], set()
-    for i, st in enumerate(raw.get("stages") or []):
-        where = f"{source}: stages[{i}]"
-        if not isinstance(st, dict) or "method" not in st or "name" not in st:
-            raise SlimtuneError(f"{where}: each stage needs `name` and `method`")
-        name, method = str(st["name"]), st["method"]
-        if not NAME_RE.match(name) or name in seen or name == FROM_MODEL:
-            raise SlimtuneError(f"{where}: name {name!r} must be unique and use only letters, digits, _ . -")
-        if method not in GEN_METHODS:
-            raise SlimtuneError(f"{where}: method {method!r} is not a generate method; known: {', '.join(sorted(GEN_METHODS))}")
-        origin = st.get("from")
-        if origin is not None and origin != FROM_MODEL and origin not in seen:
-            raise SlimtuneError(f"{where}: from {origin!r} is not an earlier stage ({', '.join(seen) or 'none'}) or `model`")
-        fields = {k: v for k, v in st.items() if k not in ("name", "method", "from")}
-        stages.append(Stage(name, method, build(GEN_METHODS[method].config_cls, fields, f"{where} ({method})"), origin))
-        seen.add(name)
+    stages = parse_stages(raw.get("stages"), GEN_METHODS, source, "method {method!r} is not a generate method")
+    seen = [st.name for st in stages]
     export = raw.get("export") or []
     if not isinstance(export, list) or any(f not in GENAI_FORMATS for f in export):
         raise SlimtuneError(f"{source}: export of a generate recipe must be a list of formats from: {', '.join(GENAI_FORMATS)}")
