@@ -54,6 +54,19 @@ def failing_step(what: str, out: Path):
         ) from e
 
 
+def reuse_or_run(folder: Path, fp: dict, what: str, label: str, out: Path, log, run) -> dict:
+    """One step of a run (a stage or an export): the finished folder's metrics when it was made by
+    this recipe and data, else `run()` under `failing_step` (one line on failure). `label` names it
+    in the log ("stage NAME", "export FMT"); `what` adds the method for the failure line."""
+    done = finished(folder, fp)
+    if done:
+        log(f"{label}: finished earlier, skipped")
+        return done
+    log(what)
+    with failing_step(what, out):
+        return run()
+
+
 def write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str))

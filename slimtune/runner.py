@@ -37,6 +37,7 @@ from .measure.predictors import batched_logits
 from .profile import eval_config, fill_max_length, profile_data
 from .recipe import FROM_MODEL, EvalConfig, Recipe
 from .runfolder import failing_step as _failing_step, finished as _finished, fingerprint as _fingerprint
+from .runfolder import reuse_or_run as _reuse_or_run
 from .runfolder import write_json as _write_json, yaml_text as _yaml
 from .stage import METHODS, Artifact, StageContext
 
@@ -114,17 +115,13 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         if stage.source:  # `from: model` starts again from the recipe's model
             source = recipe.model if stage.source == FROM_MODEL else folders[stage.source]
         fp = _fingerprint(recipe, splits, i)
-        done = _finished(folder, fp)
-        if done:
-            log(f"stage {stage.name}: finished earlier, skipped")
-        elif not main:  # hook: another rank trains alongside rank 0, then reads the folder rank 0 wrote
+        if main:
+            done = _reuse_or_run(folder, fp, f"stage {stage.name} ({stage.method})", f"stage {stage.name}", out, log,
+                                 lambda: _run_stage(stage, source, splits, ev, folder, fp, log, compute))
+        elif not (done := _finished(folder, fp)):  # another rank trains alongside rank 0, then reads its folder
             with _failing_step(f"stage {stage.name} ({stage.method}) on rank {distributed.rank()}", out):
                 _follow_stage(stage, source, splits, ev, _checkpoint_dir(folder, fp), out / "cache", compute)
             done = _finished(folder, fp)
-        else:
-            log(f"stage {stage.name} ({stage.method})")
-            with _failing_step(f"stage {stage.name} ({stage.method})", out):
-                done = _run_stage(stage, source, splits, ev, folder, fp, log, compute)
         rows.append(_row(stage.name, stage.method, folder, out, done))
         source, source_logits = folder, np.load(folder / "test_logits.npy", allow_pickle=False)
 
@@ -138,19 +135,8 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
     for fmt in recipe.export:
         folder = out / "exports" / fmt
         fp = _fingerprint(recipe, splits, None, fmt)
-        done = _finished(folder, fp)
-        if done:
-            log(f"export {fmt}: finished earlier, skipped")
-        else:
-            log(f"export {fmt}")
-            with _failing_step(f"export {fmt}", out):
-                model, tokenizer = artifacts.load_model(source, splits.label_names)
-                pred, logits, check = export_checked(model, tokenizer, fmt, folder, splits.test.texts, ev.max_length,
-                                                     source_logits, splits.label_names, ev.batch_size)
-                del model
-                metrics, _ = measure(folder, splits, ev, log, source_logits, pred=pred, logits=logits)
-            done = {"metrics": metrics, "fingerprint": fp, "source": str(source)}
-            _write_json(folder / "metrics.json", done)
+        done = _reuse_or_run(folder, fp, f"export {fmt}", f"export {fmt}", out, log,
+                             lambda: _export(source, source_logits, fmt, folder, fp, splits, ev, log))
         rows.append(_row(fmt, "export", folder, out, done))
 
     report = {
@@ -170,6 +156,17 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
     write_report(report, out)
     distributed.finish()
     return report
+
+
+def _export(source, source_logits, fmt: str, folder: Path, fp: dict, splits: Splits, ev: EvalConfig, log) -> dict:
+    model, tokenizer = artifacts.load_model(source, splits.label_names)
+    pred, logits, _ = export_checked(model, tokenizer, fmt, folder, splits.test.texts, ev.max_length,
+                                     source_logits, splits.label_names, ev.batch_size)
+    del model
+    metrics, _ = measure(folder, splits, ev, log, source_logits, pred=pred, logits=logits)
+    done = {"metrics": metrics, "fingerprint": fp, "source": str(source)}
+    _write_json(folder / "metrics.json", done)
+    return done
 
 
 def _checkpoint_dir(folder: Path, fp: dict) -> Path:

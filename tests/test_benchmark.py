@@ -6,7 +6,7 @@ import numpy as np
 
 from slimtune.measure.bench import artifact_size, benchmark, benchmark_in_subprocess, hardware, peak_rss_mb
 from slimtune.artifacts import load_model
-from slimtune.measure.predictors import TorchPredictor
+from slimtune.measure.predictors import Predictor, TorchPredictor
 from tests.conftest import synthetic_rows
 
 TEXTS = [t for t, _ in synthetic_rows(20)]
@@ -36,7 +36,7 @@ def test_hardware_fingerprint():
     assert {"avx2", "avx512_vnni", "amx_int8"} <= set(hw["isa"]) and hw["torch_threads"] >= 1
 
 
-class _Spiky:
+class _Spiky(Predictor):
     """A predictor that takes a steady 2 ms a call, and 20 ms every third call while busy: what a
     shared CPU looks like. (Without the steady 2 ms, microsecond timer jitter alone could exceed the
     spread limit.)"""

@@ -196,28 +196,14 @@ def test_fsdp_and_deepspeed_settings_reach_training_arguments():
 
 
 @pytest.mark.slow
-def test_resume_under_two_processes(base_no_dropout, tiny_csv, tmp_path, monkeypatch):
+def test_resume_under_two_processes(base_no_dropout, tiny_csv, tmp_path):
     """A checkpoint left by an interrupted run is resumed by a 2-process run of the same recipe."""
-    from transformers import TrainerCallback
-
-    from slimtune.stage import StageContext
-
-    class CrashAfterFirstSave(TrainerCallback):
-        def on_save(self, args, state, control, **kw):
-            raise KeyboardInterrupt
-
-    real_init = StageContext.__init__
-
-    def with_crash(self, *a, **kw):
-        real_init(self, *a, **kw)
-        self.callbacks.append(CrashAfterFirstSave())
+    from conftest import interrupted_at_first_checkpoint
 
     raw = recipe(base_no_dropout, tiny_csv)
     raw["stages"] = [raw["stages"][0] | {"max_steps": 4, "checkpoint_steps": 2}]
-    monkeypatch.setattr(StageContext, "__init__", with_crash)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_first_checkpoint():
         runner.run(parse(raw), tmp_path / "o", log=lambda m: None)
-    monkeypatch.setattr(StageContext, "__init__", real_init)
     assert list((tmp_path / "o" / "checkpoints").iterdir())
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(raw))

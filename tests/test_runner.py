@@ -174,27 +174,13 @@ def torch_equal(x, y):
     return torch.equal(x, y)
 
 
-def test_interrupted_training_resumes_from_its_checkpoint_only_for_the_same_recipe(tiny_base_dir, tiny_csv, tmp_path, monkeypatch):
-    from transformers import TrainerCallback
-
-    from slimtune.methods import StageContext
-
-    class CrashAfterFirstSave(TrainerCallback):
-        def on_save(self, args, state, control, **kw):
-            raise KeyboardInterrupt
-
-    real_init = StageContext.__init__
-
-    def with_crash(self, *a, **kw):
-        real_init(self, *a, **kw)
-        self.callbacks.append(CrashAfterFirstSave())
+def test_interrupted_training_resumes_from_its_checkpoint_only_for_the_same_recipe(tiny_base_dir, tiny_csv, tmp_path):
+    from conftest import interrupted_at_first_checkpoint
 
     raw = {"data": {"path": str(tiny_csv)}, "model": str(tiny_base_dir), "eval": FAST_EVAL,
            "stages": [{"name": "ft", "method": "head_only", "max_steps": 4, "checkpoint_steps": 2, "max_length": 32}]}
-    monkeypatch.setattr(StageContext, "__init__", with_crash)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_first_checkpoint():
         run(raw, tmp_path)
-    monkeypatch.setattr(StageContext, "__init__", real_init)
     (ckpt,) = (tmp_path / "checkpoints").iterdir()
     changed = yaml.safe_load(yaml.safe_dump(raw))
     changed["stages"][0]["learning_rate"] = 1e-2

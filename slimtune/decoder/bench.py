@@ -11,22 +11,10 @@ from pathlib import Path
 
 def speed_in_subprocess(artifact: Path, prompts: list[str], system: str | None, new_tokens: int) -> dict:
     """`generation_speed` of `artifact` in a fresh Python process: its own peak RSS, clean caches."""
-    import json
-    import os
-    import subprocess
-    import sys
-    import tempfile
+    from ..measure.bench import run_module_json
 
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump({"prompts": prompts, "system": system}, f)
-    cmd = [sys.executable, "-m", "slimtune.decoder.bench", str(artifact), "--prompts", f.name, "--new-tokens", str(new_tokens)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    finally:
-        os.unlink(f.name)
-    if proc.returncode != 0:
-        raise RuntimeError(f"generation benchmark of {artifact} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_module_json("slimtune.decoder.bench", artifact, {"prompts": prompts, "system": system}, "--prompts",
+                           ["--new-tokens", str(new_tokens)], "generation benchmark")
 
 
 def _main() -> None:

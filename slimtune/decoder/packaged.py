@@ -10,8 +10,6 @@ Q4_1 rounding: this is the 4-bit model in fp32, not the original bf16 release.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from ..model import assets
@@ -34,21 +32,7 @@ def smollm2_folder(cache: Path) -> Path:
 
     if importlib.util.find_spec("gguf") is None:
         raise SlimtuneError("reading SmolLM2's GGUF needs the gguf package; run: pip install gguf")
-    if out.exists() and any(out.iterdir()):
-        raise SlimtuneError(f"{out} exists but holds no converted model; remove it and retry")
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")  # built beside it, renamed when complete
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        convert_gguf(gguf_path, tmp)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            if not _is_done(out):  # a concurrent conversion that finished first is fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return assets.convert_once(out, _is_done, lambda tmp: convert_gguf(gguf_path, tmp))
 
 
 def _is_done(folder: Path) -> bool:

@@ -24,7 +24,7 @@ from .. import artifacts
 from ..artifacts.atomic import atomic_dir, check_writable, clean_temp
 from ..console import trainer_progress
 from ..measure.bench import artifact_size, hardware
-from ..runfolder import failing_step as _failing_step, finished as _finished, fingerprint as _fingerprint
+from ..runfolder import finished as _finished, fingerprint as _fingerprint, reuse_or_run as _reuse_or_run
 from ..runfolder import write_json as _write_json, yaml_text as _yaml
 from .bench import speed_in_subprocess
 from .data import PairSplits, load_pairs
@@ -91,13 +91,8 @@ def run(recipe: GenRecipe, out: Path, log: Callable[[str], None] = print) -> dic
         if stage.source:
             source = recipe.model if stage.source == FROM_MODEL else folders[stage.source]
         fp = _fingerprint(recipe, splits, i)
-        done = _finished(folder, fp)
-        if done:
-            log(f"stage {stage.name}: finished earlier, skipped")
-        else:
-            log(f"stage {stage.name} ({stage.method})")
-            with _failing_step(f"stage {stage.name} ({stage.method})", out):
-                done = _run_stage(stage, source, splits, recipe.eval, folder, fp, log)
+        done = _reuse_or_run(folder, fp, f"stage {stage.name} ({stage.method})", f"stage {stage.name}", out, log,
+                             lambda: _run_stage(stage, source, splits, recipe.eval, folder, fp, log))
         rows.append(_row(stage.name, stage.method, folder, out, done))
         source = folder
 
@@ -106,17 +101,8 @@ def run(recipe: GenRecipe, out: Path, log: Callable[[str], None] = print) -> dic
     for fmt in recipe.export:
         folder = out / "exports" / fmt
         fp = _fingerprint(recipe, splits, None, fmt)
-        done = _finished(folder, fp)
-        if done:
-            log(f"export {fmt}: finished earlier, skipped")
-        else:
-            log(f"export {fmt}")
-            with _failing_step(f"export {fmt}", out):
-                export_genai(Path(source), fmt, folder, out / "cache" / "genai")
-                greedy = json.loads((Path(source) / GREEDY_FILE).read_text())
-                metrics, _ = measure(folder, splits, recipe.eval, log, greedy)
-            done = {"metrics": metrics, "fingerprint": fp, "source": str(source)}
-            _write_json(folder / "metrics.json", done)
+        done = _reuse_or_run(folder, fp, f"export {fmt}", f"export {fmt}", out, log,
+                             lambda: _export(Path(source), fmt, folder, fp, splits, recipe.eval, out, log))
         rows.append(_row(fmt, "export", folder, out, done))
 
     report = {
@@ -138,6 +124,16 @@ def raise_if_no_stage(recipe: GenRecipe) -> None:
     from ..errors import SlimtuneError
 
     raise SlimtuneError(f"{recipe.source}: export needs a stage (e.g. `method: baseline`) whose greedy answers it is compared with")
+
+
+def _export(source: Path, fmt: str, folder: Path, fp: dict, splits: PairSplits, ev: GenEvalConfig, out: Path,
+            log) -> dict:
+    export_genai(source, fmt, folder, out / "cache" / "genai")
+    greedy = json.loads((source / GREEDY_FILE).read_text())
+    metrics, _ = measure(folder, splits, ev, log, greedy)
+    done = {"metrics": metrics, "fingerprint": fp, "source": str(source)}
+    _write_json(folder / "metrics.json", done)
+    return done
 
 
 def _run_stage(stage, source, splits: PairSplits, ev: GenEvalConfig, folder: Path, fp: dict, log) -> dict:

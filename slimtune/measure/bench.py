@@ -96,6 +96,8 @@ def benchmark(pred: Predictor, texts: list[str], runs: int = 100, warmup: int = 
         "throughput_texts": len(pool),
         "peak_rss_mb": peak_rss_mb(),
         "params": int(pred.num_params()),
+        "runtime": pred.kind,
+        **pred.facts(),
     }
 
 
@@ -174,19 +176,26 @@ def int8_isa(log) -> dict:
     return {"int8_compute": True, "cpu_int8_vnni": bool(vnni)}
 
 
-def benchmark_in_subprocess(artifact: Path, texts: list[str], max_length: int, runs: int, warmup: int, batch_size: int) -> dict:
-    """Benchmark `artifact` in a fresh Python process, so memory and caches start clean."""
+def run_module_json(module: str, artifact: Path, payload, flag: str, args: list[str], what: str) -> dict:
+    """Run `python -m module artifact FLAG payload.json ARGS` in a fresh process (its own peak RSS,
+    clean caches) and return the JSON object it prints on its last line."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(texts, f)
-    cmd = [sys.executable, "-m", "slimtune.measure.bench", str(artifact), "--texts", f.name, "--max-length", str(max_length),
-           "--runs", str(runs), "--warmup", str(warmup), "--batch-size", str(batch_size)]
+        json.dump(payload, f)
+    cmd = [sys.executable, "-m", module, str(artifact), flag, f.name, *args]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
     finally:
         os.unlink(f.name)
     if proc.returncode != 0:
-        raise RuntimeError(f"benchmark of {artifact} failed:\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"{what} of {artifact} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def benchmark_in_subprocess(artifact: Path, texts: list[str], max_length: int, runs: int, warmup: int, batch_size: int) -> dict:
+    """Benchmark `artifact` in a fresh Python process, so memory and caches start clean."""
+    return run_module_json("slimtune.measure.bench", artifact, texts, "--texts",
+                           ["--max-length", str(max_length), "--runs", str(runs), "--warmup", str(warmup),
+                            "--batch-size", str(batch_size)], "benchmark")
 
 
 def _main() -> None:

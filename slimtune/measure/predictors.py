@@ -30,6 +30,10 @@ class Predictor:
     def num_params(self) -> int:
         raise NotImplementedError
 
+    def facts(self) -> dict:
+        """What a benchmark of this runtime should say beside its timings."""
+        return {}
+
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         from ..profile import encode_padded
 

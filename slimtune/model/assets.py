@@ -62,3 +62,30 @@ def locate(asset: Asset) -> Path:
             f"reinstall it: {asset.pip} --force-reinstall"
         )
     return path
+
+
+def convert_once(out: Path, is_done, build) -> Path:
+    """A packaged model converted into the slimtune cache, once: `build(tmp)` fills a temp sibling
+    that is renamed to `out` when complete, so an interrupted conversion never leaves half a model.
+    Two processes converting at once is fine: the first rename wins and the other one's is dropped."""
+    import os
+    import shutil
+
+    out = Path(out)
+    if is_done(out):
+        return out
+    if out.exists() and any(out.iterdir()):
+        raise SlimtuneError(f"{out} exists but holds no converted model; remove it and retry")
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        build(tmp)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if not is_done(out):  # a concurrent conversion that finished first is fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -16,7 +16,6 @@ using pooler_output or logits.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from onnx import numpy_helper
 from transformers import BertConfig, BertModel
 
 from ..errors import SlimtuneError
+from . import assets
 
 PREFIX = "model.0.auto_model."
 # Order in which each layer's projections appear in the exported graph (topological order).
@@ -132,21 +132,4 @@ def _build(onnx_path: Path, tokenizer_dir: Path, dest: Path) -> None:
 def convert_minilm_l3(onnx_path: Path, tokenizer_dir: Path, out_dir: Path) -> Path:
     """Convert paraphrase-MiniLM-L3-v2 (ONNX only) into a Hugging Face BERT folder at out_dir."""
     onnx_path, tokenizer_dir, out_dir = Path(onnx_path), Path(tokenizer_dir), Path(out_dir)
-    if _is_done(out_dir):
-        return out_dir
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise SlimtuneError(f"{out_dir} exists but holds no converted model; remove it and retry")
-    # Build beside out_dir and rename at the end, so an interrupted run never leaves half a model.
-    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        _build(onnx_path, tokenizer_dir, tmp)
-        try:
-            os.replace(tmp, out_dir)
-        except OSError:
-            if not _is_done(out_dir):  # a concurrent conversion that finished first is fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return assets.convert_once(out_dir, _is_done, lambda tmp: _build(onnx_path, tokenizer_dir, tmp))
