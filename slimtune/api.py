@@ -115,7 +115,7 @@ def check_export_target(model: str | Path, fmt: str, out: str | Path, overwrite:
 
 def export(model: str | Path, fmt: str, out: str | Path, data: DataConfig | None = None, max_length: int = EVAL_MAX_LENGTH,
            task: str | None = None, overwrite: bool = False) -> dict:
-    """Export an HF classifier folder to `fmt` (hf, onnx, onnx-int8) at `out`, then check parity.
+    """Export an HF classifier folder to `fmt` (hf, onnx, onnx-int8, tflite, tflite-int8) at `out`, then check parity.
 
     Parity (max |Δlogit|, argmax agreement) is measured on `data`'s test split, or on real
     Rotten Tomatoes sentences when no data is given; with data, accuracy is reported too.

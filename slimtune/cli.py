@@ -79,7 +79,7 @@ def run(
 
 @app.command("eval")
 def eval_(
-    model: Annotated[str, typer.Argument(help="model folder (HF or holding model.onnx)")],
+    model: Annotated[str, typer.Argument(help="model folder (HF, or holding model.onnx or model.tflite)")],
     data: DataOpt,
     text_column: TextCol = "text",
     label_column: LabelCol = "label",
@@ -96,7 +96,7 @@ def eval_(
 
 @app.command()
 def bench(
-    model: Annotated[str, typer.Argument(help="model folder (HF or holding model.onnx)")],
+    model: Annotated[str, typer.Argument(help="model folder (HF, or holding model.onnx or model.tflite)")],
     runs: Annotated[int, typer.Option(min=1, help="timed batch-1 runs after warm-up")] = 100,
     data: Annotated[Optional[str], typer.Option(help="texts to time on (default: Rotten Tomatoes test sentences)")] = None,
     text_column: TextCol = "text",
@@ -118,7 +118,7 @@ def bench(
 @app.command()
 def export(
     model: Annotated[str, typer.Argument(help="fine-tuned HF classifier folder")],
-    format: Annotated[str, typer.Option("--format", "-f", help="hf, onnx or onnx-int8")] = "onnx",
+    format: Annotated[str, typer.Option("--format", "-f", help="hf, onnx, onnx-int8, tflite or tflite-int8 (tflite: pip install 'slimtune[tflite]')")] = "onnx",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output folder (default: MODEL-FORMAT)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace what a non-empty --out holds (never the source)")] = False,
     data: Annotated[Optional[str], typer.Option(help="check parity and accuracy on this data's test split")] = None,
@@ -128,7 +128,7 @@ def export(
     max_length: MaxLen = 128,
     task: Task = None,
 ):
-    """Export to an HF folder, ONNX or ONNX int8, and check parity with the source."""
+    """Export to an HF folder, ONNX, ONNX int8, TFLite or TFLite int8, and check parity with the source."""
     target = out or Path(f"{str(model).rstrip('/')}-{format}")
     api.check_export_target(model, format, target, overwrite)  # before reading any data
     cfg = api.data_config(data, text_column, label_column, encoding=encoding) if data else None
@@ -137,7 +137,7 @@ def export(
 
 @app.command()
 def predict(
-    model: Annotated[str, typer.Argument(help="model folder (HF or holding model.onnx)")],
+    model: Annotated[str, typer.Argument(help="model folder (HF, or holding model.onnx or model.tflite)")],
     texts: Annotated[list[str], typer.Argument(help="one or more texts")],
     max_length: MaxLen = 256,
     task: Task = None,

@@ -4,6 +4,8 @@ it back, and compare its logits with the source model's on the same texts (parit
     hf          a Hugging Face folder (save_pretrained)
     onnx        model.onnx, fused by ONNX Runtime's transformer optimizer
     onnx-int8   the same, dynamic int8 (per-channel, reduce_range)
+    tflite      model.tflite for LiteRT (phones, edge), static 1 x max_length input
+    tflite-int8 the same, int8 weights (ai-edge-quantizer's dynamic recipe); both need slimtune[tflite]
 """
 
 from __future__ import annotations
@@ -13,18 +15,23 @@ from pathlib import Path
 from .errors import SlimtuneError
 from .stage import Artifact
 
-FORMATS = {"hf": Artifact("hf"), "onnx": Artifact("onnx"), "onnx-int8": Artifact("onnx", {"int8": True})}
+FORMATS = {"hf": Artifact("hf"), "onnx": Artifact("onnx"), "onnx-int8": Artifact("onnx", {"int8": True}),
+           "tflite": Artifact("tflite"), "tflite-int8": Artifact("tflite", {"int8": True})}
 
 
-def write(model, tokenizer, fmt: str, out: Path) -> Path:
-    """Write `model` as `fmt` at `out`, atomically (a finished folder or none)."""
+def write(model, tokenizer, fmt: str, out: Path, max_length: int | None = None) -> Path:
+    """Write `model` as `fmt` at `out`, atomically (a finished folder or none). `max_length`: the
+    fixed input length of a TFLite graph (the other formats take any length)."""
     from .artifacts import save
     from .artifacts.atomic import atomic_dir
 
     if fmt not in FORMATS:
         raise SlimtuneError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
+    artifact = FORMATS[fmt]
+    if artifact.kind == "tflite":
+        artifact = Artifact("tflite", artifact.options | {"max_length": max_length or 128})
     with atomic_dir(out) as tmp:
-        save(FORMATS[fmt], tmp, model, tokenizer)
+        save(artifact, tmp, model, tokenizer)
     return Path(out)
 
 
@@ -40,7 +47,7 @@ def export_checked(model, tokenizer, fmt: str, out: Path, texts: list[str], max_
 
     if source_logits is None:
         source_logits = batched_logits(TorchPredictor(model, tokenizer, max_length), texts, batch_size, progress="source logits")
-    write(model, tokenizer, fmt, out)
+    write(model, tokenizer, fmt, out, max_length)
     exported = load_predictor(out, max_length, label_names)
     logits = batched_logits(exported, texts, batch_size, progress="exported logits")
     return exported, logits, parity(source_logits, logits)

@@ -33,7 +33,7 @@ class StageContext:
 class Artifact:
     """How the runner saves a stage's model: a format registered in `slimtune.artifacts`, with options."""
 
-    kind: str = "hf"  # hf | compact | peft_adapter | multitask | onnx
+    kind: str = "hf"  # hf | compact | peft_adapter | multitask | onnx | tflite
     options: dict = field(default_factory=dict)
 
 

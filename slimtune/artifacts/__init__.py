@@ -12,6 +12,7 @@ specific first, the plain HF folder last). A new format is one module and one `r
     peft_adapter   the base model + an unmerged PEFT adapter (prompt / prefix / P-tuning)
     multitask      the primary classifier + one head per extra task (`task=NAME`)
     onnx           model.onnx (+ config, tokenizer), run by ONNX Runtime
+    tflite         model.tflite (+ config, tokenizer), run by LiteRT (optional extra slimtune[tflite])
     floor          the TF-IDF + logistic regression floor (no pickle)
 """
 
@@ -24,7 +25,7 @@ from typing import Callable
 from ..errors import SlimtuneError
 from ..model.folders import is_classifier, label_names_of, load_tokenizer, resolve
 from ..stage import Artifact
-from . import compact, floor, hf, multitask, onnx, peft_adapter
+from . import compact, floor, hf, multitask, onnx, peft_adapter, tflite
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ def register(fmt: Format) -> Format:
 
 
 register(Format("onnx", onnx.detect, onnx.save, predictor=onnx.predictor))
+register(Format("tflite", tflite.detect, tflite.save, predictor=tflite.predictor))
 register(Format("floor", floor.detect, floor.save, predictor=floor.predictor))
 register(Format("compact", compact.detect, compact.save, compact.load))
 register(Format("peft_adapter", peft_adapter.detect, peft_adapter.save, peft_adapter.load))

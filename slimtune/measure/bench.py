@@ -26,7 +26,7 @@ import numpy as np
 
 from .predictors import Predictor
 
-WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx.data", ".bin", ".data")
+WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx.data", ".bin", ".data", ".tflite")
 
 
 def artifact_size(path: str | Path) -> int:
