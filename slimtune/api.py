@@ -72,6 +72,54 @@ def evaluate(model: str | Path, data: DataConfig, split: str = "test", max_lengt
     return metrics | {"labels": label_names, "split": split}
 
 
+def is_generative(model: str | Path) -> bool:
+    """A causal LM (packaged decoder, HF folder, GenAI export): eval and bench measure generation."""
+    from .decoder.lm import is_generative as check
+
+    return check(model)
+
+
+def pair_config(data: str, prompt_column: str = "prompt", response_column: str = "response", **kw):
+    """`data` is a packaged prompt/response set (chatterbot_qa) or a file path."""
+    from .decoder.data import PACKAGED_PAIRS, GenDataConfig
+
+    if data in PACKAGED_PAIRS:
+        return GenDataConfig(name=data, **kw)
+    return GenDataConfig(path=data, prompt_column=prompt_column, response_column=response_column, **kw)
+
+
+def evaluate_generative(model: str | Path, data, max_length: int = 256, answer_prompts: int = 32,
+                        max_new_tokens: int = 32) -> dict:
+    """Response perplexity, token F1 / exact match of greedy answers and a few samples of a causal
+    LM (torch folder or GenAI export) on `data`'s test pairs: what `task: generate` runs report."""
+    from .decoder.data import load_pairs
+    from .decoder.lm import load_decoder
+    from .decoder.recipe import GenEvalConfig
+    from .decoder.runner import evaluate as evaluate_decoder
+
+    ev = GenEvalConfig(max_length=max_length, answer_prompts=answer_prompts, max_new_tokens=max_new_tokens)
+    splits = load_pairs(data)
+    metrics, _ = evaluate_decoder(load_decoder(model), splits, ev)
+    return metrics | {"split": "test", "data": splits.source}
+
+
+def bench_generative(model: str | Path, data=None, prompts: int = 8, new_tokens: int = 32) -> dict:
+    """Time to first token and decode tokens/s at batch 1 (median over `prompts` test prompts of
+    `data`, default chatterbot_qa), peak RSS in a fresh process, size on disk, hardware."""
+    from .decoder.bench import speed_in_subprocess
+    from .decoder.data import GenDataConfig, load_pairs
+    from .decoder.lm import resolve
+    from .measure.bench import artifact_size, hardware
+
+    if prompts < 1 or new_tokens < 1:
+        raise SlimtuneError("bench: prompts and new tokens must be >= 1")
+    splits = load_pairs(data or GenDataConfig(name="chatterbot_qa"))
+    texts = list(dict.fromkeys(splits.test.prompts))[:prompts]
+    path = resolve(model)
+    return speed_in_subprocess(path, texts, splits.system, new_tokens) | {
+        "size_bytes": artifact_size(path), "hardware": hardware(), "data": splits.source}
+
+
 def default_texts(n: int = 200) -> list[str]:
     """Real sentences for benchmarks and parity checks: the Rotten Tomatoes test split."""
     return load_splits(DataConfig(name="rotten_tomatoes")).test.texts[:n]

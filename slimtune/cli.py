@@ -27,10 +27,12 @@ app = typer.Typer(
          "Global flags (anywhere on the line): --quiet / -q (no progress on stderr), --debug (tracebacks).",
 )
 
-DataOpt = Annotated[str, typer.Option(help="packaged dataset (rotten_tomatoes, tweets_sentiment) or a CSV/TSV/JSONL file")]
+DataOpt = Annotated[str, typer.Option(help="packaged dataset (rotten_tomatoes, tweets_sentiment; chatterbot_qa for a causal LM) or a CSV/TSV/JSONL file")]
 TextCol = Annotated[str, typer.Option(help="text column of a data file")]
 LabelCol = Annotated[str, typer.Option(help="label column of a data file")]
 Encoding = Annotated[str, typer.Option(help="text encoding of a data file (e.g. latin-1)")]
+PromptCol = Annotated[str, typer.Option(help="prompt column of a prompt/response file (causal LMs)")]
+ResponseCol = Annotated[str, typer.Option(help="response column of a prompt/response file (causal LMs)")]
 MaxLen = Annotated[int, typer.Option(min=2, help="tokens per text (longer texts are truncated)")]
 Task = Annotated[Optional[str], typer.Option(help="one task of a multi-task model (default: its primary task)")]
 
@@ -88,8 +90,15 @@ def eval_(
     max_length: MaxLen = 128,
     batch_size: Annotated[int, typer.Option(min=1, help="texts per batch (dynamic int8 results can depend on it)")] = 32,
     task: Task = None,
+    prompt_column: PromptCol = "prompt",
+    response_column: ResponseCol = "response",
 ):
-    """Accuracy, macro F1/precision/recall and confusion matrix on held-out data."""
+    """Accuracy, macro F1/precision/recall and confusion matrix on held-out data; for a causal LM
+    (a decoder folder or GenAI export, with prompt/response data): response perplexity and token F1."""
+    if api.is_generative(model):
+        cfg = api.pair_config(data, prompt_column, response_column, encoding=encoding)
+        _print_json(api.evaluate_generative(model, cfg, max_length=max_length))
+        return
     cfg = api.data_config(data, text_column, label_column, encoding=encoding)
     _print_json(api.evaluate(model, cfg, split=split, max_length=max_length, batch_size=batch_size, task=task))
 
@@ -106,7 +115,11 @@ def bench(
     provider: Annotated[str, typer.Option(help="ONNX Runtime execution provider for an ONNX artifact: cpu, cuda, tensorrt "
                                                "(GPU ones need onnxruntime-gpu)")] = "cpu",
 ):
-    """Latency p50/p95 at batch 1, throughput at batch 32, peak RSS, params, size, hardware."""
+    """Latency p50/p95 at batch 1, throughput at batch 32, peak RSS, params, size, hardware; for a
+    causal LM: time to first token and decode tokens/s at batch 1 on prompts of --data (default chatterbot_qa)."""
+    if api.is_generative(model):
+        _print_json(api.bench_generative(model, api.pair_config(data, encoding=encoding) if data else None))
+        return
     texts = None
     if data:
         from .data import load_splits
@@ -207,7 +220,7 @@ def auto_(
 
     cfg = AutoConfig(api.data_config(data, text_column, label_column, max_train_samples=max_train_samples), model,
                      max_drop, max_latency_ms, max_size_mb, minutes, storage)
-    report = auto(cfg, out, progress=True)
+    auto(cfg, out, progress=True)
     typer.echo((out / "report.md").read_text())
     _console().print(f"report: {out / 'report.md'} (json: {out / 'report.json'}, plot: {out / 'pareto.png'})", markup=False)
 

@@ -43,11 +43,19 @@ from .stage import METHODS, Artifact, StageContext
 
 
 def measure(artifact: Path, splits: Splits, ev: EvalConfig, log: Callable[[str], None], source_logits=None,
-            pred=None, logits=None) -> tuple[dict, np.ndarray]:
+            pred=None, logits=None, device: str = "cpu") -> tuple[dict, np.ndarray]:
     """Evaluate `artifact` on the test split, then benchmark it in a fresh process. `pred` and its
-    test `logits`, when the caller has them already (an export's parity check), are not recomputed."""
+    test `logits`, when the caller has them already (an export's parity check), are not recomputed.
+    `device: cuda` evaluates a torch model on the GPU; the batch-1 checks and the benchmark stay on
+    the CPU (they measure the artifact as it will be deployed, and compare across rows)."""
     pred = pred or artifacts.load_predictor(artifact, ev.max_length, splits.label_names)
+    on_gpu = device == "cuda" and pred.kind == "torch" and logits is None
+    if on_gpu:
+        pred.to(device)
     metrics, logits = evaluate(pred, splits.test, ev.batch_size, progress=f"evaluating {artifact.name}", logits=logits)
+    if on_gpu:
+        pred.to("cpu")
+    metrics["eval_device"] = device if on_gpu else "cpu"
     if source_logits is not None:
         metrics["parity"] = parity(source_logits, logits)
     texts = splits.test.texts[: ev.bench_texts]
@@ -196,7 +204,7 @@ def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: 
         info |= artifacts.save(result.artifact, tmp, result.model, result.tokenizer)
         shutil.rmtree(tmp / "_work", ignore_errors=True)
         del model, result
-        metrics, logits = measure(tmp, splits, ev, log)
+        metrics, logits = measure(tmp, splits, ev, log, device=compute.device if compute else "cpu")
         np.save(tmp / "test_logits.npy", logits, allow_pickle=False)
         done = {"metrics": metrics | info, "fingerprint": fp, "source": str(source)}
         _write_json(tmp / "metrics.json", done)

@@ -262,6 +262,7 @@ def _generate_recipe(model: Path, pairs: Path) -> dict:
             st |= {"max_steps": 2, "batch_size": 4, "max_length": 96}
     raw["stages"].append({"name": "pruned", "method": "prune_layers", "drop_layers": [2], "max_steps": 1,
                           "batch_size": 4, "max_length": 96, "top_k": 4})
+    raw["stages"].append({"name": "int4", "method": "weight_only", "codec": "int4", "group_size": 16})
     raw["eval"] = FAST_EVAL
     return raw
 
@@ -274,14 +275,15 @@ def test_generate_recipe_runs_with_genai_exports(tiny_llama, pairs_file, tmp_pat
     raw = _generate_recipe(tiny_llama, pairs_file)
     report = run(parse(raw, "generate.yaml"), tmp_path, log=lambda m: None)
     names = [s["name"] for s in report["stages"]]
-    assert names == ["untuned", "lora", "pruned", "genai-int4", "genai-fp32"]
+    assert names == ["untuned", "lora", "pruned", "int4", "genai-int4", "genai-fp32"]
     for s in report["stages"]:
         m = s["metrics"]
         assert {"perplexity", "token_f1", "ttft_ms", "decode_tokens_per_s", "size_bytes", "peak_rss_mb"} <= set(m)
         assert m["perplexity"] > 1 and m["size_bytes"] > 0
     rows = {s["name"]: s["metrics"] for s in report["stages"]}
     assert rows["lora"]["trainable_params"] == 14336
-    fp32, int4, src = rows["genai-fp32"], rows["genai-int4"], rows["pruned"]
+    assert rows["int4"]["size_bytes"] < rows["pruned"]["size_bytes"] / 4  # weight-only int4 on disk
+    fp32, int4, src = rows["genai-fp32"], rows["genai-int4"], rows["int4"]  # exported from the weight-only stage
     assert fp32["parity"]["greedy_identical"] == fp32["parity"]["greedy_prompts"] == 4  # same greedy tokens as torch
     assert fp32["perplexity"] == pytest.approx(src["perplexity"], rel=1e-4)
     assert int4["size_bytes"] < fp32["size_bytes"]
@@ -290,7 +292,7 @@ def test_generate_recipe_runs_with_genai_exports(tiny_llama, pairs_file, tmp_pat
     assert (tmp_path / "exports/genai-int4/genai_config.json").is_file()
     logs = []
     run(parse(raw, "generate.yaml"), tmp_path, log=logs.append)
-    assert sum("skipped" in m for m in logs) == 5
+    assert sum("skipped" in m for m in logs) == 6
 
 
 def test_generate_speed_in_a_fresh_process(tiny_llama):
@@ -381,3 +383,107 @@ def test_an_encoder_is_not_a_causal_lm(tiny_base_dir):
 
     with pytest.raises(SlimtuneError, match="not a causal LM"):
         load_causal_lm(tiny_base_dir)
+
+
+def test_eval_and_bench_of_a_causal_lm_measure_generation(fitted, pairs_file, monkeypatch, capsys):
+    """`slimtune eval` / `bench` on a decoder folder: the same perplexity and answers a generate
+    run reports (one code path), and generation speed instead of classification latency."""
+
+    from slimtune import cli
+    from slimtune.decoder.data import GenDataConfig, load_pairs
+    from slimtune.decoder.lm import load_decoder
+    from slimtune.decoder.measure import answer_quality, response_perplexity
+    from slimtune.measure.bench import artifact_size
+
+    folder = fitted[0]
+
+    def main(*args):
+        monkeypatch.setattr(sys, "argv", ["slimtune", *map(str, args)])
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+        out = capsys.readouterr()
+        assert e.value.code == 0, out.err
+        return json.loads(out.out)
+
+    m = main("eval", folder, "--data", pairs_file, "--max-length", 96)
+    splits = load_pairs(GenDataConfig(path=str(pairs_file)))
+    dec = load_decoder(folder)
+    assert m["perplexity"] == pytest.approx(response_perplexity(dec, splits.test, None, 96)["perplexity"], rel=1e-6)
+    assert m["token_f1"] == pytest.approx(answer_quality(dec, splits.test, None, 32, 32)["token_f1"])
+    assert m["n_examples"] == len(splits.test) and "accuracy" not in m
+    b = main("bench", folder, "--data", pairs_file)
+    assert b["ttft_ms"] > 0 and b["decode_tokens_per_s"] > 0 and b["speed_prompts"] >= 1
+    assert b["size_bytes"] == artifact_size(folder) > 0 and "latency_ms_p50" not in b
+
+
+def test_weight_only_int4_stage_is_smaller_close_and_exports(fitted, pairs_file, tmp_path):
+    """weight_only on a decoder: the tied embedding/output table stored once, int4 about 6x smaller
+    than fp32 safetensors, perplexity within a stated bound of the source, and GenAI export from it."""
+    from slimtune.artifacts import save
+    from slimtune.decoder.genai import export_genai
+    from slimtune.decoder.lm import load_causal_lm, load_decoder, plain_folder
+    from slimtune.decoder.measure import TorchDecoder, response_perplexity
+    from slimtune.decoder.methods import GenWeightOnlyConfig, weight_only
+    from slimtune.measure.bench import artifact_size
+
+    folder, splits = fitted[0], fitted[1]
+    model, tok = load_causal_lm(folder)
+    ref = response_perplexity(TorchDecoder(model, tok), splits.test, None, 96)["perplexity"]
+    result = weight_only(model, tok, GenWeightOnlyConfig(codec="int4", group_size=16), _ctx(tmp_path, pairs_file))
+    (tmp_path / "q").mkdir()
+    save(result.artifact, tmp_path / "q", result.model, result.tokenizer)
+    assert not (tmp_path / "q" / "model.safetensors").exists() and (tmp_path / "q" / "slimtune.safetensors").is_file()
+    ratio = artifact_size(folder) / artifact_size(tmp_path / "q")
+    assert ratio > 4.5, ratio  # int4 + an fp16 scale and minimum per 16 weights: 32 / 6 bits = 5.3x at best
+    back, _ = load_causal_lm(tmp_path / "q")
+    assert back.lm_head.weight.data_ptr() == back.model.embed_tokens.weight.data_ptr()  # still tied
+    q = response_perplexity(TorchDecoder(back, tok), splits.test, None, 96)["perplexity"]
+    assert q == pytest.approx(ref, rel=0.25), (ref, q)
+    with plain_folder(tmp_path / "q") as plain:
+        assert plain != tmp_path / "q" and (plain / "model.safetensors").is_file()
+        out = export_genai(plain, "genai-fp32", tmp_path / "g", tmp_path / "cache")
+    assert not plain.exists()
+    g = response_perplexity(load_decoder(out), splits.test, None, 96)["perplexity"]
+    assert g == pytest.approx(q, rel=1e-3)  # the export runs the dequantized weights
+
+
+def test_width_pruning_keeps_grouped_query_attention_and_exports(tiny_llama, pairs_file, tmp_path):
+    """prune_width: exact new shapes (FFN 128 -> 64, KV heads 2 -> 1 with their query heads 4 -> 2),
+    the removed share of parameters, unchanged outputs when nothing is removed from a layer's
+    kept parts, a reloadable ordinary Llama folder, and a GenAI export that matches torch."""
+    import torch
+
+    from slimtune.decoder.genai import export_genai
+    from slimtune.decoder.lm import load_causal_lm, load_decoder
+    from slimtune.decoder.measure import TorchDecoder, response_perplexity
+    from slimtune.decoder.prune import PruneWidthConfig, prune_width, remove_width
+
+    model, tok = load_causal_lm(tiny_llama)
+    n = sum(p.numel() for p in model.parameters())
+    ctx = _ctx(tmp_path, pairs_file)
+    result = prune_width(model, tok, PruneWidthConfig(ffn=0.5, kv_groups=1, recover=False, calibration_pairs=8), ctx)
+    m = result.model
+    c = m.config
+    assert (c.intermediate_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim) == (64, 2, 1, 16)
+    layer = m.model.layers[0]
+    assert layer.self_attn.q_proj.weight.shape == (32, 64) and layer.self_attn.k_proj.weight.shape == (16, 64)
+    assert layer.self_attn.o_proj.weight.shape == (64, 32) and layer.mlp.down_proj.weight.shape == (64, 64)
+    # per layer: 3 x 64 x 64 FFN weights and q (2 heads) + k + v (1 head) + o (2 heads) of 16 x 64 each
+    assert result.facts["params_removed"] == 4 * (3 * 64 * 64 + 6 * 16 * 64) == n - sum(p.numel() for p in m.parameters())
+    m.save_pretrained(tmp_path / "w")
+    tok.save_pretrained(tmp_path / "w")
+    back, _ = load_causal_lm(tmp_path / "w")
+    ids = torch.tensor([tok("What is AI?")["input_ids"]])
+    with torch.inference_mode():
+        assert torch.equal(back(input_ids=ids).logits, m(input_ids=ids).logits)
+    splits = ctx.splits
+    ref = response_perplexity(TorchDecoder(back, tok), splits.test, None, 96)["perplexity"]
+    out = export_genai(tmp_path / "w", "genai-fp32", tmp_path / "g", tmp_path / "cache")
+    assert response_perplexity(load_decoder(out), splits.test, None, 96)["perplexity"] == pytest.approx(ref, rel=1e-3)
+
+    # keeping everything is the identity (the slicing itself changes nothing)
+    model2, _ = load_causal_lm(tiny_llama)
+    with torch.inference_mode():
+        want = model2(input_ids=ids).logits
+        remove_width(model2, [torch.arange(128)] * 4, [torch.arange(2)] * 4)
+        assert torch.equal(model2(input_ids=ids).logits, want)

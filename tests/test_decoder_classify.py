@@ -74,3 +74,33 @@ def test_bert_only_methods_refuse_a_decoder_in_one_line(tiny_llama_dir, tiny_csv
     with pytest.raises(SlimtuneError, match=r"^stage p \(prune_structured\): structured pruning supports BERT-family models "
                                             r"\(model_type bert\); this one is 'llama'$"):
         runner.run(parse(raw), tmp_path, log=lambda m: None)
+
+
+def test_decoder_teacher_distils_into_a_bert_student(tiny_llama_dir, tiny_base_dir, tiny_csv, tmp_path):
+    """A Llama classifier teaches a BERT student: each model tokenizes the texts itself (the teacher's
+    cached logits are its own predictions through its byte-level BPE; the student trains on WordPiece)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from slimtune.artifacts import load_predictor
+    from slimtune.data import DataConfig, load_splits
+    from slimtune.measure.predictors import batched_logits
+
+    short = {"max_steps": 2, "max_length": 32, "batch_size": 8}
+    data = {"path": str(tiny_csv), "max_train_samples": 48, "max_test_samples": 24}
+    raw = {"data": data, "model": str(tiny_llama_dir), "eval": FAST_EVAL,
+           "stages": [{"name": "teacher", "method": "lora", "target_modules": ["q_proj", "v_proj"], **short},
+                      {"name": "student", "method": "distill", "student": str(tiny_base_dir), "alpha": 0.0, **short}]}
+    report = runner.run(parse(raw), tmp_path, log=lambda m: None)
+    rows = {s["name"]: s["metrics"] for s in report["stages"]}
+    import json
+
+    cfg = json.loads((tmp_path / "stages/02-student/config.json").read_text())
+    assert cfg["model_type"] == "bert" and cfg["id2label"] == {"0": "neg", "1": "pos"}
+    assert rows["student"]["teacher_params"] == rows["teacher"]["params"]
+    (cached,) = (tmp_path / "cache").glob("teacher-logits-*.safetensors")
+    train = load_splits(DataConfig(**data)).train.texts
+    want = batched_logits(load_predictor(tmp_path / "stages/01-teacher", 32), train, 64)
+    assert np.abs(load_file(cached)["logits"] - want).max() < 1e-4
+    student = load_predictor(tmp_path / "stages/02-student", 32)
+    assert len(student.tokenizer) == 30522 and student.tokenizer("What a film")["input_ids"][0] == 101  # WordPiece [CLS]

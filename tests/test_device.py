@@ -77,6 +77,28 @@ def test_cuda_training_uses_mixed_precision(base, tiny_csv, tmp_path):
     raw["stages"] = raw["stages"][:1]
     report = runner.run(parse(raw), tmp_path, log=lambda m: None)
     assert report["compute"]["device"] == "cuda" and report["hardware"]["gpu"]["name"]
+    assert report["stages"][0]["metrics"]["eval_device"] == "cuda"  # evaluated on the GPU, timed on the CPU
+
+
+@pytest.mark.skipif(NO_GPU, reason="no CUDA GPU on this machine")
+def test_gpu_evaluation_matches_the_cpu(tiny_clf_dir):
+    import numpy as np
+
+    from slimtune.artifacts import load_predictor
+    from tests.conftest import synthetic_rows
+
+    texts = [t for t, _ in synthetic_rows(16)]
+    pred = load_predictor(tiny_clf_dir, 32)
+    cpu = pred.logits(texts)
+    gpu = pred.to("cuda").logits(texts)
+    assert isinstance(gpu, np.ndarray) and np.abs(gpu - cpu).max() < 1e-3
+
+
+def test_cpu_run_records_cpu_evaluation(base, tiny_csv, tmp_path):
+    raw = recipe(base, tiny_csv, device="cpu")
+    raw["stages"] = raw["stages"][:1]
+    report = runner.run(parse(raw), tmp_path, log=lambda m: None)
+    assert report["stages"][0]["metrics"]["eval_device"] == "cpu"
 
 
 @pytest.mark.skipif(NO_GPU, reason="no CUDA GPU on this machine")

@@ -77,9 +77,15 @@ def save(folder: Path, model, tokenizer, codec, runtime: str | None = None) -> d
     table = rules(codec)
     if runtime is not None and runtime not in RUNTIMES:
         raise SlimtuneError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES) or 'none'}")
-    tensors, index = {}, {}
+    tensors, index, seen = {}, {}, {}
     for name, t in model.state_dict().items():
         t = t.detach()
+        # a tied tensor (a decoder's lm_head = its embedding table) is stored once, like save_pretrained does
+        key = (t.data_ptr(), tuple(t.shape), t.dtype)
+        if t.numel() > 1 and key in seen:
+            index[name] = {"codec": None, "tied": seen[key]}
+            continue
+        seen[key] = name
         rule = next(((c, o) for rx, c, o in table if (rx is None or rx.search(name)) and CODECS[c].applies(name, t)), None)
         if rule:
             try:
@@ -117,6 +123,8 @@ def read_state_dict(path: Path) -> tuple[dict, dict]:
             raw = {k: f.get_tensor(k) for k in f.keys()}
         state = {}
         for name, entry in header["tensors"].items():
+            if entry.get("tied"):
+                continue  # filled below, once its original is decoded
             if entry["codec"] is None:
                 state[name] = raw[name]
                 continue
@@ -124,6 +132,7 @@ def read_state_dict(path: Path) -> tuple[dict, dict]:
                 raise ValueError(f"unknown codec {entry['codec']!r} for {name} (newer slimtune?)")
             parts = {p: raw[f"{name}::{p}"] for p in entry["parts"]}
             state[name] = CODECS[entry["codec"]].decode(parts, entry["meta"])
+        state |= {name: state[e["tied"]] for name, e in header["tensors"].items() if e.get("tied")}
     except SlimtuneError:
         raise
     except Exception as e:  # safetensors/json/codec errors: corrupt or foreign file
@@ -132,14 +141,16 @@ def read_state_dict(path: Path) -> tuple[dict, dict]:
 
 
 def load(folder: Path, config, new_head: dict | None = None):
-    """Build the model described by `config` and fill it from the compact weights in `folder`."""
-    from transformers import AutoModelForSequenceClassification
+    """Build the model described by `config` (a classifier, or a causal LM when its architecture
+    says so) and fill it from the compact weights in `folder`."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if new_head:
         raise SlimtuneError(f"{folder}: compact weights must hold a trained classifier")
 
     state, header = read_state_dict(Path(folder) / WEIGHTS_FILE)
-    model = AutoModelForSequenceClassification.from_config(config)
+    causal = any(a.endswith("ForCausalLM") for a in getattr(config, "architectures", None) or [])
+    model = (AutoModelForCausalLM if causal else AutoModelForSequenceClassification).from_config(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k in dict(model.named_parameters())]
     if missing or unexpected:

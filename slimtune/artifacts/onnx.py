@@ -166,6 +166,20 @@ def label_names(folder: Path) -> list[str]:
         raise SlimtuneError(f"{path}: id2label must number the labels 0..{len(id2label) - 1}") from None
 
 
+def read_export(path: Path, filename: str, what: str, labels: list[str] | None, task: str | None):
+    """An exported graph (`folder/filename`, or the file itself) with its config.json and labels,
+    checked against the data's labels: (graph file, folder, label names, config as JSON)."""
+    path = Path(path)
+    graph = path if path.suffix == Path(filename).suffix else path / filename
+    if task is not None:
+        raise SlimtuneError(f"{path}: {what} holds one task; export it with --task instead")
+    folder = graph.parent
+    names = label_names(folder)
+    if labels is not None and list(labels) != names:
+        raise SlimtuneError(f"{folder}: model was trained for labels {names}, but the data has {list(labels)}")
+    return graph, folder, names, json.loads((folder / "config.json").read_text())
+
+
 def predictor(path: Path, max_length: int, labels: list[str] | None = None, task: str | None = None,
               threads: int | None = None, provider: str = "cpu"):
     """An ONNX Runtime predictor for a folder holding `model.onnx` (or the .onnx file itself);
@@ -174,15 +188,7 @@ def predictor(path: Path, max_length: int, labels: list[str] | None = None, task
     from ..measure.predictors import OnnxPredictor
     from ..model.folders import load_tokenizer
 
-    path = Path(path)
-    onnx_file = path if path.suffix == ".onnx" else path / ONNX_FILE
-    if task is not None:
-        raise SlimtuneError(f"{path}: an ONNX export holds one task; export it with --task instead")
-    folder = onnx_file.parent
-    names = label_names(folder)
-    if labels is not None and list(labels) != names:
-        raise SlimtuneError(f"{folder}: model was trained for labels {names}, but the data has {list(labels)}")
-    config = json.loads((folder / "config.json").read_text())
+    onnx_file, folder, names, config = read_export(path, ONNX_FILE, "an ONNX export", labels, task)
     pred = OnnxPredictor(onnx_file, load_tokenizer(folder, config.get("vocab_size")), names, max_length, threads,
                          onnx_providers(provider))
     pred.truncation = config.get("slimtune_truncation", "head")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 from pathlib import Path
 
@@ -194,17 +193,9 @@ def predictor(path: Path, max_length: int, labels: list[str] | None = None, task
     """A LiteRT predictor for a folder holding `model.tflite` (or the .tflite file itself). The
     graph's own sequence length wins over `max_length` (its input shape is fixed)."""
     from ..model.folders import load_tokenizer
-    from .onnx import label_names
+    from .onnx import read_export
 
-    path = Path(path)
-    tfl = path if path.suffix == ".tflite" else path / TFLITE_FILE
-    if task is not None:
-        raise SlimtuneError(f"{path}: a TFLite export holds one task; export it with --task instead")
-    folder = tfl.parent
-    names = label_names(folder)
-    if labels is not None and list(labels) != names:
-        raise SlimtuneError(f"{folder}: model was trained for labels {names}, but the data has {list(labels)}")
-    config = json.loads((folder / "config.json").read_text())
+    tfl, folder, names, config = read_export(path, TFLITE_FILE, "a TFLite export", labels, task)
     meta = config.get("slimtune_tflite")
     if not meta:
         raise SlimtuneError(f"{folder}/config.json: no slimtune_tflite entry (sequence length, inputs); re-export it")

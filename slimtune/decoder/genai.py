@@ -27,8 +27,10 @@ from .measure import Decoder
 GENAI_FORMATS = {"genai-int4": "int4", "genai-fp32": "fp32"}
 
 
-def export_genai(source: Path, fmt: str, out: Path, cache: Path) -> Path:
-    """Build a GenAI folder from the HF causal-LM folder `source`, atomically at `out`."""
+def export_genai(source: Path, fmt: str, out: Path, cache: Path, options: dict | None = None) -> Path:
+    """Build a GenAI folder from the HF causal-LM folder `source` (a save_pretrained folder: see
+    `lm.plain_folder` for a weight-only one), atomically at `out`. `options`:
+    the builder's `--extra_options` (e.g. {"accuracy_level": 1, "block_size": 32})."""
     from ..artifacts.atomic import atomic_dir
 
     if fmt not in GENAI_FORMATS:
@@ -37,6 +39,8 @@ def export_genai(source: Path, fmt: str, out: Path, cache: Path) -> Path:
     with atomic_dir(out) as tmp:
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source), "-o", str(tmp),
                "-p", GENAI_FORMATS[fmt], "-e", "cpu", "-c", str(cache)]
+        if options:
+            cmd += ["--extra_options", *(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items())]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
         if proc.returncode != 0 or not (tmp / "genai_config.json").is_file():
             lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]

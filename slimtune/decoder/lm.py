@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from ..errors import SlimtuneError
@@ -27,6 +28,23 @@ def resolve(name_or_path: str | Path) -> Path:
     return path
 
 
+def is_generative(name_or_path: str | Path) -> bool:
+    """A packaged decoder, a GenAI export, or a folder whose config names a causal LM: read as
+    JSON, so `slimtune eval` / `bench` pick their path without importing torch."""
+    import json
+
+    if str(name_or_path) in PACKAGED_DECODERS:
+        return True
+    path = Path(name_or_path)
+    if is_genai(path):
+        return True
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or [])
+
+
 def is_genai(path: Path) -> bool:
     return (Path(path) / GENAI_CONFIG).is_file()
 
@@ -36,7 +54,7 @@ def load_causal_lm(name_or_path: str | Path):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..model.folders import first_line as _first_line, load_tokenizer
+    from ..model.folders import first_line as _first_line
 
     path = resolve(name_or_path)
     if is_genai(path):
@@ -47,16 +65,51 @@ def load_causal_lm(name_or_path: str | Path):
         raise SlimtuneError(f"{path}/config.json: {_first_line(e)}") from None
     if not any(a.endswith("ForCausalLM") for a in (config.architectures or [])) and getattr(config, "is_decoder", None) is False:
         raise SlimtuneError(f"{path}: {config.model_type} is not a causal LM (generate needs a GPT-family decoder)")
+    from ..artifacts import compact
+
+    if compact.detect(path):  # weight-only int8 / int4 storage, dequantized to fp32 here
+        return compact.load(path, config).float().eval(), _tokenizer(path, config)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     except ValueError as e:  # an encoder config: transformers names the missing mapping
         raise SlimtuneError(f"{path}: not a causal LM ({_first_line(e)})") from None
     except Exception as e:  # safetensors, torch and transformers each raise their own kinds
         raise SlimtuneError(f"{path}: cannot load weights: {_first_line(e)}") from None
+    return model.eval(), _tokenizer(path, config)
+
+
+def _tokenizer(path: Path, config):
+    """The folder's tokenizer, with a pad token (its eos) if it has none."""
+    from ..model.folders import load_tokenizer
+
     tokenizer = load_tokenizer(path, getattr(config, "vocab_size", None))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.eval(), tokenizer
+    return tokenizer
+
+
+@contextlib.contextmanager
+def plain_folder(source: Path):
+    """`source` as a folder the GenAI builder reads (save_pretrained weights): as it is, or, for a
+    weight-only (compact) stage, written out dequantized to a temporary folder for the block. Its
+    int4 export then re-quantizes those already-rounded weights."""
+    import shutil
+    import tempfile
+
+    from ..artifacts import compact
+
+    if not compact.detect(Path(source)):
+        yield Path(source)
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="slimtune-dequantized-"))
+    try:
+        model, tokenizer = load_causal_lm(source)
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        del model
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def load_decoder(path: str | Path):

@@ -1,4 +1,4 @@
-"""Stage methods of a `task: generate` recipe: baseline, full, lora, prune_layers.
+"""Stage methods of a `task: generate` recipe: baseline, full, lora, weight_only, prune_layers.
 
 Each is a config dataclass plus `apply(model, tokenizer, cfg, ctx) -> StageResult`, like the
 encoder methods (slimtune/stage.py), and trains through the one training path
@@ -157,3 +157,34 @@ def lora(model, tokenizer, cfg: GenLoraConfig, ctx: GenContext):
     adapter = write_adapter(pmodel, ctx.work_dir / ADAPTER_DIR, True, str(ctx.teacher or model.config.name_or_path))
     merged = pmodel.merge_and_unload()
     return StageResult(merged.eval(), tokenizer, info, Artifact("peft_adapter", {"adapter": adapter}))
+
+
+@dataclass
+class GenWeightOnlyConfig:
+    codec: str = "int4"  # int8 | int4 (group-wise scale and minimum)
+    group_size: int = 64  # int4: weights per (scale, minimum) pair along a row
+    embeddings: str = "same"  # the token embedding table (tied to the output layer): same | fp32 | int8
+
+    def __post_init__(self) -> None:
+        if self.codec not in ("int8", "int4"):
+            raise SlimtuneError(f"weight_only: codec must be int8 or int4, got {self.codec!r}")
+        if self.embeddings not in ("same", "fp32", "int8"):
+            raise SlimtuneError(f"weight_only: embeddings must be same, fp32 or int8, got {self.embeddings!r}")
+        if self.group_size < 2 or self.group_size % 2:
+            raise SlimtuneError(f"weight_only: group_size must be an even number >= 2, got {self.group_size}")
+
+
+@register("weight_only", GenWeightOnlyConfig)
+def weight_only(model, tokenizer, cfg: GenWeightOnlyConfig, ctx: GenContext):
+    """Weight-only int8 / int4 storage of every matrix (the compact format's codecs): smaller on
+    disk, dequantized to fp32 when loaded, so torch decodes no faster ("size-only"); the speed comes
+    from `export: [genai-int4]`, whose kernels run int4 weights."""
+    matrix = {"codec": cfg.codec, **({"group_size": cfg.group_size} if cfg.codec == "int4" else {})}
+    emb = cfg.codec if cfg.embeddings == "same" else cfg.embeddings
+    spec = [matrix]
+    if emb == "fp32":
+        spec = [{"match": r"^(?!.*embed_tokens\.)", **matrix}]
+    elif emb != cfg.codec:
+        spec.insert(0, {"match": r"embed_tokens\.", "codec": emb})
+    info = {"storage_note": "size-only: dequantized to fp32 at load"}
+    return StageResult(model, tokenizer, info, Artifact("compact", {"codec": spec}))

@@ -1,4 +1,5 @@
-"""Depth pruning of a decoder (`prune_layers`): remove whole layers, then recover by distillation.
+"""Pruning a decoder, then recovering by distillation: whole layers (`prune_layers`, depth) or, in
+every layer, FFN neurons and grouped-query KV groups (`prune_width`, below).
 
 Which layers: `drop_layers: [i, ...]`, or the `layers` least important by `score`:
 - `cosine`: how little a layer changes its input, 1 - cos(h_in, h_out) averaged over the tokens of
@@ -256,3 +257,141 @@ def _train_distilled(model, tokenizer, cfg, ctx, train_set, cache) -> dict:
                  train_set=train_set, extra_columns=("example",), collator=collator)
     info.pop("val_accuracy", None)
     return {"trainable_params": trainable, "total_params": total, "distilled": True, **info}
+
+
+@dataclass
+class PruneWidthConfig(GenTrainConfig):
+    ffn: float = 0.0  # share of each layer's FFN neurons removed (the same count in every layer)
+    kv_groups: int = 0  # KV heads removed per layer, each with the query heads that share it
+    calibration_pairs: int = 32  # training pairs the activations are measured on
+    recover: bool = True
+    alpha: float = 0.5
+    temperature: float = 1.0
+    top_k: int = 32
+    learning_rate: float = 1e-4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.ffn < 1 or self.kv_groups < 0 or (self.ffn == 0 and self.kv_groups == 0):
+            raise SlimtuneError("prune_width: give ffn (a share in (0, 1)) and/or kv_groups (>= 1)")
+        if not 0 <= self.alpha <= 1 or self.temperature <= 0 or self.top_k < 1 or self.calibration_pairs < 1:
+            raise SlimtuneError("prune_width: alpha in [0, 1], temperature > 0, top_k >= 1, calibration_pairs >= 1")
+
+
+def width_scores(model, batches) -> tuple[list, list]:
+    """Per layer: each FFN neuron's and each KV group's contribution to the layer's output on the
+    calibration tokens, mean |activation| x the norm of its output-projection column (Wanda-style:
+    weight x activation, grouped; Sun et al. 2023). A KV group is one KV head and its query heads,
+    so grouped-query attention stays grouped."""
+    import torch
+
+    layers = decoder_layers(model)
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    per_group = cfg.num_attention_heads // cfg.num_key_value_heads
+    ffn = [torch.zeros(l.mlp.down_proj.in_features) for l in layers]
+    att = [torch.zeros(l.self_attn.o_proj.in_features) for l in layers]
+    mask, count = {}, [0]
+
+    def hook(store, i):
+        def fn(module, args):
+            x = args[0].float()[mask["m"]]  # (tokens, features) of the real tokens
+            store[i] += x.abs().sum(0)
+        return fn
+
+    handles = [l.mlp.down_proj.register_forward_pre_hook(hook(ffn, i)) for i, l in enumerate(layers)]
+    handles += [l.self_attn.o_proj.register_forward_pre_hook(hook(att, i)) for i, l in enumerate(layers)]
+    try:
+        with torch.inference_mode():
+            for b in batches:
+                mask["m"] = b["attention_mask"].bool()
+                count[0] += int(mask["m"].sum())
+                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+    finally:
+        for h in handles:
+            h.remove()
+    ffn_scores = [f / count[0] * l.mlp.down_proj.weight.float().norm(dim=0) for f, l in zip(ffn, layers)]
+    group_scores = []
+    for a, l in zip(att, layers):
+        per_feature = a / count[0] * l.self_attn.o_proj.weight.float().norm(dim=0)
+        group_scores.append(per_feature.view(cfg.num_key_value_heads, per_group * head_dim).sum(-1))
+    return ffn_scores, group_scores
+
+
+def _keep(rows, keep, dim: int):
+    import torch
+
+    return torch.nn.Parameter(rows.detach().index_select(dim, keep).clone())
+
+
+def remove_width(model, keep_ffn: list | None, keep_groups: list | None) -> None:
+    """Slice every layer to the kept FFN neurons and KV groups (sorted index tensors, the same
+    count in every layer, so the model stays an ordinary config-described Llama)."""
+    import torch
+
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    per_group = cfg.num_attention_heads // cfg.num_key_value_heads
+    for i, layer in enumerate(decoder_layers(model)):
+        if keep_ffn is not None:
+            k = keep_ffn[i]
+            for lin in (layer.mlp.gate_proj, layer.mlp.up_proj):
+                lin.weight = _keep(lin.weight, k, 0)
+                if lin.bias is not None:
+                    lin.bias = _keep(lin.bias, k, 0)
+                lin.out_features = len(k)
+            layer.mlp.down_proj.weight = _keep(layer.mlp.down_proj.weight, k, 1)
+            layer.mlp.down_proj.in_features = len(k)
+        if keep_groups is not None:
+            g = keep_groups[i]
+            kv = (g[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)
+            q = ((g[:, None] * per_group + torch.arange(per_group))[..., None] * head_dim + torch.arange(head_dim)).reshape(-1)
+            attn = layer.self_attn
+            for lin, idx in ((attn.q_proj, q), (attn.k_proj, kv), (attn.v_proj, kv)):
+                lin.weight = _keep(lin.weight, idx, 0)
+                if lin.bias is not None:
+                    lin.bias = _keep(lin.bias, idx, 0)
+                lin.out_features = len(idx)
+            attn.o_proj.weight = _keep(attn.o_proj.weight, q, 1)
+            attn.o_proj.in_features = len(q)
+    if keep_ffn is not None:
+        cfg.intermediate_size = len(keep_ffn[0])
+    if keep_groups is not None:
+        cfg.head_dim = head_dim  # no longer hidden_size / heads
+        cfg.num_key_value_heads = len(keep_groups[0])
+        cfg.num_attention_heads = len(keep_groups[0]) * per_group
+
+
+@register("prune_width", PruneWidthConfig)
+def prune_width(model, tokenizer, cfg: PruneWidthConfig, ctx: GenContext):
+    """Remove the least important FFN neurons and KV groups of every layer; recover by distillation."""
+    decoder_layers(model)  # a Llama-style decoder, or a one-line error
+    mc = model.config
+    if cfg.kv_groups >= mc.num_key_value_heads:
+        raise SlimtuneError(f"prune_width: kv_groups={cfg.kv_groups} but each layer has {mc.num_key_value_heads} KV heads; "
+                            "at least one must stay")
+    batches = _batches(tokenizer, ctx, cfg.calibration_pairs, cfg.max_length)
+    ffn_scores, group_scores = width_scores(model, batches)
+    n_ffn = mc.intermediate_size - round(cfg.ffn * mc.intermediate_size) if cfg.ffn else None
+    keep_ffn = [s.topk(n_ffn).indices.sort().values for s in ffn_scores] if n_ffn else None
+    n_kv = mc.num_key_value_heads - cfg.kv_groups if cfg.kv_groups else None
+    keep_groups = [s.topk(n_kv).indices.sort().values for s in group_scores] if n_kv else None
+    before = {"intermediate_size": mc.intermediate_size, "num_attention_heads": mc.num_attention_heads,
+              "num_key_value_heads": mc.num_key_value_heads}
+    distil = cfg.recover and cfg.alpha < 1
+    train_set = cache = None
+    if distil:
+        data = PairDataset(tokenizer, ctx.splits.train.prompts, ctx.splits.train.responses, ctx.splits.system, cfg.max_length)
+        cache = _cached_teacher(model, tokenizer, cfg, ctx, data)
+        train_set = _Indexed(data)
+    params_before = sum(p.numel() for p in model.parameters())
+    remove_width(model, keep_ffn, keep_groups)
+    after = {k: getattr(model.config, k) for k in before}
+    ctx.log(f"  width {before} -> {after}")
+    info = {"pruning": "width", "before": before, "after": after,
+            "params_removed": params_before - sum(p.numel() for p in model.parameters()),
+            "kept_kv_groups": [g.tolist() for g in keep_groups] if keep_groups else None}
+    if cfg.recover:
+        model.requires_grad_(True)
+        info |= _train_distilled(model, tokenizer, cfg, ctx, train_set, cache) if distil else train_pairs(model, tokenizer, cfg, ctx)
+    return StageResult(model.eval(), tokenizer, info)

@@ -29,7 +29,7 @@ from ..runfolder import write_json as _write_json, yaml_text as _yaml
 from .bench import speed_in_subprocess
 from .data import PairSplits, load_pairs
 from .genai import export_genai
-from .lm import load_causal_lm, load_decoder
+from .lm import load_causal_lm, load_decoder, plain_folder
 from .measure import answer_quality, first_token_agreement, generation_speed, response_perplexity
 from .recipe import FROM_MODEL, GenEvalConfig, GenRecipe
 from .registry import GEN_METHODS, GenContext
@@ -37,15 +37,23 @@ from .registry import GEN_METHODS, GenContext
 GREEDY_FILE = "greedy.json"  # the greedy token ids of each answered prompt (what an export's parity compares)
 
 
-def measure(artifact: Path, splits: PairSplits, ev: GenEvalConfig, log: Callable[[str], None],
-            source_greedy: dict | None = None) -> tuple[dict, dict]:
-    """Metrics of one generative artifact, and its greedy ids per prompt."""
-    dec = load_decoder(artifact)
+def evaluate(dec, splits: PairSplits, ev: GenEvalConfig) -> tuple[dict, dict]:
+    """Response perplexity and greedy answers (token F1, exact match, samples) of a loaded decoder
+    on the test pairs, and its greedy ids per prompt: the quality half of `measure`."""
     start = time.perf_counter()
     metrics = response_perplexity(dec, splits.test, splits.system, ev.max_length)
     quality = answer_quality(dec, splits.test, splits.system, ev.answer_prompts, ev.max_new_tokens, ev.samples)
     greedy = quality.pop("_greedy_ids")
-    metrics |= quality | {"eval_seconds": time.perf_counter() - start, "runtime": dec.kind}
+    metrics |= quality | {"eval_seconds": time.perf_counter() - start, "runtime": dec.kind,
+                          "n_examples": len(splits.test)}
+    return metrics, greedy
+
+
+def measure(artifact: Path, splits: PairSplits, ev: GenEvalConfig, log: Callable[[str], None],
+            source_greedy: dict | None = None) -> tuple[dict, dict]:
+    """Metrics of one generative artifact, and its greedy ids per prompt."""
+    dec = load_decoder(artifact)
+    metrics, greedy = evaluate(dec, splits, ev)
     if source_greedy is not None:
         metrics["parity"] = first_token_agreement(source_greedy, greedy, ev.parity_tokens)
     if hasattr(dec, "num_params"):
@@ -128,7 +136,8 @@ def raise_if_no_stage(recipe: GenRecipe) -> None:
 
 def _export(source: Path, fmt: str, folder: Path, fp: dict, splits: PairSplits, ev: GenEvalConfig, out: Path,
             log) -> dict:
-    export_genai(source, fmt, folder, out / "cache" / "genai")
+    with plain_folder(source) as plain:
+        export_genai(plain, fmt, folder, out / "cache" / "genai")
     greedy = json.loads((source / GREEDY_FILE).read_text())
     metrics, _ = measure(folder, splits, ev, log, greedy)
     done = {"metrics": metrics, "fingerprint": fp, "source": str(source)}

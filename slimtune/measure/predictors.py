@@ -51,14 +51,21 @@ class TorchPredictor(Predictor):
         self.max_length = max_length
         self.label_names = label_names_of(model)
         self.truncation = getattr(model.config, "slimtune_truncation", "head")
+        self.device = "cpu"
+
+    def to(self, device: str) -> "TorchPredictor":
+        """Run on `device` (cpu, cuda); logits always come back as a CPU array."""
+        self.model.to(device)
+        self.device = device
+        return self
 
     def logits(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        enc = {k: torch.from_numpy(v) for k, v in self.encode(texts).items()}
+        enc = {k: torch.from_numpy(v).to(self.device) for k, v in self.encode(texts).items()}
         with torch.inference_mode():
             out = self.model(**enc).logits
-        return out.float().numpy()
+        return out.float().cpu().numpy()
 
     def num_params(self) -> int:
         n = sum(p.numel() for p in self.model.parameters())

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import io
 import random
 import shutil
 import warnings
@@ -88,7 +87,6 @@ def quantize_static(fp32: Path, dst: Path, cfg: OnnxInt8Config, tokenizer, texts
     the fused graph fail in ORT 1.32 (a pooler bias gets no scale; there is no static QDQ
     Attention), and its MatMuls alone ran slower than fp32 in a quick check on a busy machine;
     every op type of the unfused graph lost 3.6 points; MatMul + Gather matched fp32."""
-    import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static as ort_static
 

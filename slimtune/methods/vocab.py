@@ -14,7 +14,6 @@ the original one with a smaller WordPiece vocabulary, renumbered in the original
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path

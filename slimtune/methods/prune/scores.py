@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from ...errors import SlimtuneError
-from ...model.structure import bert_layers as _layers, check_bert, counts, group_weights, head_size
+from ...model.structure import bert_layers as _layers, check_bert, counts, group_weights, head_size  # noqa: F401  (counts: re-exported for tests and callers)
 
 
 
