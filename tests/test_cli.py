@@ -65,7 +65,7 @@ def test_eval_prints_metrics(tiny_clf_dir, tiny_csv):
         (["predict", "{root}/empty", "hi"], "not a model folder (no config.json)"),
         (["predict", "{root}/noweights", "hi"], "no weights"),
         (["predict", "{root}/corrupt", "hi"], "cannot load weights"),
-        (["export", "{clf}", "--format", "tflite", "--out", "{root}/x"], "export format 'tflite' is not one of hf, onnx, onnx-int8"),
+        (["export", "{clf}", "--format", "coreml", "--out", "{root}/x"], "export format 'coreml' is not one of hf, onnx, onnx-int8, tflite, tflite-int8"),
     ],
     ids=["missing-recipe", "unknown-method", "missing-data", "missing-model", "no-config", "no-weights", "corrupt-weights", "bad-format"],
 )

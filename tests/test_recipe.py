@@ -35,7 +35,7 @@ def test_good_recipe_round_trips():
         (with_(stages=[{"name": "ft", "method": "lora", "target_modules": "query"}]), r"target_modules: expected list\[str\]"),
         (with_(stages=[{"method": "full"}]), "each stage needs `name` and `method`"),
         (with_(stages=[{"name": "a", "method": "full"}, {"name": "a", "method": "full"}]), "must be unique"),
-        (with_(export=["tflite"]), "export must be a list of formats from: hf, onnx, onnx-int8"),
+        (with_(export=["coreml"]), "export must be a list of formats from: hf, onnx, onnx-int8, tflite, tflite-int8"),
         (with_(eval={"runs": 5}), "eval: unknown key 'runs'"),
         (with_(baseline="nope"), "baseline 'nope' is not a stage name"),
         ({"data": {"name": "rotten_tomatoes"}}, "missing key 'model'"),
