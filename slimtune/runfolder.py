@@ -18,7 +18,8 @@ def fingerprint(recipe, splits, upto: int | None, fmt: str | None = None) -> dic
     d = recipe.to_dict()
     stages = d["stages"] if upto is None else d["stages"][: upto + 1]
     return {"data": d["data"], "data_digest": splits.digest, "model": d["model"], "eval": d["eval"],
-            "stages": stages, "format": fmt, **({"trainer": d["trainer"]} if d.get("trainer") else {})}
+            "stages": stages, "format": fmt, **({"trainer": d["trainer"]} if d.get("trainer") else {}),
+            **({"int4": d["int4"]} if fmt == "genai-int4" and d.get("int4") else {})}
 
 
 def finished(folder: Path, fingerprint: dict) -> dict | None:

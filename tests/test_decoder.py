@@ -264,6 +264,7 @@ def _generate_recipe(model: Path, pairs: Path) -> dict:
                           "batch_size": 4, "max_length": 96, "top_k": 4})
     raw["stages"].append({"name": "int4", "method": "weight_only", "codec": "int4", "group_size": 16})
     raw["eval"] = FAST_EVAL
+    raw["int4"] = {"block_size": 16}
     return raw
 
 
@@ -287,6 +288,7 @@ def test_generate_recipe_runs_with_genai_exports(tiny_llama, pairs_file, tmp_pat
     assert fp32["parity"]["greedy_identical"] == fp32["parity"]["greedy_prompts"] == 4  # same greedy tokens as torch
     assert fp32["perplexity"] == pytest.approx(src["perplexity"], rel=1e-4)
     assert int4["size_bytes"] < fp32["size_bytes"]
+    assert int4["int4"] == {"algo_config": "k_quant", "block_size": 16, "accuracy_level": 4}  # the recipe's, passed to the builder
     md = (tmp_path / "report.md").read_text()
     assert "| untuned (baseline) | baseline |" in md and "### Samples: lora" in md and "genai-int4" in md
     assert (tmp_path / "exports/genai-int4/genai_config.json").is_file()
@@ -308,6 +310,8 @@ def test_generate_speed_in_a_fresh_process(tiny_llama):
     ({"stages": [{"name": "x", "method": "lora", "rank": 4}]}, r"stages\[0\] \(lora\): unknown key 'rank'"),
     ({"stages": [{"name": "x", "method": "prune_layers"}]}, r"give exactly one of `layers: N`"),
     ({"eval": {"answer_prompts": 0}}, r"answer_prompts must be >= 1"),
+    ({"int4": {"block_size": 48}}, r"int4.block_size must be one of 16, 32, 64, 128, 256, not 48"),
+    ({"int4": {"symmetric": False}}, r"int4: unknown key 'symmetric'"),
     ({"task": "translate"}, r"task must be classify \(the default\) or generate, not 'translate'"),
 ])
 def test_bad_generate_recipes(change, match):

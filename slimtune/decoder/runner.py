@@ -110,7 +110,7 @@ def run(recipe: GenRecipe, out: Path, log: Callable[[str], None] = print) -> dic
         folder = out / "exports" / fmt
         fp = _fingerprint(recipe, splits, None, fmt)
         done = _reuse_or_run(folder, fp, f"export {fmt}", f"export {fmt}", out, log,
-                             lambda: _export(Path(source), fmt, folder, fp, splits, recipe.eval, out, log))
+                             lambda: _export(Path(source), fmt, folder, fp, splits, recipe, out, log))
         rows.append(_row(fmt, "export", folder, out, done))
 
     report = {
@@ -134,12 +134,15 @@ def raise_if_no_stage(recipe: GenRecipe) -> None:
     raise SlimtuneError(f"{recipe.source}: export needs a stage (e.g. `method: baseline`) whose greedy answers it is compared with")
 
 
-def _export(source: Path, fmt: str, folder: Path, fp: dict, splits: PairSplits, ev: GenEvalConfig, out: Path,
+def _export(source: Path, fmt: str, folder: Path, fp: dict, splits: PairSplits, recipe: GenRecipe, out: Path,
             log) -> dict:
+    options = recipe.int4.builder_options() if fmt == "genai-int4" else None
     with plain_folder(source) as plain:
-        export_genai(plain, fmt, folder, out / "cache" / "genai")
+        export_genai(plain, fmt, folder, out / "cache" / "genai", options)
     greedy = json.loads((source / GREEDY_FILE).read_text())
-    metrics, _ = measure(folder, splits, ev, log, greedy)
+    metrics, _ = measure(folder, splits, recipe.eval, log, greedy)
+    if options:
+        metrics["int4"] = options
     done = {"metrics": metrics, "fingerprint": fp, "source": str(source)}
     _write_json(folder / "metrics.json", done)
     return done
