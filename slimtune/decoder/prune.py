@@ -219,6 +219,19 @@ def prune_layers(model, tokenizer, cfg: PruneLayersConfig, ctx: GenContext):
         scores = (cosine_scores if cfg.score == "cosine" else loss_scores)(model, batches)
         drop = sorted(sorted(range(before), key=lambda i: scores[i])[: cfg.layers])
     ctx.log(f"  removing layers {drop} of {before}" + (f" (score {cfg.score})" if scores else ""))
+
+    def surgery() -> dict:
+        remove_layers(model, drop)
+        return {"pruning": "depth", "layers_before": before, "layers_after": before - len(drop), "dropped_layers": drop,
+                "layer_scores": scores, "score": cfg.score if scores else "given"}
+
+    info = _prune_and_recover(model, tokenizer, cfg, ctx, surgery)
+    return StageResult(model.eval(), tokenizer, info)
+
+
+def _prune_and_recover(model, tokenizer, cfg, ctx: GenContext, surgery) -> dict:
+    """The unpruned model's top-k logits first (when recovery distils, alpha < 1), then
+    `surgery()` (removes structure in place, returns its facts), then recovery training."""
     distil = cfg.recover and cfg.alpha < 1
     train_set = cache = None
     if distil:
@@ -226,17 +239,12 @@ def prune_layers(model, tokenizer, cfg: PruneLayersConfig, ctx: GenContext):
         cache = _cached_teacher(model, tokenizer, cfg, ctx, data)
         train_set = _Indexed(data)
     params_before = sum(p.numel() for p in model.parameters())
-    remove_layers(model, drop)
-    info = {"pruning": "depth", "layers_before": before, "layers_after": before - len(drop), "dropped_layers": drop,
-            "layer_scores": scores, "score": cfg.score if scores else "given",
-            "params_removed": params_before - sum(p.numel() for p in model.parameters())}
+    info = surgery()
+    info["params_removed"] = params_before - sum(p.numel() for p in model.parameters())
     if cfg.recover:
         model.requires_grad_(True)
-        if distil:
-            info |= _train_distilled(model, tokenizer, cfg, ctx, train_set, cache)
-        else:
-            info |= train_pairs(model, tokenizer, cfg, ctx)
-    return StageResult(model.eval(), tokenizer, info)
+        info |= _train_distilled(model, tokenizer, cfg, ctx, train_set, cache) if distil else train_pairs(model, tokenizer, cfg, ctx)
+    return info
 
 
 def _train_distilled(model, tokenizer, cfg, ctx, train_set, cache) -> dict:
@@ -378,20 +386,13 @@ def prune_width(model, tokenizer, cfg: PruneWidthConfig, ctx: GenContext):
     keep_groups = [s.topk(n_kv).indices.sort().values for s in group_scores] if n_kv else None
     before = {"intermediate_size": mc.intermediate_size, "num_attention_heads": mc.num_attention_heads,
               "num_key_value_heads": mc.num_key_value_heads}
-    distil = cfg.recover and cfg.alpha < 1
-    train_set = cache = None
-    if distil:
-        data = PairDataset(tokenizer, ctx.splits.train.prompts, ctx.splits.train.responses, ctx.splits.system, cfg.max_length)
-        cache = _cached_teacher(model, tokenizer, cfg, ctx, data)
-        train_set = _Indexed(data)
-    params_before = sum(p.numel() for p in model.parameters())
-    remove_width(model, keep_ffn, keep_groups)
-    after = {k: getattr(model.config, k) for k in before}
-    ctx.log(f"  width {before} -> {after}")
-    info = {"pruning": "width", "before": before, "after": after,
-            "params_removed": params_before - sum(p.numel() for p in model.parameters()),
-            "kept_kv_groups": [g.tolist() for g in keep_groups] if keep_groups else None}
-    if cfg.recover:
-        model.requires_grad_(True)
-        info |= _train_distilled(model, tokenizer, cfg, ctx, train_set, cache) if distil else train_pairs(model, tokenizer, cfg, ctx)
+
+    def surgery() -> dict:
+        remove_width(model, keep_ffn, keep_groups)
+        after = {k: getattr(model.config, k) for k in before}
+        ctx.log(f"  width {before} -> {after}")
+        return {"pruning": "width", "before": before, "after": after,
+                "kept_kv_groups": [g.tolist() for g in keep_groups] if keep_groups else None}
+
+    info = _prune_and_recover(model, tokenizer, cfg, ctx, surgery)
     return StageResult(model.eval(), tokenizer, info)
