@@ -55,6 +55,29 @@ def failing_step(what: str, out: Path):
         ) from e
 
 
+def check_folders(recipe, splits, out: Path) -> list[Path]:
+    """Every stage folder of `recipe` in `out`, after checking that each finished stage and export
+    there was made by this recipe and data: called before anything is written, so a rejected run
+    leaves OUT exactly as it was."""
+    stage_dirs = [out / "stages" / f"{i + 1:02d}-{st.name}" for i, st in enumerate(recipe.stages)]
+    for i, folder in enumerate(stage_dirs):
+        finished(folder, fingerprint(recipe, splits, i))
+    for fmt in recipe.export:
+        finished(out / "exports" / fmt, fingerprint(recipe, splits, None, fmt))
+    return stage_dirs
+
+
+def open_folder(recipe, out: Path) -> None:
+    """Create OUT's stages/ and exports/, drop leftovers of interrupted writes, write recipe.yaml."""
+    from .artifacts.atomic import clean_temp
+
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in ("stages", "exports"):
+        (out / sub).mkdir(exist_ok=True)
+        clean_temp(out / sub)
+    (out / "recipe.yaml").write_text(yaml_text(recipe.to_dict()))
+
+
 def reuse_or_run(folder: Path, fp: dict, what: str, label: str, out: Path, log, run) -> dict:
     """One step of a run (a stage or an export): the finished folder's metrics when it was made by
     this recipe and data, else `run()` under `failing_step` (one line on failure). `label` names it

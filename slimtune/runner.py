@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from . import artifacts, distributed
-from .artifacts.atomic import atomic_dir, check_writable, clean_temp
+from .artifacts.atomic import atomic_dir, check_writable
 from .compute import Compute, resolve_device
 from .console import trainer_progress
 from .data import Splits, load_splits
@@ -37,8 +37,8 @@ from .measure.predictors import batched_logits
 from .profile import eval_config, fill_max_length, profile_data
 from .recipe import FROM_MODEL, EvalConfig, Recipe
 from .runfolder import failing_step as _failing_step, finished as _finished, fingerprint as _fingerprint
-from .runfolder import reuse_or_run as _reuse_or_run
-from .runfolder import write_json as _write_json, yaml_text as _yaml
+from .runfolder import check_folders, open_folder, reuse_or_run as _reuse_or_run
+from .runfolder import write_json as _write_json
 from .stage import METHODS, Artifact, StageContext
 
 
@@ -94,20 +94,12 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
     # are known good: a rejected run leaves OUT exactly as it was.
     check_writable(out, "--out")
     splits = load_splits(recipe.data)
-    stage_dirs = [out / "stages" / f"{i + 1:02d}-{st.name}" for i, st in enumerate(recipe.stages)]
-    for i, folder in enumerate(stage_dirs):
-        _finished(folder, _fingerprint(recipe, splits, i))
-    for fmt in recipe.export:
-        _finished(out / "exports" / fmt, _fingerprint(recipe, splits, None, fmt))
+    stage_dirs = check_folders(recipe, splits, out)
     for st in recipe.stages:  # a global batch that does not split across the processes fails now, not mid-run
         if hasattr(st.config, "batch_size"):
             distributed.check_batch(st.config.batch_size, f"{recipe.source}: stages {st.name}")
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        for sub in ("stages", "exports"):
-            (out / sub).mkdir(exist_ok=True)
-            clean_temp(out / sub)
-        (out / "recipe.yaml").write_text(_yaml(recipe.to_dict()))
+        open_folder(recipe, out)
     distributed.barrier()
     log(f"data {splits.source}: {splits.stats}")
     data_profile = profile_data(splits, recipe.model, log)

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Callable
 
 from .. import artifacts
-from ..artifacts.atomic import atomic_dir, check_writable, clean_temp
+from ..artifacts.atomic import atomic_dir, check_writable
 from ..console import trainer_progress
 from ..measure.bench import artifact_size, hardware
-from ..runfolder import finished as _finished, fingerprint as _fingerprint, reuse_or_run as _reuse_or_run
-from ..runfolder import write_json as _write_json, yaml_text as _yaml
+from ..runfolder import check_folders, fingerprint as _fingerprint, open_folder, reuse_or_run as _reuse_or_run
+from ..runfolder import write_json as _write_json
 from .bench import speed_in_subprocess
 from .data import PairSplits, load_pairs
 from .genai import export_genai
@@ -81,16 +81,8 @@ def run(recipe: GenRecipe, out: Path, log: Callable[[str], None] = print) -> dic
     out = Path(out)
     check_writable(out, "--out")
     splits = load_pairs(recipe.data)
-    stage_dirs = [out / "stages" / f"{i + 1:02d}-{st.name}" for i, st in enumerate(recipe.stages)]
-    for i, folder in enumerate(stage_dirs):
-        _finished(folder, _fingerprint(recipe, splits, i))
-    for fmt in recipe.export:
-        _finished(out / "exports" / fmt, _fingerprint(recipe, splits, None, fmt))
-    out.mkdir(parents=True, exist_ok=True)
-    for sub in ("stages", "exports"):
-        (out / sub).mkdir(exist_ok=True)
-        clean_temp(out / sub)
-    (out / "recipe.yaml").write_text(_yaml(recipe.to_dict()))
+    stage_dirs = check_folders(recipe, splits, out)
+    open_folder(recipe, out)
     log(f"data {splits.source}: {splits.stats}")
     rows, folders = [], {}
     source: str | Path = recipe.model
