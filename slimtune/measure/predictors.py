@@ -37,7 +37,50 @@ class Predictor:
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         from ..profile import encode_padded
 
+        if self.truncation == "head":
+            key = (id(self.tokenizer), self.max_length)
+            if getattr(self, "_fast_key", None) != key:
+                self._fast, self._fast_key = FastEncoder.of(self.tokenizer, self.max_length), key
+            if self._fast is not None:
+                return self._fast(texts)
         return encode_padded(self.tokenizer, texts, self.max_length, self.truncation)
+
+
+class FastEncoder:
+    """`tokenizer(texts, padding=True, truncation=True, max_length=L, return_tensors="np")`, the
+    same arrays, straight from a private copy of the fast tokenizer's Rust backend.
+
+    Why by hand: transformers' `__call__` re-checks and re-sets the backend's truncation and padding
+    and converts every encoding in Python on each call. That is 0.10-0.18 ms per text here, over a
+    tenth of a compact MiniLM's whole batch-1 latency (~1 ms); the backend alone takes 0.04-0.07 ms.
+    The copy is configured once, so the caller's tokenizer is never changed.
+    tests/test_predictors.py holds it equal to `__call__` (truncation, padding, both padding sides)."""
+
+    def __init__(self, backend, names: list[str]):
+        self.backend, self.names = backend, names
+
+    @classmethod
+    def of(cls, tokenizer, max_length: int) -> "FastEncoder | None":
+        """None when `tokenizer` has no Rust backend or no pad token (the caller falls back)."""
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None or not getattr(tokenizer, "is_fast", False) or tokenizer.pad_token is None:
+            return None
+        from tokenizers import Tokenizer
+
+        copy = Tokenizer.from_str(backend.to_str())
+        copy.enable_truncation(max_length, direction=tokenizer.truncation_side)
+        copy.enable_padding(direction=tokenizer.padding_side, pad_id=tokenizer.pad_token_id,
+                            pad_type_id=tokenizer.pad_token_type_id, pad_token=tokenizer.pad_token)
+        names = [n for n in ("input_ids", "token_type_ids", "attention_mask") if n in tokenizer.model_input_names]
+        return cls(copy, names)
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        if len(texts) == 1:
+            encs = [self.backend.encode(texts[0])]
+        else:
+            encs = self.backend.encode_batch(list(texts))
+        field = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_mask": "attention_mask"}
+        return {n: np.array([getattr(e, field[n]) for e in encs], dtype=np.int64) for n in self.names}
 
 
 class TorchPredictor(Predictor):
