@@ -312,6 +312,8 @@ def test_generate_speed_in_a_fresh_process(tiny_llama):
     ({"eval": {"answer_prompts": 0}}, r"answer_prompts must be >= 1"),
     ({"int4": {"block_size": 48}}, r"int4.block_size must be one of 16, 32, 64, 128, 256, not 48"),
     ({"int4": {"symmetric": False}}, r"int4: unknown key 'symmetric'"),
+    ({"int4": {"int8": ["lm_head"]}}, r"int4.int8 must be a list of last_matmul, mixed_layers, not \['lm_head'\]"),
+    ({"int4": {"int8": "last_matmul"}}, r"int4.int8: expected list"),
     ({"task": "translate"}, r"task must be classify \(the default\) or generate, not 'translate'"),
 ])
 def test_bad_generate_recipes(change, match):
@@ -320,6 +322,19 @@ def test_bad_generate_recipes(change, match):
     raw = {"task": "generate", "data": {"name": "chatterbot_qa"}, "model": "smollm2-135m"} | change
     with pytest.raises(SlimtuneError, match=match):
         parse(raw, "r.yaml")
+
+
+def test_int4_block_reaches_the_builder_as_its_options():
+    from slimtune.recipe import parse
+
+    raw = {"task": "generate", "data": {"name": "chatterbot_qa"}, "model": "smollm2-135m"}
+    plain = parse(raw, "r.yaml")
+    assert plain.int4.builder_options() == {"algo_config": "k_quant", "block_size": 32, "accuracy_level": 4}
+    assert plain.to_dict()["int4"] == {"algo": "k_quant", "block_size": 32, "accuracy_level": 4}  # earlier fingerprints hold
+    mixed = parse(raw | {"int4": {"block_size": 16, "int8": ["last_matmul", "mixed_layers"]}}, "r.yaml")
+    assert mixed.int4.builder_options() == {"algo_config": "k_quant", "block_size": 16, "accuracy_level": 4,
+                                            "matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8"}
+    assert parse(mixed.to_dict(), "again.yaml").int4 == mixed.int4  # recipe.yaml round-trips
 
 
 @pytest.fixture(scope="session")

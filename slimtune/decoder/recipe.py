@@ -20,6 +20,10 @@ from .genai import GENAI_FORMATS
 from .registry import GEN_METHODS
 
 TOP_KEYS = {"task", "data", "model", "stages", "export", "eval", "baseline", "int4"}
+# the GenAI builder's `matmul_mixed_precision` selectors: the output projection (lm_head), and
+# llama.cpp's "mixed" choice (first and last eighth of the layers plus every third layer's
+# qkv / v / down projections)
+INT8_GROUPS = ("last_matmul", "mixed_layers")
 
 
 @dataclass
@@ -36,8 +40,11 @@ class Int4Config:
     algo: str = "k_quant"  # k_quant | rtn
     block_size: int = 32  # 16 | 32 | 64 | 128 | 256 weights per scale
     accuracy_level: int = 4  # 4: int8 activations (the CPU default) | 3 bf16 | 2 fp16 | 1 fp32
+    int8: list[str] = field(default_factory=list)  # MatMul groups kept at int8: last_matmul (lm_head), mixed_layers
 
     def __post_init__(self) -> None:
+        if not isinstance(self.int8, list) or any(g not in INT8_GROUPS for g in self.int8):
+            raise SlimtuneError(f"int4.int8 must be a list of {', '.join(INT8_GROUPS)}, not {self.int8!r}")
         if self.algo not in ("k_quant", "rtn"):
             raise SlimtuneError(f"int4.algo must be k_quant or rtn, not {self.algo!r}")
         if self.block_size not in (16, 32, 64, 128, 256):
@@ -46,7 +53,15 @@ class Int4Config:
             raise SlimtuneError(f"int4.accuracy_level must be 1, 2, 3 or 4, not {self.accuracy_level!r}")
 
     def builder_options(self) -> dict:
-        return {"algo_config": self.algo, "block_size": self.block_size, "accuracy_level": self.accuracy_level}
+        opts = {"algo_config": self.algo, "block_size": self.block_size, "accuracy_level": self.accuracy_level}
+        if self.int8:
+            opts["matmul_mixed_precision"] = ",".join(f"{g}:int8" for g in self.int8)
+        return opts
+
+    def as_dict(self) -> dict:
+        # int8 only when set: the genai-int4 fingerprints of earlier runs (without it) still hold
+        out = {"algo": self.algo, "block_size": self.block_size, "accuracy_level": self.accuracy_level}
+        return out | ({"int8": list(self.int8)} if self.int8 else {})
 
 
 @dataclass
@@ -97,7 +112,7 @@ class GenRecipe:
             "eval": _nondefault(self.eval),
             **({"baseline": self.baseline} if self.baseline else {}),
             # always written out: a genai-int4 export's fingerprint holds the options it was built with
-            "int4": {"algo": self.int4.algo, "block_size": self.int4.block_size, "accuracy_level": self.int4.accuracy_level},
+            "int4": self.int4.as_dict(),
         }
 
 
