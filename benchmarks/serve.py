@@ -1,6 +1,6 @@
 """Serving benchmark: `slimtune serve` under bounded load on loopback, ratios measured in one run.
 
-    python benchmarks/serve.py [--artifact runs/default/stages/04-compact] [--fp32 FOLDER_OR_ONNX]
+    python benchmarks/serve.py [--artifact runs/default/stages/05-compact] [--fp32 FOLDER_OR_ONNX]
 
 Every request goes to 127.0.0.1 (the server is started here, on a free port); every load phase
 is bounded in request count and in seconds. The load generator is httpx's async client.
@@ -199,7 +199,7 @@ def where_batching_pays(artifacts: dict[str, Path], texts: list[str], n: int = 2
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--artifact", default=str(REPO / "runs" / "default" / "stages" / "04-compact"))
+    ap.add_argument("--artifact", default=str(REPO / "runs" / "default" / "stages" / "05-compact"))
     ap.add_argument("--fp32", help="the fp32 ONNX export of the same model (for where batching pays)")
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--clients", type=int, default=64)

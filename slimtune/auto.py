@@ -59,6 +59,9 @@ STUDENT = {"method": "distill", "student": "truncate", "alpha": 0.5, "temperatur
 PRUNE = {"method": "prune_structured", "layers": 2, "heads": 0.5, "ffn": 0.65, "score": "taylor", "rounds": 2,
          "epochs": 2, "batch_size": 32, "learning_rate": 5.0e-5, "alpha": 0.5}
 PRUNE_LIGHT = PRUNE | {"layers": 0, "heads": 0.34, "ffn": 0.5, "rounds": 1, "epochs": 1}
+# the main job's step after its student: half of every layer's FFN neurons, recovered for one epoch
+SLIM = {"method": "prune_structured", "layers": 0, "heads": 0.0, "ffn": 0.5, "scope": "layer", "score": "taylor",
+        "rounds": 1, "epochs": 1, "batch_size": 32, "learning_rate": 5.0e-5, "alpha": 0.5}
 RUNTIME_STAGES = {
     "onnx-fp32": {"method": "onnx_compact", "matmul": "fp32", "embeddings": "fp32"},
     "onnx-int8": {"method": "onnx_int8", "mode": "dynamic"},
@@ -100,9 +103,12 @@ class AutoConfig:
 
 
 def architectures(depth: int) -> list[str]:
-    """The reference, truncated students of the teacher's own layers, and two pruning strengths."""
+    """The reference, truncated students of the teacher's own layers (the middle one also with half
+    its FFN: `truncate-K-ffn50`, sharing the student), and two pruning strengths."""
     sizes = [k for k in (4, 3, 2, 1) if k < depth and (k >= 2 or depth <= 3)]
-    return ["reference"] + [f"truncate-{k}" for k in sizes] + (["prune-light", "prune"] if depth > 2 else [])
+    mid = max(1, depth // 2)
+    slim = [f"truncate-{mid}-ffn50"] if mid in sizes else []
+    return ["reference"] + [f"truncate-{k}" for k in sizes] + slim + (["prune-light", "prune"] if depth > 2 else [])
 
 
 def truncate_layers(depth: int, keep: int) -> list[int]:
@@ -115,8 +121,12 @@ def chain(key: dict, depth: int) -> list[dict]:
     arch, vocab, runtime = key["arch"], key["vocab"], key["runtime"]
     stages, prev = [], "reference"
     if arch.startswith("truncate-"):
-        stages.append(STUDENT | {"name": arch, "from": prev, "layers": truncate_layers(depth, int(arch.split("-")[1]))})
-        prev = arch
+        student = "-".join(arch.split("-")[:2])  # truncate-3-ffn50 grows from truncate-3
+        stages.append(STUDENT | {"name": student, "from": prev, "layers": truncate_layers(depth, int(student.split("-")[1]))})
+        prev = student
+        if arch != student:
+            stages.append(SLIM | {"name": arch, "from": prev})
+            prev = arch
     elif arch in ("prune", "prune-light"):
         layers = PRUNE["layers"] if depth > PRUNE["layers"] + 1 else 0
         stages.append((PRUNE if arch == "prune" else PRUNE_LIGHT) | {"name": arch, "from": prev}
@@ -148,6 +158,7 @@ def seeds(depth: int) -> list[dict]:
         {"arch": FLOOR},
         {"arch": "reference", "vocab": "full", "runtime": "onnx-int8"},
         {"arch": mid, "vocab": "trim", "runtime": "onnx-int8-int4emb"},
+        {"arch": f"{mid}-ffn50", "vocab": "trim", "runtime": "onnx-int8-int4emb"} if f"{mid}-ffn50" in archs else None,
         {"arch": mid, "vocab": "full", "runtime": "onnx-int8"},
         {"arch": prune, "vocab": "trim", "runtime": "onnx-int8"},
         {"arch": "reference", "vocab": "full", "runtime": "torch"},
@@ -156,7 +167,7 @@ def seeds(depth: int) -> list[dict]:
     ]
     unique = []
     for k in out:
-        if k not in unique:
+        if k is not None and k not in unique:
             unique.append(k)
     return unique
 

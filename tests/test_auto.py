@@ -159,3 +159,19 @@ def test_two_workers_share_one_study(tiny_base_dir, tiny_csv, tmp_path):
     assert len(rows) == 4 and len({r["candidate"] for r in rows}) == 4
     for i in range(2):
         assert json.loads((tmp_path / f"w{i}/report.json").read_text())["chosen"]
+
+
+def test_slim_student_grows_from_the_shared_student():
+    """truncate-3-ffn50 (the main job's pipeline) reuses the truncate-3 student stage, then halves the FFN."""
+    from slimtune.auto import architectures, chain, seeds
+
+    assert architectures(6) == ["reference", "truncate-4", "truncate-3", "truncate-2", "truncate-3-ffn50", "prune-light", "prune"]
+    slim = chain({"arch": "truncate-3-ffn50", "vocab": "trim", "runtime": "onnx-int8-int4emb"}, 6)
+    plain = chain({"arch": "truncate-3", "vocab": "trim", "runtime": "onnx-int8-int4emb"}, 6)
+    assert [s["name"] for s in slim] == ["truncate-3", "truncate-3-ffn50", "truncate-3-ffn50-trim",
+                                         "truncate-3-ffn50-trim-onnx-int8-int4emb"]
+    assert slim[0] == plain[0] and slim[0]["layers"] == [0, 2, 4]  # one student, trained once
+    assert slim[1]["method"] == "prune_structured" and slim[1]["ffn"] == 0.5 and slim[1]["heads"] == 0.0
+    assert slim[1]["from"] == "truncate-3" and slim[2]["from"] == "truncate-3-ffn50"
+    assert {"arch": "truncate-3-ffn50", "vocab": "trim", "runtime": "onnx-int8-int4emb"} in seeds(6)
+    assert architectures(2) == ["reference", "truncate-1", "truncate-1-ffn50"]  # no pruning of a 2-layer teacher

@@ -45,6 +45,11 @@ def size_ratio(m: dict, name: str, of: str) -> float:
 def check_default(m):
     assert m["student"]["teacher_params"] == FULL
     assert m["student"]["total_params"] == EMB + 3 * LAYER + HEAD  # layers 0, 2, 4 kept
+    # half of every layer's 64 FFN neurons: 32 rows of the 32-wide input projection (+ bias) and
+    # 32 columns of the output projection, in each of the 3 layers; every head kept
+    assert m["slim"]["ffn_after"] == [32, 32, 32] and m["slim"]["heads_after"] == [2, 2, 2]
+    assert m["slim"]["params_removed"] == 3 * 32 * (32 + 1 + 32)
+    assert m["slim"]["total_params"] == m["student"]["total_params"] - 3 * 32 * (32 + 1 + 32)
     # the tokens of the 64 training + validation texts, specials and single characters (seeded subsample)
     assert m["trim"]["vocab_before"] == 30_522 and m["trim"]["vocab_after"] == 3_674
     assert size_ratio(m, "trim", "student") < 0.2  # the embedding table is most of a tiny model
