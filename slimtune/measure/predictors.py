@@ -56,6 +56,8 @@ class FastEncoder:
     The copy is configured once, so the caller's tokenizer is never changed.
     tests/test_predictors.py holds it equal to `__call__` (truncation, padding, both padding sides)."""
 
+    FIELDS = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_mask": "attention_mask"}  # HF name -> Encoding's
+
     def __init__(self, backend, names: list[str]):
         self.backend, self.names = backend, names
 
@@ -71,7 +73,7 @@ class FastEncoder:
         copy.enable_truncation(max_length, direction=tokenizer.truncation_side)
         copy.enable_padding(direction=tokenizer.padding_side, pad_id=tokenizer.pad_token_id,
                             pad_type_id=tokenizer.pad_token_type_id, pad_token=tokenizer.pad_token)
-        names = [n for n in ("input_ids", "token_type_ids", "attention_mask") if n in tokenizer.model_input_names]
+        names = [n for n in cls.FIELDS if n in tokenizer.model_input_names]
         return cls(copy, names)
 
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
@@ -79,8 +81,7 @@ class FastEncoder:
             encs = [self.backend.encode(texts[0])]
         else:
             encs = self.backend.encode_batch(list(texts))
-        field = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_mask": "attention_mask"}
-        return {n: np.array([getattr(e, field[n]) for e in encs], dtype=np.int64) for n in self.names}
+        return {n: np.array([getattr(e, self.FIELDS[n]) for e in encs], dtype=np.int64) for n in self.names}
 
 
 class TorchPredictor(Predictor):
