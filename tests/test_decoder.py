@@ -314,6 +314,7 @@ def test_generate_speed_in_a_fresh_process(tiny_llama):
     ({"int4": {"symmetric": False}}, r"int4: unknown key 'symmetric'"),
     ({"int4": {"int8": ["lm_head"]}}, r"int4.int8 must be a list of last_matmul, mixed_layers, not \['lm_head'\]"),
     ({"int4": {"int8": "last_matmul"}}, r"int4.int8: expected list"),
+    ({"int4": {"int8": ["last_matmul"], "block_size": 64}}, r"int4.int8 needs block_size 32 .* got 64"),
     ({"task": "translate"}, r"task must be classify \(the default\) or generate, not 'translate'"),
 ])
 def test_bad_generate_recipes(change, match):
@@ -331,8 +332,8 @@ def test_int4_block_reaches_the_builder_as_its_options():
     plain = parse(raw, "r.yaml")
     assert plain.int4.builder_options() == {"algo_config": "k_quant", "block_size": 32, "accuracy_level": 4}
     assert plain.to_dict()["int4"] == {"algo": "k_quant", "block_size": 32, "accuracy_level": 4}  # earlier fingerprints hold
-    mixed = parse(raw | {"int4": {"block_size": 16, "int8": ["last_matmul", "mixed_layers"]}}, "r.yaml")
-    assert mixed.int4.builder_options() == {"algo_config": "k_quant", "block_size": 16, "accuracy_level": 4,
+    mixed = parse(raw | {"int4": {"int8": ["last_matmul", "mixed_layers"]}}, "r.yaml")
+    assert mixed.int4.builder_options() == {"algo_config": "k_quant", "block_size": 32, "accuracy_level": 4,
                                             "matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8"}
     assert parse(mixed.to_dict(), "again.yaml").int4 == mixed.int4  # recipe.yaml round-trips
 
