@@ -105,7 +105,9 @@ def parse(raw: dict, source: str = "<recipe>") -> Recipe:
     if isinstance(model, dict) and len(model) == 1 and next(iter(model)) in ("name", "path"):
         model = next(iter(model.values()))
     if not isinstance(model, str):
-        raise SlimtuneError(f"{source}: model must be a packaged name (minilm-l6, minilm-l3) or a folder path")
+        from .model.folders import PACKAGED_MODELS
+
+        raise SlimtuneError(f"{source}: model must be a packaged name ({', '.join(PACKAGED_MODELS)}) or a folder path")
     stages = parse_stages(raw.get("stages"), METHODS, source, "unknown method {method!r}")
     seen = [st.name for st in stages]
     export = raw.get("export") or []

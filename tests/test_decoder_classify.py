@@ -68,10 +68,15 @@ def test_decoder_classify_recipe_on_a_tiny_llama(tiny_llama_dir, tiny_csv, tmp_p
     assert cfg["architectures"] == ["LlamaForSequenceClassification"] and cfg["pad_token_id"] is not None
 
 
-def test_bert_only_methods_refuse_a_decoder_in_one_line(tiny_llama_dir, tiny_csv, tmp_path):
+@pytest.mark.parametrize("stage, what", [
+    ({"method": "prune_structured", "ffn": 0.5}, "structured pruning"),
+    ({"method": "adapter"}, "adapters"),
+    ({"method": "share_layers"}, "layer sharing"),
+])
+def test_bert_only_methods_refuse_a_decoder_in_one_line(tiny_llama_dir, tiny_csv, tmp_path, stage, what):
     raw = {"data": {"path": str(tiny_csv), "max_train_samples": 32, "max_test_samples": 16}, "model": str(tiny_llama_dir),
-           "stages": [{"name": "p", "method": "prune_structured", "ffn": 0.5, "max_steps": 1}], "eval": FAST_EVAL}
-    with pytest.raises(SlimtuneError, match=r"^stage p \(prune_structured\): structured pruning supports BERT-family models "
+           "stages": [{"name": "p", "max_steps": 1} | stage], "eval": FAST_EVAL}
+    with pytest.raises(SlimtuneError, match=rf"^stage p \({stage['method']}\): {what} supports BERT-family models "
                                             r"\(model_type bert\); this one is 'llama'$"):
         runner.run(parse(raw), tmp_path, log=lambda m: None)
 

@@ -206,7 +206,7 @@ def adapter(model, tokenizer, cfg: BottleneckConfig, ctx: StageContext):
 
     from ..model.slim_bert import Adapter, SlimBertForSequenceClassification, slim_config
 
-    check_bert(model)
+    check_bert(model, "adapters")
     if getattr(model.config, "adapter", None):
         raise SlimtuneError("adapter: this model already has adapters")
     new = SlimBertForSequenceClassification(slim_config(model.config, adapter=cfg.kind, adapter_size=cfg.size))

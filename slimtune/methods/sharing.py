@@ -45,7 +45,7 @@ def share(model, groups: list[list[int]], init: str = "mean"):
 
     from ..model.slim_bert import SlimBertForSequenceClassification, slim_config
 
-    check_bert(model)
+    check_bert(model, "layer sharing")
     c = counts(model)
     for g in groups:
         if len({(c["heads"][i], c["ffn"][i]) for i in g}) > 1:
@@ -69,6 +69,7 @@ def share(model, groups: list[list[int]], init: str = "mean"):
 @register("share_layers", ShareConfig)
 def share_layers(model, tokenizer, cfg: ShareConfig, ctx: StageContext):
     """ALBERT-style cross-layer sharing retrofitted onto a trained BERT, then recovery training."""
+    check_bert(model, "layer sharing")  # before counting layers and computing teacher logits
     n = counts(model)["layers"]
     groups = layer_groups(n, cfg)
     params_before = sum(p.numel() for p in model.parameters())

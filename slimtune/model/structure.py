@@ -48,14 +48,14 @@ def freeze_all_but(model, modules: list) -> None:
         m.requires_grad_(True)
 
 
-def check_bert(model) -> None:
-    """Structured surgery (pruning, sharing, adapters) is written for BERT's module names."""
+def check_bert(model, what: str = "structured pruning") -> None:
+    """Structured surgery (`what`: pruning, sharing, adapters) is written for BERT's module names."""
     kind = model.config.model_type
     if kind not in BERT_TYPES:
-        raise SlimtuneError(f"structured pruning supports BERT-family models (model_type bert); this one is {kind!r}")
+        raise SlimtuneError(f"{what} supports BERT-family models (model_type bert); this one is {kind!r}")
     order = getattr(model.config, "layer_order", None)
     if order is not None and order != list(range(len(order))):
-        raise SlimtuneError("structured pruning of a model with shared layers is not supported; prune before share_layers")
+        raise SlimtuneError(f"{what} of a model with shared layers is not supported; do it before share_layers")
 
 
 def bert_layers(model):
