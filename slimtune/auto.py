@@ -389,7 +389,13 @@ def auto(cfg: AutoConfig, out: str | Path, log: Callable[[str], None] = print, p
             study.enqueue_trial(_params(untried[0]))
             repeats = 0
         trial = study.ask()
-        key = suggest(trial, search.depth)
+        try:
+            key = suggest(trial, search.depth)
+        except ValueError as e:  # optuna: the study's earlier trials drew `arch` etc. from other choices
+            study.tell(trial, state=TrialState.FAIL)
+            where = cfg.storage or out / "study.db"
+            raise SlimtuneError(f"{where}: this study searched other candidates (made by another slimtune version?): "
+                                f"{str(e).splitlines()[0]}; continue it with that version, or start a new --out") from None
         name = key_name(key)
         trial.set_user_attr("worker", worker)
         if name in done or name in failed:  # measured (by this or another worker) or failed: never re-run

@@ -175,3 +175,21 @@ def test_slim_student_grows_from_the_shared_student():
     assert slim[1]["from"] == "truncate-3" and slim[2]["from"] == "truncate-3-ffn50"
     assert {"arch": "truncate-3-ffn50", "vocab": "trim", "runtime": "onnx-int8-int4emb"} in seeds(6)
     assert architectures(2) == ["reference", "truncate-1", "truncate-1-ffn50"]  # no pruning of a 2-layer teacher
+
+
+def test_a_study_over_other_candidates_is_one_line(searched, tiny_base_dir, tiny_csv, tmp_path):
+    """A study.db from a slimtune with another candidate list: one line naming the file, not optuna's error."""
+    import shutil
+    import sqlite3
+
+    out = tmp_path / "old"
+    shutil.copytree(searched[0], out)
+    with sqlite3.connect(out / "study.db") as db:  # as another version wrote it: one more architecture
+        rows = db.execute("SELECT param_id, distribution_json FROM trial_params WHERE param_name = 'arch'").fetchall()
+        assert rows
+        for pid, dist in rows:
+            d = json.loads(dist)
+            d["attributes"]["choices"].append("truncate-9")  # appended: the stored indices stay valid
+            db.execute("UPDATE trial_params SET distribution_json = ? WHERE param_id = ?", (json.dumps(d), pid))
+    with pytest.raises(SlimtuneError, match=rf"^{out / 'study.db'}: this study searched other candidates .*start a new --out$"):
+        auto(config(tiny_csv, tiny_base_dir, max_trials=1), out, log=lambda m: None)
