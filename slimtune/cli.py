@@ -187,17 +187,30 @@ def serve(
 @app.command("profile")
 def profile_(
     data: DataOpt,
-    model: Annotated[str, typer.Option(help="whose tokenizer counts the tokens: minilm-l6, minilm-l3 or a folder")] = "minilm-l6",
+    model: Annotated[str, typer.Option(help="whose tokenizer counts the tokens: minilm-l6, minilm-l3, smollm2-135m or a folder")] = "minilm-l6",
     text_column: TextCol = "text",
     label_column: LabelCol = "label",
+    prompt_column: PromptCol = "prompt",
+    response_column: ResponseCol = "response",
+    max_length: Annotated[int, typer.Option(help="causal LMs: count the pairs longer than this (a generate recipe's eval.max_length)")] = 256,
     json_: Annotated[bool, typer.Option("--json", help="print the whole profile as JSON")] = False,
 ):
-    """Token lengths per split, [UNK] share, class balance, duplicates removed: the data as the model sees it."""
-    from .profile import markdown, profile
+    """Token lengths per split, [UNK] share, class balance, duplicates removed: the data as the model sees it.
+    With a causal LM (--model smollm2-135m): prompt, response and whole-pair lengths of prompt/response data."""
+    from .decoder.data import PACKAGED_PAIRS
 
     console = _console()
-    p = profile(api.data_config(data, text_column, label_column), model,
-                log=lambda m: console.print(m, markup=False, highlight=False))
+    say = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
+    if api.is_generative(model):
+        from .decoder.profile import markdown, profile as pairs
+
+        p = pairs(api.pair_config(data, prompt_column, response_column), model, max_length, log=say)
+    elif data in PACKAGED_PAIRS:
+        raise SlimtuneError(f"{data} is prompt/response data: profile it with a causal LM's tokenizer (--model smollm2-135m)")
+    else:
+        from .profile import markdown, profile
+
+        p = profile(api.data_config(data, text_column, label_column), model, log=say)
     typer.echo(json.dumps(p, indent=2) if json_ else "\n".join(markdown(p)).strip())
 
 

@@ -291,10 +291,53 @@ def test_generate_recipe_runs_with_genai_exports(tiny_llama, pairs_file, tmp_pat
     assert int4["int4"] == {"algo_config": "k_quant", "block_size": 16, "accuracy_level": 4}  # the recipe's, passed to the builder
     md = (tmp_path / "report.md").read_text()
     assert "| untuned (baseline) | baseline |" in md and "### Samples: lora" in md and "genai-int4" in md
+    assert report["profile"]["max_length"] == raw.get("eval", {}).get("max_length", 256) and "Data profile" in md
     assert (tmp_path / "exports/genai-int4/genai_config.json").is_file()
     logs = []
     run(parse(raw, "generate.yaml"), tmp_path, log=logs.append)
     assert sum("skipped" in m for m in logs) == 6
+
+
+def test_pairs_profile_counts_what_training_scores(tiny_tok):
+    """Lengths are the chat-templated pair's (prompt + response + end of turn); pairs over max_length counted and warned."""
+    from slimtune.decoder.data import PairSet, PairSplits
+    from slimtune.decoder.profile import markdown, profile_pairs
+
+    train = PairSet([q for q, _ in QA], [a for _, a in QA])
+    test = PairSet(["What is AI?"], ["A field of computer science."])
+    splits = PairSplits(train, PairSet([], []), test, "qa", None, {"rows_read": 9, "rows_unique": 7})
+    # independently of slimtune's encoder: the whole conversation through the template, tokenized
+    chats = [tiny_tok.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": a}], tokenize=False)
+             for q, a in QA]
+    whole = [len(tiny_tok(c, add_special_tokens=False)["input_ids"]) for c in chats]
+    cut_at = sorted(whole)[len(whole) // 2]
+    p = profile_pairs(splits, tiny_tok, cut_at, limit=64)
+    tr = p["splits"]["train"]
+    assert list(p["splits"]) == ["train", "test"] and tr["n"] == len(QA) and tr["prompts"] == len({q for q, _ in QA})
+    assert abs(tr["tokens"]["max"] - max(whole)) <= 1  # the template may end the last turn with or without a newline
+    assert tr["longer_than_max_length"] == sum(w > cut_at for w in whole) > 0
+    assert p["rows_removed"] == 2 and p["suggested_max_length"] == min(64, tr["tokens"]["p95"])
+    assert tr["prompt_tokens"]["max"] + tr["response_tokens"]["max"] >= tr["tokens"]["max"]
+    assert any(f"longer than max_length {cut_at}" in w for w in p["warnings"])
+    assert not profile_pairs(splits, tiny_tok, 10_000)["warnings"]
+    md = "\n".join(markdown(p))
+    assert f"| longer than {cut_at} |" in md and "| test | 1 | 1 |" in md
+
+
+def test_profile_command_on_pairs(tiny_llama, pairs_file):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).parent / "slimtune")
+    proc = subprocess.run([exe, "profile", "--data", str(pairs_file), "--model", str(tiny_llama), "--max-length", "8"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "response tokens p50 / p95" in proc.stdout and "longer than 8" in proc.stdout
+    assert "warning:" in proc.stdout + proc.stderr  # every pair is longer than 8 tokens
+    proc = subprocess.run([exe, "profile", "--data", "chatterbot_qa"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "chatterbot_qa is prompt/response data: profile it with a causal LM's tokenizer (--model smollm2-135m)" in proc.stderr
 
 
 def test_generate_speed_in_a_fresh_process(tiny_llama):
