@@ -14,7 +14,7 @@ from ..errors import SlimtuneError
 from .chat import encode_pair
 from .data import PairSplits
 
-CUT_WARN = 0.05  # share of training pairs cut at max_length worth a warning
+WARN_SHARE = 0.05  # share of training pairs cut at max_length, or of [UNK] tokens, worth a warning
 
 
 def _pct(values: list[int]) -> dict:
@@ -51,10 +51,10 @@ def profile_pairs(splits: PairSplits, tokenizer, max_length: int, limit: int | N
            "unk_tokens": unk, "tokens": total, "unk_share": unk / total if total else 0.0,
            "rows_removed": stats.get("rows_read", 0) - stats.get("rows_unique", 0), "warnings": []}
     cut = base["longer_than_max_length"] / base["n"]
-    if cut > CUT_WARN:
+    if cut > WARN_SHARE:
         out["warnings"].append(f"{cut:.0%} of the training pairs are longer than max_length {max_length} tokens: their "
                                f"responses are cut when trained and scored (p95 is {base['tokens']['p95']}; raise max_length)")
-    if out["unk_share"] > CUT_WARN:
+    if out["unk_share"] > WARN_SHARE:
         out["warnings"].append(f"{out['unk_share']:.0%} of the tokens are unknown to this tokenizer: its vocabulary does "
                                "not cover the data's language")
     return out
@@ -75,15 +75,22 @@ def markdown(p: dict) -> list[str]:
     return lines
 
 
-def profile(data, model: str, max_length: int = 256, log=print) -> dict:
-    """`slimtune profile` for prompt/response data (a GenDataConfig) with `model`'s tokenizer."""
+def profile_data(splits: PairSplits, model: str, max_length: int, log=print) -> dict:
+    """Profile `splits` with `model`'s own tokenizer; logs a short summary and every warning."""
     from ..model.folders import load_tokenizer, resolve
     from ..profile import model_limit
+
+    p = profile_pairs(splits, load_tokenizer(resolve(model)), max_length, model_limit(model))
+    t = p["splits"].get("train", next(iter(p["splits"].values())))["tokens"]
+    log(f"data profile: pair tokens p50 {t['p50']}, p95 {t['p95']}, max {t['max']} (max_length {max_length})")
+    for w in p["warnings"]:
+        log(f"warning: {w}")
+    return p
+
+
+def profile(data, model: str, max_length: int = 256, log=print) -> dict:
+    """`slimtune profile` for prompt/response data (a GenDataConfig) with `model`'s tokenizer."""
     from .data import load_pairs
 
     splits = load_pairs(data)
-    tokenizer = load_tokenizer(resolve(model))
-    p = profile_pairs(splits, tokenizer, max_length, model_limit(model))
-    for w in p["warnings"]:
-        log(f"warning: {w}")
-    return p | {"source": splits.source, "task": "generate"}
+    return profile_data(splits, model, max_length, log) | {"source": splits.source, "task": "generate"}

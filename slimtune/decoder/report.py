@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .profile import markdown as profile_markdown
+
 # the metric keys every generative artifact reports (issue 14), then the extras
 COLUMNS = [
     ("perplexity", "perplexity", "{:.3f}"),
@@ -28,19 +30,13 @@ def _md(text: str) -> str:
     return " ".join(str(text).split()).replace("|", r"\|")
 
 
-def _profile_lines(p: dict | None) -> list[str]:
-    from .profile import markdown as profile_markdown
-
-    return profile_markdown(p) if p else []
-
-
 def markdown(report: dict) -> str:
     base = next((s for s in report["stages"] if s["name"] == report.get("baseline")), None)
     hw, ev, data = report["hardware"], report["eval"], report["data"]
     lines = [
         f"# slimtune report (generate): {report.get('recipe', '')}", "",
         f"Data: {data['source']}; {data.get('prompts')} distinct prompts, split by prompt: train {data.get('train')}, "
-        f"validation {data.get('val')}, test {data.get('test')} pairs.", *(_profile_lines(report.get("profile"))), "",
+        f"validation {data.get('val')}, test {data.get('test')} pairs.", *(profile_markdown(report["profile"]) if report.get("profile") else []), "",
         f"Hardware: {hw['cpu']} ({hw['machine']}), {hw['cores_logical']} logical cores, torch threads {hw['torch_threads']}; "
         f"torch {hw['torch']}, onnxruntime {hw['onnxruntime']}, transformers {hw['transformers']}.", "",
     ]

@@ -31,6 +31,7 @@ from .data import PairSplits, load_pairs
 from .genai import export_genai
 from .lm import load_causal_lm, load_decoder, plain_folder
 from .measure import answer_quality, first_token_agreement, generation_speed, response_perplexity
+from .profile import profile_data
 from .recipe import FROM_MODEL, GenEvalConfig, GenRecipe
 from .registry import GEN_METHODS, GenContext
 
@@ -84,7 +85,7 @@ def run(recipe: GenRecipe, out: Path, log: Callable[[str], None] = print) -> dic
     stage_dirs = check_folders(recipe, splits, out)
     open_folder(recipe, out)
     log(f"data {splits.source}: {splits.stats}")
-    data_profile = _profile(recipe, splits, log)
+    data_profile = profile_data(splits, recipe.model, recipe.eval.max_length, log)
     rows, folders = [], {}
     source: str | Path = recipe.model
     for i, stage in enumerate(recipe.stages):
@@ -120,20 +121,6 @@ def run(recipe: GenRecipe, out: Path, log: Callable[[str], None] = print) -> dic
     }
     write_report(report, out)
     return report
-
-
-def _profile(recipe: GenRecipe, splits: PairSplits, log) -> dict:
-    """The pairs as the model's tokenizer and chat template see them, against eval.max_length."""
-    from ..model.folders import load_tokenizer, resolve
-    from ..profile import model_limit
-    from .profile import profile_pairs
-
-    p = profile_pairs(splits, load_tokenizer(resolve(recipe.model)), recipe.eval.max_length, model_limit(recipe.model))
-    t = p["splits"].get("train", next(iter(p["splits"].values())))["tokens"]
-    log(f"data profile: pair tokens p50 {t['p50']}, p95 {t['p95']}, max {t['max']} (eval.max_length {recipe.eval.max_length})")
-    for w in p["warnings"]:
-        log(f"warning: {w}")
-    return p
 
 
 def raise_if_no_stage(recipe: GenRecipe) -> None:
