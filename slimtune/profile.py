@@ -92,6 +92,12 @@ def model_limit(model: str) -> int:
     return int(cfg.get("max_position_embeddings") or 512)
 
 
+def length_percentiles(lengths) -> dict:
+    """{p50, p90, p95, p99 (rounded up), max} of token lengths: every profile's length columns."""
+    a = np.asarray(lengths)
+    return {f"p{p}": int(math.ceil(np.percentile(a, p))) for p in PERCENTILES} | {"max": int(a.max())}
+
+
 def _lengths(tokenizer, texts: list[str]) -> np.ndarray:
     if not texts:
         return np.zeros(0, dtype=np.int64)
@@ -117,7 +123,7 @@ def profile_splits(splits, tokenizer, limit: int = 512, max_length: int | None =
         counts = np.bincount(np.array(data.labels), minlength=len(splits.label_names))
         per_split[name] = {
             "n": len(data),
-            "tokens": {f"p{p}": int(math.ceil(np.percentile(lengths, p))) for p in PERCENTILES} | {"max": int(lengths.max())},
+            "tokens": length_percentiles(lengths),
             "classes": {label: int(c) for label, c in zip(splits.label_names, counts)},
         }
     train_lengths = per_split.get("train", {}).get("tokens", {})

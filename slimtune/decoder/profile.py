@@ -8,18 +8,12 @@ means exactly the pairs whose responses are cut when scored.
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..errors import SlimtuneError
+from ..profile import UNK_WARN, length_percentiles as _pct
 from .chat import encode_pair
 from .data import PairSplits
 
-WARN_SHARE = 0.05  # share of training pairs cut at max_length, or of [UNK] tokens, worth a warning
-
-
-def _pct(values: list[int]) -> dict:
-    a = np.asarray(values)
-    return {f"p{q}": int(np.percentile(a, q)) for q in (50, 90, 95, 99)} | {"max": int(a.max())}
+CUT_WARN = 0.05  # share of training pairs cut at max_length worth a warning
 
 
 def profile_pairs(splits: PairSplits, tokenizer, max_length: int, limit: int | None = None) -> dict:
@@ -51,10 +45,10 @@ def profile_pairs(splits: PairSplits, tokenizer, max_length: int, limit: int | N
            "unk_tokens": unk, "tokens": total, "unk_share": unk / total if total else 0.0,
            "rows_removed": stats.get("rows_read", 0) - stats.get("rows_unique", 0), "warnings": []}
     cut = base["longer_than_max_length"] / base["n"]
-    if cut > WARN_SHARE:
+    if cut > CUT_WARN:
         out["warnings"].append(f"{cut:.0%} of the training pairs are longer than max_length {max_length} tokens: their "
                                f"responses are cut when trained and scored (p95 is {base['tokens']['p95']}; raise max_length)")
-    if out["unk_share"] > WARN_SHARE:
+    if out["unk_share"] > UNK_WARN:
         out["warnings"].append(f"{out['unk_share']:.0%} of the tokens are unknown to this tokenizer: its vocabulary does "
                                "not cover the data's language")
     return out
