@@ -149,9 +149,27 @@ class OnnxPredictor(Predictor):
         import onnx
 
         model = onnx.load(str(self.path), load_external_data=False)
-        # weights only: quantization adds scale / zero-point tensors that are not parameters
-        return int(sum(np.prod(t.dims, dtype=np.int64) for t in model.graph.initializer
-                       if len(t.dims) > 0 and not t.name.endswith(("_scale", "_zero_point"))))
+        return onnx_params(model.graph)
+
+
+def onnx_params(graph) -> int:
+    """Weights in an ONNX graph, counted as weights (one per number), not as stored elements:
+    quantization adds scale / zero-point tensors that are not parameters, and MatMulNBits packs its
+    4-bit weights two to a byte in (N, blocks, bytes) blobs, so its weight counts as N x K; integer
+    and one-number constants an optimised graph carries are not weights. (GatherBlockQuantized stores an INT4/UINT4 tensor whose dims are the weight's own.)"""
+    import onnx
+
+    skip, extra = set(), 0
+    for node in graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "MatMulNBits":  # inputs: A, B (packed), scales, zero_points, g_idx, bias
+            skip.update(node.input[1:5])
+            extra += int(attrs["N"]) * int(attrs["K"])
+        elif node.op_type == "GatherBlockQuantized":  # inputs: data, indices, scales, zero_points
+            skip.update(node.input[2:4])
+    index = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)  # shapes, axes, position ids: constants, not weights
+    return extra + int(sum(n for t in graph.initializer if (n := int(np.prod(t.dims, dtype=np.int64))) > 1
+                           and t.data_type not in index and t.name not in skip and not t.name.endswith(("_scale", "_zero_point"))))
 
 
 def batched_logits(pred: Predictor, texts: list[str], batch_size: int = 32, progress: str | None = None) -> np.ndarray:
