@@ -66,7 +66,8 @@ RUNTIME_STAGES = {
     "onnx-fp32": {"method": "onnx_compact", "matmul": "fp32", "embeddings": "fp32"},
     "onnx-int8": {"method": "onnx_int8", "mode": "dynamic"},
     "onnx-int8-static": {"method": "onnx_int8", "mode": "static", "calibration": "minmax"},
-    "onnx-int8-int4emb": {"method": "onnx_compact", "matmul": "int8", "embeddings": "int4"},
+    # the main job's compact stage (recipes/default.yaml): 4-bit word table in blocks of 128 with zero points
+    "onnx-int8-int4emb": {"method": "onnx_compact", "matmul": "int8", "embeddings": "int4", "block_size": 128, "symmetric": False},
 }
 
 

@@ -175,6 +175,15 @@ def test_slim_student_grows_from_the_shared_student():
     assert slim[1]["from"] == "truncate-3" and slim[2]["from"] == "truncate-3-ffn50"
     assert {"arch": "truncate-3-ffn50", "vocab": "trim", "runtime": "onnx-int8-int4emb"} in seeds(6)
     assert architectures(2) == ["reference", "truncate-1", "truncate-1-ffn50"]  # no pruning of a 2-layer teacher
+    # its last stage is the main job's compact stage, option for option
+    from pathlib import Path
+
+    import yaml
+
+    default = Path(__file__).resolve().parents[1] / "recipes" / "default.yaml"
+    shipped = {s["name"]: s for s in yaml.safe_load(default.read_text())["stages"]}
+    assert {k: v for k, v in slim[3].items() if k not in ("name", "from")} == \
+        {k: v for k, v in shipped["compact"].items() if k not in ("name", "from")}
 
 
 def test_a_study_over_other_candidates_is_one_line(searched, tiny_base_dir, tiny_csv, tmp_path):
