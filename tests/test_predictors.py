@@ -68,3 +68,20 @@ def test_no_pad_token_falls_back(tokenizer):
     tok = build_tokenizer()
     tok.pad_token = None
     assert FastEncoder.of(tok, 16) is None
+
+
+def test_a_predictor_sees_a_padding_side_changed_after_it_was_built():
+    from _tiny_llama import build_tokenizer
+
+    from slimtune.measure.predictors import Predictor
+
+    class Plain(Predictor):
+        def __init__(self, tok):
+            self.tokenizer, self.max_length, self.truncation = tok, 24, "head"
+
+    tok = build_tokenizer()
+    tok.padding_side = "right"
+    pred, pair = Plain(tok), [TEXTS[0], TEXTS[4]]  # two lengths: one row padded
+    assert np.array_equal(pred.encode(pair)["input_ids"], _reference(tok, pair, 24)["input_ids"])
+    tok.padding_side = "left"
+    assert np.array_equal(pred.encode(pair)["input_ids"], _reference(tok, pair, 24)["input_ids"])

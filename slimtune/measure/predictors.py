@@ -38,7 +38,8 @@ class Predictor:
         from ..profile import encode_padded
 
         if self.truncation == "head":
-            key = (id(self.tokenizer), self.max_length)
+            tok = self.tokenizer  # what FastEncoder copies: a pad token or side changed later makes a new copy
+            key = (id(tok), self.max_length, getattr(tok, "pad_token_id", None), getattr(tok, "padding_side", None))
             if getattr(self, "_fast_key", None) != key:
                 self._fast, self._fast_key = FastEncoder.of(self.tokenizer, self.max_length), key
             if self._fast is not None:
