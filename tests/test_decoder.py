@@ -229,6 +229,52 @@ def test_depth_pruning_keeps_the_other_layers_exactly(tiny_llama, pairs_file, tm
     assert len(again.model.layers) == 2 and list(TorchDecoder(again, tok).stream([1, 5, 6], 5, stop=False)) == ids
 
 
+def test_block_score_removes_the_run_of_layers_that_changes_nothing(tiny_llama, pairs_file, tmp_path):
+    """Layers 1 and 2 made identities (no attention or MLP output): the block score finds that run,
+    its distance is ~0, and it matches arccos of the hidden states transformers returns."""
+    import torch
+
+    from slimtune.decoder.lm import load_causal_lm
+    from slimtune.decoder.prune import PruneLayersConfig, _batches, block_distances, prune_layers
+
+    model, tok = load_causal_lm(tiny_llama)
+    with torch.no_grad():
+        for i in (1, 2):
+            model.model.layers[i].self_attn.o_proj.weight.zero_()
+            model.model.layers[i].mlp.down_proj.weight.zero_()
+    ctx = _ctx(tmp_path, pairs_file)
+    batches = _batches(tok, ctx, 8, 96)
+    d = block_distances(model, batches, 2)
+    assert len(d) == 3 and d[1] < 1e-3 < min(d[0], d[2])
+    with torch.inference_mode():  # start 0: the input of layer 0 against the output of layer 1 (= input of layer 2)
+        hs = [model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True).hidden_states
+              for b in batches]
+    masks = [b["attention_mask"].bool().clone() for b in batches]
+    for m in masks:
+        m[:, 0] = False
+    angles = torch.cat([torch.arccos(torch.nn.functional.cosine_similarity(h[0][m], h[2][m], dim=-1).clamp(-1, 1))
+                        for h, m in zip(hs, masks)])
+    assert abs(d[0] - float(angles.mean()) / math.pi) < 1e-5
+    info = prune_layers(model, tok, PruneLayersConfig(layers=2, score="block", recover=False, calibration_pairs=8, max_length=96),
+                         ctx).facts
+    assert info["dropped_layers"] == [1, 2] and info["block_distances"] == pytest.approx(d) and info["layers_after"] == 2
+
+
+def test_teacher_topk_batched_equals_one_example_at_a_time(tiny_llama, pairs_file, tmp_path):
+    import torch
+
+    from slimtune.decoder.chat import PairDataset
+    from slimtune.decoder.lm import load_causal_lm
+    from slimtune.decoder.prune import teacher_topk
+
+    model, tok = load_causal_lm(tiny_llama)
+    split = _ctx(tmp_path, pairs_file).splits.train
+    data = PairDataset(tok, split.prompts, split.responses, None, 96)
+    one, batched = teacher_topk(model, data, 8, batch_size=1), teacher_topk(model, data, 8, batch_size=5)
+    assert int(one["offsets"][-1]) == data.response_tokens and torch.equal(one["offsets"], batched["offsets"])
+    assert torch.allclose(one["values"], batched["values"], atol=1e-4) and torch.equal(one["indices"], batched["indices"])
+
+
 def test_depth_pruning_recovers_with_cached_teacher_logits(tiny_llama, pairs_file, tmp_path):
     from slimtune.decoder.lm import load_causal_lm
     from slimtune.decoder.prune import PruneLayersConfig, prune_layers

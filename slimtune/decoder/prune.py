@@ -5,7 +5,12 @@ Which layers: `drop_layers: [i, ...]`, or the `layers` least important by `score
 - `cosine`: how little a layer changes its input, 1 - cos(h_in, h_out) averaged over the tokens of
   `calibration_pairs` training pairs (Men et al. 2024, "ShortGPT"; Gromov et al. 2024): a layer
   whose output points where its input did adds little;
-- `loss`: how much the response loss on those pairs rises when the layer alone is skipped.
+- `loss`: how much the response loss on those pairs rises when the layer alone is skipped;
+- `block`: one run of `layers` consecutive layers, the run whose input and output are closest in
+  angle (Gromov et al. 2024, "The Unreasonable Ineffectiveness of the Deeper Layers"). Scores of
+  single layers ignore that removing one changes what the next receives; on SmolLM2-135M (30 -> 20,
+  before recovery) the cosine choice scattered over the stack gave a held-out perplexity of ~5,900,
+  the best block (layers 9-18) ~210.
 
 Removing is physical: the layer list gets shorter, `num_hidden_layers` follows, and each kept
 attention gets its new position in the KV cache (`layer_idx`), so the saved folder is an ordinary
@@ -29,14 +34,14 @@ from ..stage import StageResult
 from .chat import IGNORE, PairDataset, collate
 from .methods import GenContext, GenTrainConfig, register, train_pairs, training_context
 
-SCORES = ("cosine", "loss")
+SCORES = ("cosine", "loss", "block")
 
 
 @dataclass
 class PruneLayersConfig(GenTrainConfig):
     layers: int = 0  # how many of the least important layers to remove
     drop_layers: list[int] | None = None  # or exactly these (0-based)
-    score: str = "cosine"  # cosine | loss
+    score: str = "cosine"  # cosine | loss | block
     calibration_pairs: int = 32  # training pairs the score is measured on
     recover: bool = True  # train after removing (False: report the pruned model as is)
     alpha: float = 0.5  # weight of the response cross-entropy; 1 - alpha on distillation from the unpruned model
@@ -98,6 +103,43 @@ def cosine_scores(model, batches) -> list[float]:
     return [1.0 - s / count for s in sums]
 
 
+def block_distances(model, batches, n: int) -> list[float]:
+    """For each start l, the mean angular distance arccos(cos(h_l, h_{l+n})) / pi between the input
+    of layer l and the output of layer l + n - 1, over the real tokens after the first (the first
+    position is an attention sink whose huge, nearly constant state points the same way in every
+    layer and would only dilute the mean)."""
+    import math
+
+    import torch
+
+    layers = decoder_layers(model)
+    L = len(layers)
+    states, sums, count = {}, [0.0] * (L - n + 1), 0
+
+    def hook(i):
+        def fn(module, args, kwargs, output):
+            states[i] = args[0] if args else kwargs["hidden_states"]
+            if i == L - 1:
+                states[L] = output[0] if isinstance(output, tuple) else output
+        return fn
+
+    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        with torch.inference_mode():
+            for b in batches:
+                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+                mask = b["attention_mask"].bool().clone()
+                mask[:, 0] = False
+                count += int(mask.sum())
+                for l in range(L - n + 1):
+                    cos = torch.nn.functional.cosine_similarity(states[l][mask].float(), states[l + n][mask].float(), dim=-1)
+                    sums[l] += float(torch.arccos(cos.clamp(-1, 1)).sum()) / math.pi
+    finally:
+        for h in handles:
+            h.remove()
+    return [s / max(count, 1) for s in sums]
+
+
 def loss_scores(model, batches) -> list[float]:
     """Rise of the response loss when each layer alone is skipped."""
     import torch
@@ -140,21 +182,26 @@ def remove_layers(model, drop: list[int]) -> None:
         model.config.layer_types = [t for i, t in enumerate(types) if i not in set(drop)]
 
 
-def teacher_topk(model, data: PairDataset, k: int) -> dict:
-    """Top-k logits of `model` at every position that predicts a response token, example by example:
+def teacher_topk(model, data: PairDataset, k: int, batch_size: int = 8) -> dict:
+    """Top-k logits of `model` at every position that predicts a response token, in example order:
     values (N, k) float32, indices (N, k) int32, offsets (examples + 1,) into the N rows."""
     import torch
 
-    vals, idx, offsets = [], [], [0]
+    rows = data.rows
+    vals, idx = [None] * len(rows), [None] * len(rows)
+    fn = collate(pad_id=0)  # right padding: the real tokens' logits do not see it (causal mask + attention mask)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))  # similar lengths batched: little padding
     with torch.inference_mode():
-        for row in data.rows:
-            logits = model(input_ids=torch.tensor([row["input_ids"]])).logits[0, :-1]
-            at = torch.tensor(row["labels"][1:]) != IGNORE
-            top = logits[at].float().topk(min(k, logits.shape[-1]), dim=-1)
-            vals.append(top.values)
-            idx.append(top.indices.to(torch.int32))
-            offsets.append(offsets[-1] + int(at.sum()))
-    return {"values": torch.cat(vals), "indices": torch.cat(idx), "offsets": torch.tensor(offsets, dtype=torch.int64)}
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            b = fn([{k: rows[i][k] for k in ("input_ids", "attention_mask", "labels")} for i in chunk])
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+            for j, i in enumerate(chunk):
+                at = b["labels"][j, 1:] != IGNORE
+                top = logits[j][at].float().topk(min(k, logits.shape[-1]), dim=-1)
+                vals[i], idx[i] = top.values, top.indices.to(torch.int32)
+    offsets = torch.tensor([0] + [len(v) for v in vals], dtype=torch.int64).cumsum(0)
+    return {"values": torch.cat(vals), "indices": torch.cat(idx), "offsets": offsets}
 
 
 def _cached_teacher(model, tokenizer, cfg: PruneLayersConfig, ctx: GenContext, data: PairDataset):
@@ -216,14 +263,19 @@ def prune_layers(model, tokenizer, cfg: PruneLayersConfig, ctx: GenContext):
         if cfg.layers >= before:
             raise SlimtuneError(f"prune_layers: layers={cfg.layers} but the model has {before}; at least one must stay")
         batches = _batches(tokenizer, ctx, cfg.calibration_pairs, cfg.max_length)
-        scores = (cosine_scores if cfg.score == "cosine" else loss_scores)(model, batches)
-        drop = sorted(sorted(range(before), key=lambda i: scores[i])[: cfg.layers])
+        if cfg.score == "block":  # scores[l]: the run of `layers` layers starting at l
+            scores = block_distances(model, batches, cfg.layers)
+            start = min(range(len(scores)), key=scores.__getitem__)
+            drop = list(range(start, start + cfg.layers))
+        else:
+            scores = (cosine_scores if cfg.score == "cosine" else loss_scores)(model, batches)
+            drop = sorted(sorted(range(before), key=lambda i: scores[i])[: cfg.layers])
     ctx.log(f"  removing layers {drop} of {before}" + (f" (score {cfg.score})" if scores else ""))
 
     def surgery() -> dict:
         remove_layers(model, drop)
         return {"pruning": "depth", "layers_before": before, "layers_after": before - len(drop), "dropped_layers": drop,
-                "layer_scores": scores, "score": cfg.score if scores else "given"}
+                "block_distances" if cfg.score == "block" else "layer_scores": scores, "score": cfg.score if scores else "given"}
 
     info = _prune_and_recover(model, tokenizer, cfg, ctx, surgery)
     return StageResult(model.eval(), tokenizer, info)
