@@ -3,8 +3,9 @@ pruning 30 -> 20 layers with distillation recovery, all in one run, ratios from 
 
     python benchmarks/decoder.py [--out runs/bench-decoder] [--lora-minutes 20] [--prune-minutes 15]
 
-Stages: untuned (baseline) -> lora (training budget --lora-minutes) -> pruned (from lora: 10 layers
-removed by the cosine score, recovered --prune-minutes with distillation from lora's top-k logits)
+Stages: untuned (baseline) -> lora (training budget --lora-minutes) -> pruned (from lora: the run of
+10 consecutive layers closest in angle removed, recovered --prune-minutes with distillation from
+lora's top-k logits)
 -> tuned (lora again, measured last so the GenAI exports are of it) -> genai-int4, genai-fp32.
 
 Targets: LoRA lowers held-out response perplexity below the untuned model's; GenAI int4 >= 5x
@@ -46,7 +47,7 @@ def main() -> int:
     lora = next(s for s in raw["stages"] if s["method"] == "lora")
     lora["max_minutes"] = args.lora_minutes
     raw["stages"] += [
-        {"name": "pruned", "method": "prune_layers", "from": "lora", "layers": 10, "score": "cosine", "alpha": 0.5,
+        {"name": "pruned", "method": "prune_layers", "from": "lora", "layers": 10, "score": "block", "alpha": 0.5,
          "batch_size": 8, "max_length": 128, "learning_rate": 2e-4, "max_steps": 400, "max_minutes": args.prune_minutes},
         {"name": "tuned", "method": "baseline", "from": "lora"},
     ]
@@ -77,6 +78,7 @@ def main() -> int:
         ("LoRA training steps in its budget", m["lora"]["train_steps"], f"(info: {args.lora_minutes} min)", True),
         ("LoRA seconds per step (8 pairs)", m["lora"]["seconds_per_step"], "(info)", True),
         ("pruning recovery steps in its budget", p.get("train_steps", 0), f"(info: {args.prune_minutes} min)", True),
+        ("first layer of the removed block", p["dropped_layers"][0], "(info)", True),
         ("whole run wall time (min)", wall / 60, "(info)", True),
     ]
     hw = report["hardware"]
