@@ -85,14 +85,19 @@ def barrier() -> None:
 
 def any_rank(flag: bool) -> bool:
     """True on every rank when `flag` is true on any (a decision all ranks must take together)."""
+    return bool(max_over_ranks(float(flag)))
+
+
+def max_over_ranks(value: float) -> float:
+    """The largest of every rank's `value`, the same on all ranks (one number they must agree on)."""
     if not active():
-        return flag
+        return value
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    t = torch.tensor([float(value)], dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return float(t.item())
 
 
 @contextlib.contextmanager

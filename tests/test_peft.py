@@ -168,6 +168,31 @@ def test_time_budget_stops_training_and_from_model_restarts(tiny_clf_dir, tiny_c
     assert json.loads((tmp_path / "stages/02-b/metrics.json").read_text())["source"] == str(tiny_clf_dir)
 
 
+def test_time_budget_anneals_the_learning_rate_to_its_deadline(monkeypatch):
+    """A 10-minute budget: after 2.5 minutes the next step's rate is at most 75% of its peak, a step
+    schedule already lower is left alone, and at the deadline the rate is 0 and training stops."""
+    import torch
+    from transformers import TrainerControl
+
+    from slimtune.train.loop import TimeBudget
+
+    clock = [1000.0]
+    monkeypatch.setattr("time.monotonic", lambda: clock[0])
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)  # sets each group's initial_lr, as the Trainer's does
+    cb, control = TimeBudget(10), TrainerControl()
+    cb.on_train_begin(None, None, control)
+    clock[0] += 150
+    cb.on_step_end(None, None, control, optimizer=opt, lr_scheduler=sched)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.75e-3) and not control.should_training_stop
+    opt.param_groups[0]["lr"] = 0.5e-3  # the step schedule, lower: kept
+    cb.on_step_end(None, None, control, optimizer=opt, lr_scheduler=sched)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5e-3)
+    clock[0] += 450
+    cb.on_step_end(None, None, control, optimizer=opt, lr_scheduler=sched)
+    assert opt.param_groups[0]["lr"] == 0 and control.should_training_stop
+
+
 def test_stage_cannot_be_named_model(tiny_csv):
     from slimtune.recipe import parse
 

@@ -228,19 +228,28 @@ def _as_trainer_callback(cb):
 
 
 def TimeBudget(minutes: float):
-    """A Trainer callback that ends training once `minutes` of wall time have passed since it began."""
+    """A Trainer callback that ends training once `minutes` of wall time have passed since it began,
+    and anneals the learning rate to the deadline: the next step's rate is at most its peak times the
+    share of the budget left. The linear schedule decays over `max_steps`; when the time runs out
+    first, that schedule would stop with the rate still high, and a run cut short at a high rate ends
+    worse than one annealed to the same budget (Li et al. 2020, "Budgeted Training"). When the steps
+    end first, the step schedule is the lower of the two and nothing changes."""
     import time
 
     from transformers import TrainerCallback
 
     class _TimeBudget(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            self.deadline = time.monotonic() + 60 * minutes
+            self.start = time.monotonic()
 
-        def on_step_end(self, args, state, control, **kwargs):
-            # under DDP every rank must stop at the same step (clocks differ): stop when any rank is out of time
-            if distributed.any_rank(time.monotonic() >= self.deadline):
+        def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+            # under DDP every rank must stop at the same step and use the same rate (clocks differ): the
+            # largest elapsed time of any rank decides
+            used = distributed.max_over_ranks(time.monotonic() - self.start) / (60 * minutes)
+            if used >= 1:
                 control.should_training_stop = True
+            for group in optimizer.param_groups if optimizer is not None else []:
+                group["lr"] = min(group["lr"], group.get("initial_lr", group["lr"]) * max(0.0, 1 - used))
 
     return _TimeBudget()
 
