@@ -178,8 +178,6 @@ def test_slim_student_grows_from_the_shared_student():
     # its last stage is the main job's compact stage, option for option
     from pathlib import Path
 
-    import yaml
-
     default = Path(__file__).resolve().parents[1] / "recipes" / "default.yaml"
     shipped = {s["name"]: s for s in yaml.safe_load(default.read_text())["stages"]}
     assert {k: v for k, v in slim[3].items() if k not in ("name", "from")} == \
