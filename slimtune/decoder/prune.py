@@ -194,7 +194,7 @@ def teacher_topk(model, data: PairDataset, k: int, batch_size: int = 8) -> dict:
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            b = fn([{k: rows[i][k] for k in ("input_ids", "attention_mask", "labels")} for i in chunk])
+            b = fn([{key: rows[i][key] for key in ("input_ids", "attention_mask", "labels")} for i in chunk])
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
             for j, i in enumerate(chunk):
                 at = b["labels"][j, 1:] != IGNORE

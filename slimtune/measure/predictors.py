@@ -157,7 +157,8 @@ def onnx_params(graph) -> int:
     """Weights in an ONNX graph, counted as weights (one per number), not as stored elements:
     quantization adds scale / zero-point tensors that are not parameters, and MatMulNBits packs its
     4-bit weights two to a byte in (N, blocks, bytes) blobs, so its weight counts as N x K; integer
-    and one-number constants an optimised graph carries are not weights. (GatherBlockQuantized stores an INT4/UINT4 tensor whose dims are the weight's own.)"""
+    and one-number constants an optimised graph carries are not weights. (GatherBlockQuantized
+    stores an INT4/UINT4 tensor whose dims are the weight's own.)"""
     import onnx
 
     skip, extra = set(), 0
