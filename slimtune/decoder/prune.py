@@ -75,32 +75,49 @@ def _batches(tokenizer, ctx: GenContext, n: int, max_length: int | None, size: i
     return [fn(data.rows[i : i + size]) for i in range(0, len(data), size)]
 
 
-def cosine_scores(model, batches) -> list[float]:
-    """1 - mean cosine(input, output) of each layer over the real (unpadded) tokens."""
+def _state_pair_means(model, batches, pairs: list[tuple[int, int]], measure, skip_first: bool = False) -> list[float]:
+    """For each (a, b) in `pairs`, the mean of `measure(h_a, h_b)` (one value per token) over the real
+    tokens of the calibration batches, where h_i is the input of layer i and h_L the last layer's
+    output. One forward pass per batch, hooks on every layer; `skip_first` leaves out each sequence's
+    first position."""
     import torch
 
     layers = decoder_layers(model)
-    sums, count, mask = [0.0] * len(layers), 0, {}
+    L, states = len(layers), {}
 
     def hook(i):
         def fn(module, args, kwargs, output):
-            h_in = args[0] if args else kwargs["hidden_states"]
-            h_out = output[0] if isinstance(output, tuple) else output
-            cos = torch.nn.functional.cosine_similarity(h_in.float(), h_out.float(), dim=-1)  # (B, T)
-            sums[i] += float(cos[mask["m"]].sum())
+            states[i] = args[0] if args else kwargs["hidden_states"]
+            if i == L - 1:
+                states[L] = output[0] if isinstance(output, tuple) else output
         return fn
 
+    sums, count = [0.0] * len(pairs), 0
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
     try:
         with torch.inference_mode():
             for b in batches:
-                mask["m"] = b["attention_mask"].bool()
-                count += int(mask["m"].sum())
                 model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+                mask = b["attention_mask"].bool().clone()
+                if skip_first:
+                    mask[:, 0] = False
+                count += int(mask.sum())
+                for j, (a, c) in enumerate(pairs):
+                    sums[j] += float(measure(states[a][mask].float(), states[c][mask].float()).sum())
     finally:
         for h in handles:
             h.remove()
-    return [1.0 - s / count for s in sums]
+    return [v / max(count, 1) for v in sums]
+
+
+def cosine_scores(model, batches) -> list[float]:
+    """1 - mean cosine(input, output) of each layer over the real (unpadded) tokens."""
+    import torch
+
+    n = len(decoder_layers(model))
+    cos = _state_pair_means(model, batches, [(i, i + 1) for i in range(n)],
+                            lambda x, y: torch.nn.functional.cosine_similarity(x, y, dim=-1))
+    return [1.0 - c for c in cos]
 
 
 def block_distances(model, batches, n: int) -> list[float]:
@@ -112,32 +129,11 @@ def block_distances(model, batches, n: int) -> list[float]:
 
     import torch
 
-    layers = decoder_layers(model)
-    L = len(layers)
-    states, sums, count = {}, [0.0] * (L - n + 1), 0
+    def angle(x, y):
+        return torch.arccos(torch.nn.functional.cosine_similarity(x, y, dim=-1).clamp(-1, 1)) / math.pi
 
-    def hook(i):
-        def fn(module, args, kwargs, output):
-            states[i] = args[0] if args else kwargs["hidden_states"]
-            if i == L - 1:
-                states[L] = output[0] if isinstance(output, tuple) else output
-        return fn
-
-    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    try:
-        with torch.inference_mode():
-            for b in batches:
-                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-                mask = b["attention_mask"].bool().clone()
-                mask[:, 0] = False
-                count += int(mask.sum())
-                for l in range(L - n + 1):
-                    cos = torch.nn.functional.cosine_similarity(states[l][mask].float(), states[l + n][mask].float(), dim=-1)
-                    sums[l] += float(torch.arccos(cos.clamp(-1, 1)).sum()) / math.pi
-    finally:
-        for h in handles:
-            h.remove()
-    return [s / max(count, 1) for s in sums]
+    L = len(decoder_layers(model))
+    return _state_pair_means(model, batches, [(l, l + n) for l in range(L - n + 1)], angle, skip_first=True)
 
 
 def loss_scores(model, batches) -> list[float]:
