@@ -334,7 +334,11 @@ def test_generate_recipe_runs_with_genai_exports(tiny_llama, pairs_file, tmp_pat
     assert fp32["parity"]["greedy_identical"] == fp32["parity"]["greedy_prompts"] == 4  # same greedy tokens as torch
     assert fp32["perplexity"] == pytest.approx(src["perplexity"], rel=1e-4)
     assert int4["size_bytes"] < fp32["size_bytes"]
-    assert int4["int4"] == {"algo_config": "k_quant", "block_size": 16, "accuracy_level": 4}  # the recipe's, passed to the builder
+    # the recipe's options, passed to the builder; the weight-only stage's own int4 grid (group 16) is kept for
+    # every layer MatMul (3 layers after pruning x 7) and only the output table is quantized by the builder
+    assert int4["int4"] == {"algo_config": "k_quant", "block_size": 16, "accuracy_level": 4,
+                            "grid": "kept", "on_grid_matmuls": 21}
+    assert int4["perplexity"] == pytest.approx(src["perplexity"], rel=0.01)
     md = (tmp_path / "report.md").read_text()
     assert "| untuned (baseline) | baseline |" in md and "### Samples: lora" in md and "genai-int4" in md
     assert report["profile"]["max_length"] == raw.get("eval", {}).get("max_length", 256) and "Data profile" in md
@@ -420,7 +424,8 @@ def test_int4_block_reaches_the_builder_as_its_options():
     raw = {"task": "generate", "data": {"name": "chatterbot_qa"}, "model": "smollm2-135m"}
     plain = parse(raw, "r.yaml")
     assert plain.int4.builder_options() == {"algo_config": "k_quant", "block_size": 32, "accuracy_level": 4}
-    assert plain.to_dict()["int4"] == {"algo": "k_quant", "block_size": 32, "accuracy_level": 4}  # earlier fingerprints hold
+    # grid always written: a genai-int4 built before it existed (requantized) is rebuilt
+    assert plain.to_dict()["int4"] == {"algo": "k_quant", "block_size": 32, "accuracy_level": 4, "grid": "keep"}
     mixed = parse(raw | {"int4": {"int8": ["last_matmul", "mixed_layers"]}}, "r.yaml")
     assert mixed.int4.builder_options() == {"algo_config": "k_quant", "block_size": 32, "accuracy_level": 4,
                                             "matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8"}

@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -27,10 +27,12 @@ from .measure import Decoder
 GENAI_FORMATS = {"genai-int4": "int4", "genai-fp32": "fp32"}
 
 
-def export_genai(source: Path, fmt: str, out: Path, cache: Path, options: dict | None = None) -> Path:
+def export_genai(source: Path, fmt: str, out: Path, cache: Path, options: dict | None = None,
+                 finish: Callable[[Path], None] | None = None) -> Path:
     """Build a GenAI folder from the HF causal-LM folder `source` (a save_pretrained folder: see
     `lm.plain_folder` for a weight-only one), atomically at `out`. `options`:
-    the builder's `--extra_options` (e.g. {"accuracy_level": 1, "block_size": 32})."""
+    the builder's `--extra_options` (e.g. {"accuracy_level": 1, "block_size": 32}); `finish` edits
+    the built folder before it is moved into place (grid.rewrite)."""
     from ..artifacts.atomic import atomic_dir
 
     if fmt not in GENAI_FORMATS:
@@ -45,6 +47,8 @@ def export_genai(source: Path, fmt: str, out: Path, cache: Path, options: dict |
         if proc.returncode != 0 or not (tmp / "genai_config.json").is_file():
             lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
             raise SlimtuneError(f"{fmt} export of {source} failed: {lines[-1] if lines else f'exit code {proc.returncode}'}")
+        if finish is not None:
+            finish(tmp)
     return out
 
 

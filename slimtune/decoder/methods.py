@@ -10,6 +10,7 @@ recipes are validated with the configs alone. `registry.py` imports every method
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -126,7 +127,13 @@ def train_pairs(model, tokenizer, cfg: GenTrainConfig, ctx: GenContext) -> dict:
 
 @register("baseline", GenBaselineConfig)
 def baseline(model, tokenizer, cfg: GenBaselineConfig, ctx: GenContext):
-    """The model as it comes in (e.g. the untuned instruct model): a row of the report."""
+    """The model as it comes in (e.g. the untuned instruct model): a row of the report. A merged
+    LoRA's adapter record comes along (genai-int4 builds from it: grid.py)."""
+    from ..artifacts.peft_adapter import ADAPTER_DIR, MARKER
+
+    record = Path(ctx.teacher or "") / ADAPTER_DIR
+    if ctx.teacher and (record / MARKER).is_file() and json.loads((record / MARKER).read_text()).get("merged"):
+        return StageResult(model, tokenizer, artifact=Artifact("peft_adapter", {"adapter": record}))
     return StageResult(model, tokenizer)
 
 

@@ -6,7 +6,7 @@
     stages: [{name: untuned, method: baseline}, {name: lora, method: lora, max_minutes: 20}, ...]
     export: [genai-int4, genai-fp32]
     eval:   {answer_prompts: 32, max_new_tokens: 32, ...}
-    int4:   {algo: k_quant, block_size: 32, accuracy_level: 4, int8: []}   # how genai-int4 quantizes
+    int4:   {algo: k_quant, block_size: 32, accuracy_level: 4, int8: [], grid: keep}   # how genai-int4 quantizes
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class Int4Config:
     block_size: int = 32  # 16 | 32 | 64 | 128 | 256 weights per scale
     accuracy_level: int = 4  # 4: int8 activations (the CPU default) | 3 bf16 | 2 fp16 | 1 fp32
     int8: list[str] = field(default_factory=list)  # MatMul groups kept at int8: last_matmul (lm_head), mixed_layers
+    grid: str = "keep"  # keep: layer weights already on a 4-bit grid stay on it (grid.py) | requantize: the builder's own
 
     def __post_init__(self) -> None:
         if not isinstance(self.int8, list) or any(g not in INT8_GROUPS for g in self.int8):
@@ -55,6 +56,8 @@ class Int4Config:
             raise SlimtuneError(f"int4.block_size must be one of 16, 32, 64, 128, 256, not {self.block_size!r}")
         if self.accuracy_level not in (1, 2, 3, 4):
             raise SlimtuneError(f"int4.accuracy_level must be 1, 2, 3 or 4, not {self.accuracy_level!r}")
+        if self.grid not in ("keep", "requantize"):
+            raise SlimtuneError(f"int4.grid must be keep or requantize, not {self.grid!r}")
 
     def builder_options(self) -> dict:
         opts = {"algo_config": self.algo, "block_size": self.block_size, "accuracy_level": self.accuracy_level}
@@ -65,7 +68,7 @@ class Int4Config:
     def as_dict(self) -> dict:
         # int8 only when set: the genai-int4 fingerprints of earlier runs (without it) still hold
         out = {"algo": self.algo, "block_size": self.block_size, "accuracy_level": self.accuracy_level}
-        return out | ({"int8": list(self.int8)} if self.int8 else {})
+        return out | ({"int8": list(self.int8)} if self.int8 else {}) | {"grid": self.grid}
 
 
 @dataclass
