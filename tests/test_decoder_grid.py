@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _tiny_llama import build_model_dir, write_pairs  # noqa: E402
+from _tiny_llama import build_model_dir  # noqa: E402
 
 # the lm_head left fp32 (and the embedding unshared), so the only quantized MatMuls are the grid's
 EXACT = {"algo_config": "k_quant", "block_size": 16, "accuracy_level": 1, "shared_embeddings": False,

@@ -63,3 +63,27 @@ def test_genai_exports_of_smollm2(smollm2, tmp_path):
         assert list(fp32.stream(ids, 32)) == list(torch_dec.stream(ids, 32)), p
     int4 = export_genai(folder, "genai-int4", tmp_path / "int4", tmp_path / "cache")
     assert artifact_size(tmp_path / "fp32") / artifact_size(int4) >= 5
+
+
+def test_smollm2_int4_keeps_the_packaged_q4_1_grid(smollm2, tmp_path):
+    """The packaged weights are the GGUF's Q4_1 values: genai-int4 keeps them exactly (fp32 output layer
+    and fp32 activations: torch's log-probabilities), and with the recipe's options is >= 5x smaller."""
+    import numpy as np
+
+    from slimtune.decoder import grid
+    from slimtune.decoder.chat import encode_pair
+    from slimtune.decoder.lm import load_decoder
+    from slimtune.decoder.measure import TorchDecoder
+    from slimtune.measure.bench import artifact_size
+
+    folder, model, tok = smollm2
+    p = grid.plan(folder)
+    assert p is not None and p.adapter is None and p.num_layers == 30
+    exact = {"algo_config": "k_quant", "block_size": 32, "accuracy_level": 1, "shared_embeddings": False,
+             "nodes_to_exclude": "/lm_head/MatMul"}
+    assert grid.export_int4(p, tmp_path / "exact", tmp_path / "cache", exact)["on_grid_matmuls"] == 30 * 7
+    ids = encode_pair(tok, PROMPTS[0], "Paris is the capital of France.").input_ids
+    gap = np.abs(load_decoder(tmp_path / "exact").logprobs(ids) - TorchDecoder(model, tok).logprobs(ids)).max()
+    assert gap < 1e-3, gap
+    grid.export_int4(p, tmp_path / "int4", tmp_path / "cache", {"algo_config": "k_quant", "block_size": 16, "accuracy_level": 4})
+    assert artifact_size(folder) / artifact_size(tmp_path / "int4") >= 5

@@ -251,7 +251,7 @@ def test_l1_penalty_shrinks_weights(tiny_clf_dir, tiny_csv, tmp_path):
                            "learning_rate": 1e-3, "storage": "dense"}]}
         _run(raw, tmp_path / str(l1))
         model, _ = load_model(tmp_path / str(l1) / "stages/01-p")
-        return float(torch.cat([w.abs().reshape(-1) for w in P.prunable_weights(model).values()]).mean())
+        return float(torch.cat([w.detach().abs().reshape(-1) for w in P.prunable_weights(model).values()]).mean())
 
     assert mean_abs(50.0) < 0.97 * mean_abs(0.0)
 

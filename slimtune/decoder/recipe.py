@@ -36,7 +36,14 @@ class Int4Config:
     but ~0.6x the decode speed. fp32 activations (`accuracy_level: 1`) barely helped (33.3) and cost
     a third of the speed; asymmetric (uint4) weights did not load (the builder's shared embedding
     Gather), so they are not offered. `int8: [last_matmul, mixed_layers]` (k_quant, block 32): 24.1,
-    within 5% of fp32, at 112 MiB and 0.75x the decode speed; either group alone: 28.3 / 25.8."""
+    within 5% of fp32, at 112 MiB and 0.75x the decode speed; either group alone: 28.3 / 25.8.
+
+    `grid: keep` (the default) goes first: layer weights already on a 4-bit grid (the packaged Q4_1
+    GGUF, a `weight_only` int4 stage) are exported on that grid exactly, a merged LoRA as its base
+    plus the adapter (grid.py); the options above then apply only to what the builder still
+    quantizes (the tied embedding / output table). Untuned SmolLM2: 24.3 at block 32, 22.3 at
+    block 16 (fp32 23.0); LoRA-tuned: 1.05x fp32 at block 16, 5.2x smaller, ~0.7x the decode speed
+    of `grid: requantize` (the block-minimum term's small MatMuls)."""
 
     algo: str = "k_quant"  # k_quant | rtn
     block_size: int = 32  # 16 | 32 | 64 | 128 | 256 weights per scale
