@@ -172,7 +172,7 @@ def test_time_budget_anneals_the_learning_rate_to_its_deadline(monkeypatch):
     """A 10-minute budget: after 2.5 minutes the next step's rate is at most 75% of its peak, a step
     schedule already lower is left alone, and at the deadline the rate is 0 and training stops."""
     import torch
-    from transformers import TrainerControl
+    from transformers import TrainerControl, TrainerState
 
     from slimtune.train.loop import TimeBudget
 
@@ -191,6 +191,11 @@ def test_time_budget_anneals_the_learning_rate_to_its_deadline(monkeypatch):
     clock[0] += 450
     cb.on_step_end(None, None, control, optimizer=opt, lr_scheduler=sched)
     assert opt.param_groups[0]["lr"] == 0 and control.should_training_stop
+    # what is logged is the rate in use, not the scheduler's (still 1e-3 here)
+    state, logs = TrainerState(), {"loss": 1.0, "learning_rate": sched.get_last_lr()[0]}
+    state.log_history.append(dict(logs))
+    cb.on_log(None, state, control, logs=logs, optimizer=opt, lr_scheduler=sched)
+    assert sched.get_last_lr()[0] == 1e-3 and logs["learning_rate"] == 0 and state.log_history[-1]["learning_rate"] == 0
 
 
 def test_stage_cannot_be_named_model(tiny_csv):

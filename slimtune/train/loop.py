@@ -251,6 +251,14 @@ def TimeBudget(minutes: float):
             for group in optimizer.param_groups if optimizer is not None else []:
                 group["lr"] = min(group["lr"], group.get("initial_lr", group["lr"]) * max(0.0, 1 - used))
 
+        def on_log(self, args, state, control, logs=None, optimizer=None, **kwargs):
+            # the Trainer logs its scheduler's rate; the rate in use is the optimizer's, lowered above
+            if logs is None or "learning_rate" not in logs or optimizer is None:
+                return
+            logs["learning_rate"] = optimizer.param_groups[0]["lr"]
+            if state is not None and state.log_history and "learning_rate" in state.log_history[-1]:
+                state.log_history[-1]["learning_rate"] = logs["learning_rate"]  # the copy already kept
+
     return _TimeBudget()
 
 
