@@ -20,10 +20,16 @@ ADAPTER_DIR = "adapter"
 MARKER = "slimtune.json"  # in ADAPTER_DIR: {"merged": bool, "source": path}
 
 
+def record(folder: Path) -> dict | None:
+    """The marker of `folder`'s adapter ({"merged": bool, "source": path}), or None without one."""
+    marker = Path(folder) / ADAPTER_DIR / MARKER
+    return json.loads(marker.read_text()) if marker.is_file() else None
+
+
 def detect(folder: Path) -> bool:
     """Only an unmerged adapter needs this loader; a merged one is an ordinary HF folder."""
-    marker = Path(folder) / ADAPTER_DIR / MARKER
-    return marker.is_file() and not json.loads(marker.read_text()).get("merged", True)
+    rec = record(folder)
+    return rec is not None and not rec.get("merged", True)
 
 
 def save(folder: Path, model, tokenizer, adapter: Path, base=None) -> dict:

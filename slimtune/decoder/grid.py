@@ -112,16 +112,16 @@ def plan(folder: Path) -> Int4Plan | None:
     """An Int4Plan for the stage folder `folder` (a plain HF folder), or None: build as before."""
     import json
 
+    from ..artifacts.peft_adapter import ADAPTER_DIR, record
+
     folder = Path(folder)
     source, adapter = folder, None
-    marker = folder / "adapter" / "slimtune.json"  # peft_adapter.MARKER: LoRA stages keep their adapter, merged
-    if marker.is_file():
-        record = json.loads(marker.read_text())
-        config = folder / "adapter" / "adapter_config.json"
-        base = Path(record.get("source", ""))
-        if record.get("merged") and config.is_file() and json.loads(config.read_text()).get("peft_type") == "LORA" \
-                and (base / "config.json").is_file():
-            source, adapter = base, folder / "adapter"
+    rec = record(folder) or {}  # LoRA stages keep their adapter beside the merged weights
+    config = folder / ADAPTER_DIR / "adapter_config.json"
+    base = Path(rec.get("source", ""))
+    if rec.get("merged") and config.is_file() and json.loads(config.read_text()).get("peft_type") == "LORA" \
+            and (base / "config.json").is_file():
+        source, adapter = base, folder / ADAPTER_DIR
     if not folder_on_grid(source):
         return None
     layers = json.loads((source / "config.json").read_text()).get("num_hidden_layers", 0)
@@ -169,7 +169,7 @@ def rewrite(folder: Path, accuracy_level: int = 4) -> dict:
                 groups.setdefault((node.input[0], g.block), []).append((node, g))
     first = {id(members[0][0]): key for key, members in groups.items()}
     replaced = {id(n) for members in groups.values() for n, _ in members}
-    nodes, added = [], []
+    nodes, added = [], {}
     for node in graph.node:
         if id(node) not in replaced:
             nodes.append(node)
@@ -177,14 +177,13 @@ def rewrite(folder: Path, accuracy_level: int = 4) -> dict:
             (x, block), members = first[id(node)], groups[first[id(node)]]
             built, inits_ = _fused(x, block, members, accuracy_level)
             nodes += built
-            have = {t.name for t in added}
-            added += [t for t in inits_ if t.name not in have]
+            added |= {t.name: t for t in inits_ if t.name not in added}  # the block-ones matrices are shared
     dead = {n.input[1] for members in groups.values() for n, _ in members}
     del graph.node[:]
     graph.node.extend(nodes)
     keep = [t for t in graph.initializer if t.name not in dead]
     del graph.initializer[:]
-    graph.initializer.extend(keep + added)
+    graph.initializer.extend(keep + list(added.values()))
     if not any(op.domain == "com.microsoft" for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     data = path.with_name(path.name + ".data")

@@ -10,7 +10,6 @@ recipes are validated with the configs alone. `registry.py` imports every method
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -129,11 +128,10 @@ def train_pairs(model, tokenizer, cfg: GenTrainConfig, ctx: GenContext) -> dict:
 def baseline(model, tokenizer, cfg: GenBaselineConfig, ctx: GenContext):
     """The model as it comes in (e.g. the untuned instruct model): a row of the report. A merged
     LoRA's adapter record comes along (genai-int4 builds from it: grid.py)."""
-    from ..artifacts.peft_adapter import ADAPTER_DIR, MARKER
+    from ..artifacts.peft_adapter import ADAPTER_DIR, record
 
-    record = Path(ctx.teacher or "") / ADAPTER_DIR
-    if ctx.teacher and (record / MARKER).is_file() and json.loads((record / MARKER).read_text()).get("merged"):
-        return StageResult(model, tokenizer, artifact=Artifact("peft_adapter", {"adapter": record}))
+    if ctx.teacher and (record(ctx.teacher) or {}).get("merged"):
+        return StageResult(model, tokenizer, artifact=Artifact("peft_adapter", {"adapter": Path(ctx.teacher) / ADAPTER_DIR}))
     return StageResult(model, tokenizer)
 
 

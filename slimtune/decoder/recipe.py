@@ -73,7 +73,8 @@ class Int4Config:
         return opts
 
     def as_dict(self) -> dict:
-        # int8 only when set: the genai-int4 fingerprints of earlier runs (without it) still hold
+        # int8 only when set (fingerprints from before it existed still hold); grid always: a genai-int4
+        # built before it existed was requantized and is rebuilt
         out = {"algo": self.algo, "block_size": self.block_size, "accuracy_level": self.accuracy_level}
         return out | ({"int8": list(self.int8)} if self.int8 else {}) | {"grid": self.grid}
 
