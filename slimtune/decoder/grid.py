@@ -118,9 +118,9 @@ def plan(folder: Path) -> Int4Plan | None:
     source, adapter = folder, None
     rec = record(folder) or {}  # LoRA stages keep their adapter beside the merged weights
     config = folder / ADAPTER_DIR / "adapter_config.json"
-    base = Path(rec.get("source", ""))
-    if rec.get("merged") and config.is_file() and json.loads(config.read_text()).get("peft_type") == "LORA" \
-            and (base / "config.json").is_file():
+    base = Path(rec["source"]) if rec.get("source") else None  # not Path(""): that is the working directory
+    if rec.get("merged") and base is not None and (base / "config.json").is_file() and config.is_file() \
+            and json.loads(config.read_text()).get("peft_type") == "LORA":
         source, adapter = base, folder / ADAPTER_DIR
     if not folder_on_grid(source):
         return None
