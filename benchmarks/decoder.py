@@ -11,9 +11,16 @@ lora's top-k logits)
 Targets: LoRA lowers held-out response perplexity below the untuned model's; GenAI int4 >= 5x
 smaller than fp32 and >= 4x the decode tokens/s of transformers fp32, perplexity within 10% of
 fp32; GenAI fp32 greedy tokens identical to torch on every prompt measured; pruned perplexity
-within 15% of the unpruned fine-tuned model's, decode >= 1.4x faster. (Per generated token the
-model reads 30 x 3.54M layer weights and the 28.3M-weight output layer: removing 10 layers bounds
-the decode speed-up near 134/99 = 1.36x; docs/figures.md, 2026-11-25.)
+within 15% of the unpruned fine-tuned model's, decode >= 1.4x faster.
+
+The pruned decode speed-up is measured three ways, each pruned against tuned in the same runtime:
+transformers fp32 (the stages' own metrics), and GenAI fp32 and GenAI int4 (both models requantized
+by the builder with the same options, so neither has the grid's extra MatMuls: grid.py), exported
+after the run and timed in fresh processes, alternating, median of --rounds rounds. Counting only
+the weights read per token (30 x 3.54M layer weights and the 28.3M-weight output layer, against
+20 x 3.54M + 28.3M) predicts 1.36x; each layer also costs a fixed number of operator calls per token
+(Python module calls in transformers, kernel launches in ONNX Runtime), which the pruned model makes
+a third fewer of, so measured ratios can exceed it (docs/figures.md, 2026-11-25 evening).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ def main() -> int:
     ap.add_argument("--train-samples", type=int, default=None, help="subsample the training pairs (teacher logits cost a forward each)")
     ap.add_argument("--test-samples", type=int, default=None, help="held-out pairs scored for perplexity (recipe: 120)")
     ap.add_argument("--answer-prompts", type=int, default=None, help="greedy answers per artifact (recipe: 24)")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating timing rounds of pruned vs tuned in GenAI")
     args = ap.parse_args()
     raw = yaml.safe_load((REPO / "recipes" / "generate.yaml").read_text())
     if args.train_samples:
@@ -62,9 +70,11 @@ def main() -> int:
     quiet_libraries()
     load_before = os.getloadavg()
     start = time.perf_counter()
-    report = run(parse(raw, "recipes/generate.yaml + pruned"), out, log=lambda m: print(m, flush=True))
+    recipe = parse(raw, "recipes/generate.yaml + pruned")
+    report = run(recipe, out, log=lambda m: print(m, flush=True))
     wall = time.perf_counter() - start
     m = {s["name"]: s["metrics"] for s in report["stages"]}
+    genai = pruned_vs_tuned_in_genai(out, report, recipe.data, args.rounds)
     u, t, p, q, f = m["untuned"], m["tuned"], m["pruned"], m["genai-int4"], m["genai-fp32"]
     checks = [
         ("LoRA perplexity / untuned perplexity", t["perplexity"] / u["perplexity"], "< 1", t["perplexity"] < u["perplexity"]),
@@ -75,8 +85,10 @@ def main() -> int:
         ("GenAI fp32 prompts with identical first 32 greedy tokens", f["parity"]["greedy_identical"] / f["parity"]["greedy_prompts"],
          "= 1", f["parity"]["greedy_identical"] == f["parity"]["greedy_prompts"]),
         ("pruned (20 layers) perplexity / tuned (30)", p["perplexity"] / t["perplexity"], "<= 1.15", p["perplexity"] / t["perplexity"] <= 1.15),
-        ("pruned decode tok/s / tuned", p["decode_tokens_per_s"] / t["decode_tokens_per_s"], ">= 1.4x",
-         p["decode_tokens_per_s"] / t["decode_tokens_per_s"] >= 1.4),
+        ("pruned decode tok/s / tuned, transformers fp32", p["decode_tokens_per_s"] / t["decode_tokens_per_s"],
+         ">= 1.4x", p["decode_tokens_per_s"] / t["decode_tokens_per_s"] >= 1.4),
+        *((f"pruned decode tok/s / tuned, {fmt} (median of {args.rounds} alternating rounds)", r, ">= 1.4x", r >= 1.4)
+          for fmt, r in genai.items()),
         ("LoRA training steps in its budget", m["lora"]["train_steps"], f"(info: {args.lora_minutes} min)", True),
         ("LoRA seconds per step (8 pairs)", m["lora"]["seconds_per_step"], "(info)", True),
         ("pruning recovery steps in its budget", p.get("train_steps", 0), f"(info: {args.prune_minutes} min)", True),
@@ -93,6 +105,35 @@ def main() -> int:
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {value:.3f} (target {target})")
     print(f"report: {out / 'report.md'}")
     return 1 if bad else 0
+
+
+def pruned_vs_tuned_in_genai(out: Path, report: dict, data, rounds: int) -> dict[str, float]:
+    """Decode tokens/s of pruned / tuned exported to GenAI fp32 and int4 (the builder's own k_quant
+    at block 32 for both: the grid-kept export of tuned would be slower per layer, grid.py), timed in
+    fresh processes, pruned and tuned alternating; median of the per-round ratios."""
+    import statistics
+
+    from slimtune.decoder.bench import speed_in_subprocess
+    from slimtune.decoder.data import load_pairs
+    from slimtune.decoder.genai import export_genai
+
+    splits = load_pairs(data)
+    prompts = splits.test.prompts[: report["eval"]["speed_prompts"]]
+    folders = {s["name"]: out / s["artifact"] for s in report["stages"]}
+    ratios = {}
+    for fmt, options in (("genai-fp32", None), ("genai-int4", {"algo_config": "k_quant", "block_size": 32, "accuracy_level": 4})):
+        built = {}
+        for name in ("pruned", "tuned"):
+            built[name] = export_genai(folders[name], fmt, out / "pruned-vs-tuned" / f"{name}-{fmt}", out / "cache" / "genai", options)
+        per_round = []
+        for i in range(rounds):
+            order = ("pruned", "tuned") if i % 2 == 0 else ("tuned", "pruned")
+            rate = {name: speed_in_subprocess(built[name], prompts, splits.system, report["eval"]["speed_new_tokens"])["decode_tokens_per_s"]
+                    for name in order}
+            per_round.append(rate["pruned"] / rate["tuned"])
+            print(f"{fmt} round {i + 1}: pruned {rate['pruned']:.1f} tok/s, tuned {rate['tuned']:.1f} tok/s", flush=True)
+        ratios[fmt] = statistics.median(per_round)
+    return ratios
 
 
 if __name__ == "__main__":
