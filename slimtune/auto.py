@@ -316,11 +316,19 @@ def _storage(cfg: AutoConfig, out: Path):
     import optuna
 
     url = cfg.storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    try:
-        # heartbeats let other workers see a crashed worker's trial as failed (RDB storage only)
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {})
-    except Exception as e:  # sqlalchemy / optuna raise many kinds for a bad URL
-        raise SlimtuneError(f"--storage {url}: cannot open the study database: {str(e).splitlines()[0]}") from None
+    for attempt in range(5):
+        try:
+            # heartbeats let other workers see a crashed worker's trial as failed (RDB storage only)
+            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {})
+        except Exception as e:  # sqlalchemy / optuna raise many kinds for a bad URL
+            first = str(e).splitlines()[0]
+            # Workers started together on a new database race to create its tables ("table studies
+            # already exists", alembic_version "UNIQUE constraint failed"): optuna has no lock for it
+            # (optuna#1092, #4621: create the schema first). The loser finds the tables on a retry.
+            if attempt < 4 and any(m in first for m in ("already exists", "UNIQUE constraint failed", "duplicate key")):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise SlimtuneError(f"--storage {url}: cannot open the study database: {first}") from None
 
 
 def _study(cfg: AutoConfig, out: Path, depth: int, worker: str, log):

