@@ -161,7 +161,6 @@ def test_two_workers_share_one_study(tiny_base_dir, tiny_csv, tmp_path):
         assert json.loads((tmp_path / f"w{i}/report.json").read_text())["chosen"]
 
 
-
 def _open_storage_at(url: str, start: float, results) -> None:
     import time
 
@@ -195,6 +194,7 @@ def test_workers_opening_a_new_study_database_together(tmp_path):
         for w in workers:
             w.join(60)
         assert [results.get(timeout=5) for _ in workers] == ["ok"] * 4
+
 
 def test_slim_student_grows_from_the_shared_student():
     """truncate-3-ffn50 (the main job's pipeline) reuses the truncate-3 student stage, then halves the FFN."""
