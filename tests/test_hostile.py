@@ -88,8 +88,11 @@ def test_04_ctrl_c_exits_130_and_names_the_resume_command(tiny_base_dir, tiny_cs
                           {"name": "long", "method": "full", "max_steps": 5000, "max_length": 32})
     out = tmp_path / "out"
     exe = shutil.which("slimtune", path=str(Path(sys.executable).parent))
+    # SIGINT as at a terminal: a suite started in the background of a non-interactive shell (`... &`)
+    # passes SIGINT down ignored, and Python then never turns it into KeyboardInterrupt
     proc = subprocess.Popen([exe, "run", str(recipe), "--out", str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 180
     while not list((out / "stages").glob(".tmp-*")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)  # wait until the stage is at work
