@@ -116,12 +116,14 @@ def pruned_vs_tuned_in_genai(out: Path, report: dict, data, rounds: int) -> dict
     from slimtune.decoder.bench import speed_in_subprocess
     from slimtune.decoder.data import load_pairs
     from slimtune.decoder.genai import export_genai
+    from slimtune.decoder.recipe import Int4Config
 
     splits = load_pairs(data)
     prompts = splits.test.prompts[: report["eval"]["speed_prompts"]]
     folders = {s["name"]: out / s["artifact"] for s in report["stages"]}
     ratios = {}
-    for fmt, options in (("genai-fp32", None), ("genai-int4", {"algo_config": "k_quant", "block_size": 32, "accuracy_level": 4})):
+    requantized = Int4Config(grid="requantize").builder_options()  # k_quant, block 32, int8 activations
+    for fmt, options in (("genai-fp32", None), ("genai-int4", requantized)):
         built = {}
         for name in ("pruned", "tuned"):
             built[name] = export_genai(folders[name], fmt, out / "pruned-vs-tuned" / f"{name}-{fmt}", out / "cache" / "genai", options)
