@@ -126,13 +126,20 @@ def default_texts(n: int = 200) -> list[str]:
 
 
 def bench(model: str | Path, texts: list[str] | None = None, runs: int = 100, warmup: int = 10, max_length: int = EVAL_MAX_LENGTH,
-          batch_size: int = 32, provider: str = "cpu") -> dict:
+          batch_size: int = 32, provider: str = "cpu", against: str | Path | None = None) -> dict:
     """Latency p50/p95 (batch 1), throughput, peak RSS, params, size on disk and hardware of `model`
-    (`provider`: ONNX Runtime's cpu, cuda or tensorrt execution provider for an ONNX artifact)."""
+    (`provider`: ONNX Runtime's cpu, cuda or tensorrt execution provider for an ONNX artifact);
+    with `against` (a baseline artifact), its speed-up over that baseline, the two timed in
+    alternating blocks in this process (measure/alternate.py)."""
     from .measure.bench import artifact_size, benchmark, hardware
 
+    if against is not None and not Path(against).exists():  # said before any timing, not after it
+        raise SlimtuneError(f"--against: model not found: {against}")
     pred = load_predictor(model, max_length, provider=provider)
-    result = benchmark(pred, texts or default_texts(), runs, warmup, batch_size)
+    loader = None if against is None else (lambda: load_predictor(against, max_length, provider=provider))
+    result = benchmark(pred, texts or default_texts(), runs, warmup, batch_size, against=loader)
+    if against is not None:
+        result["speedup"]["against"] = str(against)
     target = Path(model)
     result["size_bytes"] = artifact_size(target / "model.onnx" if (target / "model.onnx").is_file() else target)
     return result | {"hardware": hardware(), "provider": provider}

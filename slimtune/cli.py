@@ -114,10 +114,14 @@ def bench(
     max_length: MaxLen = 128,
     provider: Annotated[str, typer.Option(help="ONNX Runtime execution provider for an ONNX artifact: cpu, cuda, tensorrt "
                                                "(GPU ones need onnxruntime-gpu)")] = "cpu",
+    against: Annotated[Optional[str], typer.Option(help="baseline model folder: speed-up of MODEL over it, the two "
+                                                       "timed in alternating blocks (median of the rounds)")] = None,
 ):
     """Latency p50/p95 at batch 1, throughput at batch 32, peak RSS, params, size, hardware; for a
     causal LM: time to first token and decode tokens/s at batch 1 on prompts of --data (default chatterbot_qa)."""
     if api.is_generative(model):
+        if against:
+            raise SlimtuneError("bench --against: applies to classifiers; for a causal LM, time each artifact alone")
         _print_json(api.bench_generative(model, api.pair_config(data, encoding=encoding) if data else None))
         return
     texts = None
@@ -125,7 +129,7 @@ def bench(
         from .data import load_splits
 
         texts = load_splits(api.data_config(data, text_column, label_column, encoding=encoding)).test.texts[:200]
-    _print_json(api.bench(model, texts, runs=runs, max_length=max_length, provider=provider))
+    _print_json(api.bench(model, texts, runs=runs, max_length=max_length, provider=provider, against=against))
 
 
 @app.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .measure import alternate
 from .measure.floor import verdict as floor_verdict
 from .profile import markdown as profile_markdown
 
@@ -25,6 +26,19 @@ SIZE_ONLY_BELOW = 1.10  # an unstructured-sparse model measured less than 10% fa
 
 def _baseline(report: dict) -> dict | None:
     return next((s for s in report["stages"] if s["name"] == report.get("baseline")), None)
+
+
+def speedup(m: dict, base: dict, baseline: str | None) -> tuple[float, str, dict | None]:
+    """A row's speed-up over the baseline, its cell, and the alternated measurement it comes from
+    when the row has one against this baseline (alternate.py); else (None) the ratio of two p50s
+    timed apart (a stage measured before its baseline existed), said so in the cell."""
+    s = m.get("speedup")
+    if s and s.get("against") == baseline:
+        if m is base["metrics"]:
+            return 1.0, alternate.compact(s, itself=True), s
+        return s["speedup"], alternate.compact(s), s
+    x = base["metrics"]["latency_ms_p50"] / m["latency_ms_p50"]
+    return x, f"{x:.2f}x (timed apart)", None
 
 
 def _compute_lines(report: dict) -> list[str]:
@@ -56,7 +70,7 @@ def markdown(report: dict) -> str:
         *_compute_lines(report),  # hook (compute.py / distributed.py): processes, device, GPU
     ]
     # a literal | inside a cell must be escaped, or the table gets extra columns and does not render
-    head = ["stage", "method"] + [c[1] for c in COLUMNS] + ["speed-up", "size ratio", r"parity (max \|Δlogit\|, agree)"]
+    head = ["stage", "method"] + [c[1] for c in COLUMNS] + ["speed-up (median of alternated rounds, min–max)", "size ratio", r"parity (max \|Δlogit\|, agree)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in report["stages"] + ([report["floor"]] if report.get("floor") else []):
         m = s["metrics"]
@@ -68,10 +82,10 @@ def markdown(report: dict) -> str:
                 cells[-1] += " (noisy)"
         if base is not None:
             bm = base["metrics"]
-            speedup = bm["latency_ms_p50"] / m["latency_ms_p50"]
+            x, cell, _ = speedup(m, base, report.get("baseline"))
             # zeros in dense matrices make nothing faster: say so unless a speed-up was measured
-            size_only = m.get("speedup_kind") == "size-only" and speedup < SIZE_ONLY_BELOW
-            cells.append(f"{speedup:.2f}x" + (" (size-only)" if size_only else ""))
+            size_only = m.get("speedup_kind") == "size-only" and x < SIZE_ONLY_BELOW
+            cells.append(cell + (" (size-only)" if size_only else ""))
             cells.append(f"{bm['size_bytes'] / m['size_bytes']:.2f}x smaller")
         else:
             cells += ["", ""]
@@ -83,20 +97,30 @@ def markdown(report: dict) -> str:
     where = ("in the run's own process (eval.isolate: false), so peak RSS includes what ran before it"
              if in_process else "in a fresh process")
     loads = [s["metrics"]["load_avg_1m"] for s in report["stages"] if "load_avg_1m" in s["metrics"]]
+    alt = next((s["metrics"]["speedup"] for s in report["stages"] if s["metrics"].get("speedup")), None)
+    how = (f"Speed-up: each row's batch-1 calls are timed in {alt['rounds']} blocks of {alt['runs_per_block']}, alternating "
+           f"with blocks of the baseline {report.get('baseline')} loaded in the same process (order swapped every round); "
+           "each round gives one ratio, the column shows their median and min–max (the baseline's own row: itself "
+           f"against itself, the noise floor). A figure whose rounds disagree (max/min > {alternate.NOISY_RATIO_SPREAD}) "
+           f"or whose baseline blocks do (max/min > {alternate.NOISY_BLOCK_SPREAD}) is marked ≈ noisy, after up to "
+           f"{alternate.MAX_ATTEMPTS} attempts. " if alt else "")
     lines += [
         "",
         f"Latency: batch 1 over real test sentences, {runs} timed runs after warm-up, tokenization included; "
         f"throughput at batch 32. Each artifact is benchmarked {where}, one after another on "
-        "this machine; compare ratios within this report rather than absolute times across machines. "
+        "this machine; compare ratios within this report rather than absolute times across machines. " + how +
         "Size: bytes of the weight files on disk (tokenizer excluded). Peak RSS: the benchmarking "
         "process, Python and libraries included."
         + (f" 1-minute load average while timing: {min(loads):.2f} to {max(loads):.2f}." if loads else ""),
     ]
     noisy = [s["name"] for s in report["stages"] if s["metrics"].get("noisy")]
     if noisy:
-        lines += ["", f"**noisy**: {', '.join(noisy)} were timed while the machine was busy (load average or a p95/p50 "
-                  "spread above the limits in slimtune/measure/bench.py, still so after re-measuring); their latency and "
-                  "speed-up are not to be trusted. Re-run `slimtune bench` on an idle machine."]
+        why = "; ".join(f"{s['name']}: {s['metrics']['speedup']['noisy_reason']}" for s in report["stages"]
+                        if s["metrics"].get("noisy") and (s["metrics"].get("speedup") or {}).get("noisy_reason"))
+        lines += ["", f"**noisy**: {', '.join(noisy)} were timed while the machine was busy (alternated rounds or "
+                  "baseline blocks that disagree, or alone a load average or p95/p50 spread above the limits in "
+                  "slimtune/measure/, still so after re-measuring); their latency and speed-up are not to be trusted"
+                  + (f" ({why})" if why else "") + ". Re-run `slimtune bench A --against BASELINE` on an idle machine."]
     varying = [s for s in report["stages"] if s["metrics"].get("batch1_agreement", 1.0) < 1.0]
     if varying:
         lines += ["", "Batch-mates change predictions (dynamic int8 computes activation scales per batch, padding "
@@ -149,11 +173,14 @@ def int8_speed_notes(report: dict, base: dict | None) -> list[str]:
     b = base["metrics"]["latency_ms_p50"]
     for s in rows:
         p50 = s["metrics"]["latency_ms_p50"]
-        if p50 >= b:
-            lines.append(f"- **{s['name']}: int8 is NOT faster than fp32 on this machine** ({p50:.2f} ms vs {b:.2f} ms); "
+        x, cell, alternated = speedup(s["metrics"], base, report.get("baseline"))
+        detail = f"{p50:.2f} ms vs {b:.2f} ms" + (f"; speed-up {cell}" if alternated else "")
+        if x <= 1.0:
+            lines.append(f"- **{s['name']}: int8 is NOT faster than fp32 on this machine** ({detail}); "
                          "keep fp32 here unless size matters more than speed.")
         else:
-            lines.append(f"- {s['name']}: {b / p50:.2f}x faster than fp32 ({p50:.2f} ms vs {b:.2f} ms).")
+            noisy = "≈" if alternated and alternated["noisy"] else ""
+            lines.append(f"- {s['name']}: {noisy}{x:.2f}x faster than fp32 ({detail}).")
     return lines
 
 

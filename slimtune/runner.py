@@ -31,6 +31,7 @@ from .console import trainer_progress
 from .data import Splits, load_splits
 from .export import export_checked
 from .measure import bench
+from .measure.alternate import compact
 from .measure.floor import KIND as FLOOR_KIND, fit_floor
 from .measure.metrics import evaluate, parity
 from .measure.predictors import batched_logits
@@ -43,9 +44,11 @@ from .stage import METHODS, Artifact, StageContext
 
 
 def measure(artifact: Path, splits: Splits, ev: EvalConfig, log: Callable[[str], None], source_logits=None,
-            pred=None, logits=None, device: str = "cpu") -> tuple[dict, np.ndarray]:
+            pred=None, logits=None, device: str = "cpu", against: tuple[str, Path] | None = None) -> tuple[dict, np.ndarray]:
     """Evaluate `artifact` on the test split, then benchmark it in a fresh process. `pred` and its
     test `logits`, when the caller has them already (an export's parity check), are not recomputed.
+    `against` (the baseline's name and folder; the artifact itself for the baseline's own row) is
+    loaded beside it and timed alternately: the row's speed-up (measure/alternate.py).
     `device: cuda` evaluates a torch model on the GPU; the batch-1 checks and the benchmark stay on
     the CPU (they measure the artifact as it will be deployed, and compare across rows)."""
     pred = pred or artifacts.load_predictor(artifact, ev.max_length, splits.label_names)
@@ -65,14 +68,22 @@ def measure(artifact: Path, splits: Splits, ev: EvalConfig, log: Callable[[str],
     metrics["batch1_agreement"] = float((alone.argmax(1) == logits[: len(texts)].argmax(1)).mean())
     metrics["batch1_agreement_texts"] = len(texts)
     log(f"  accuracy {metrics['accuracy']:.4f}  f1 {metrics['f1_macro']:.4f}; benchmarking ({ev.latency_runs} runs)")
+    base = against[1] if against else None
     if ev.isolate:
         del pred
-        metrics |= bench.benchmark_in_subprocess(artifact, texts, ev.max_length, ev.latency_runs, ev.warmup, ev.batch_size)
+        metrics |= bench.benchmark_in_subprocess(artifact, texts, ev.max_length, ev.latency_runs, ev.warmup, ev.batch_size, base)
     else:
-        metrics |= bench.benchmark(pred, texts, ev.latency_runs, ev.warmup, ev.batch_size) | {"peak_rss_note": "in-process"}
+        loader = None if base is None else (lambda: pred) if Path(base) == Path(artifact) else (
+            lambda: artifacts.load_predictor(base, ev.max_length, splits.label_names))
+        metrics |= bench.benchmark(pred, texts, ev.latency_runs, ev.warmup, ev.batch_size, against=loader) | {
+            "peak_rss_note": "in-process"}
+    if "speedup" in metrics:
+        metrics["speedup"]["against"] = against[0]
     metrics["size_bytes"] = bench.artifact_size(artifact)
     noisy = " (noisy: the machine was busy; compare with care)" if metrics.get("noisy") else ""
-    log(f"  p50 {metrics['latency_ms_p50']:.2f} ms{noisy}  size {metrics['size_bytes'] / 2**20:.1f} MiB")
+    speed = (f"  speed-up {compact(metrics['speedup'], itself=Path(base) == Path(artifact))} vs {against[0]}"
+             if "speedup" in metrics else "")
+    log(f"  p50 {metrics['latency_ms_p50']:.2f} ms{noisy}{speed}  size {metrics['size_bytes'] / 2**20:.1f} MiB")
     return metrics, logits
 
 
@@ -110,6 +121,12 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
     source_logits = None
 
     folders: dict[str, Path] = {}
+
+    def baseline() -> tuple[str, Path] | None:
+        # every row's speed-up is timed alternately with the baseline's folder, once it exists
+        name = recipe.baseline_name
+        return (name, folders[name]) if name in folders else None
+
     for i, stage in enumerate(stages):
         folder = folders[stage.name] = stage_dirs[i]
         if stage.source:  # `from: model` starts again from the recipe's model
@@ -117,7 +134,7 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         fp = _fingerprint(recipe, splits, i)
         if main:
             done = _reuse_or_run(folder, fp, f"stage {stage.name} ({stage.method})", f"stage {stage.name}", out, log,
-                                 lambda: _run_stage(stage, source, splits, ev, folder, fp, log, compute))
+                                 lambda: _run_stage(stage, source, splits, ev, folder, fp, log, compute, baseline()))
         elif not (done := _finished(folder, fp)):  # another rank trains alongside rank 0, then reads its folder
             with _failing_step(f"stage {stage.name} ({stage.method}) on rank {distributed.rank()}", out):
                 _follow_stage(stage, source, splits, ev, _checkpoint_dir(folder, fp), out / "cache", compute)
@@ -136,7 +153,7 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         folder = out / "exports" / fmt
         fp = _fingerprint(recipe, splits, None, fmt)
         done = _reuse_or_run(folder, fp, f"export {fmt}", f"export {fmt}", out, log,
-                             lambda: _export(source, source_logits, fmt, folder, fp, splits, ev, log))
+                             lambda: _export(source, source_logits, fmt, folder, fp, splits, ev, log, baseline()))
         rows.append(_row(fmt, "export", folder, out, done))
 
     report = {
@@ -152,18 +169,18 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
                                              for r in rows if "effective_batch_size" in r["metrics"]}},
     }
     if ev.floor:  # the classical baseline every transformer row has to beat
-        report["floor"] = _floor_row(splits, ev, out, log, _fingerprint(recipe, splits, -1, "floor"))
+        report["floor"] = _floor_row(splits, ev, out, log, _fingerprint(recipe, splits, -1, "floor"), baseline())
     write_report(report, out)
     distributed.finish()
     return report
 
 
-def _export(source, source_logits, fmt: str, folder: Path, fp: dict, splits: Splits, ev: EvalConfig, log) -> dict:
+def _export(source, source_logits, fmt: str, folder: Path, fp: dict, splits: Splits, ev: EvalConfig, log, against=None) -> dict:
     model, tokenizer = artifacts.load_model(source, splits.label_names)
     pred, logits, _ = export_checked(model, tokenizer, fmt, folder, splits.test.texts, ev.max_length,
                                      source_logits, splits.label_names, ev.batch_size)
     del model
-    metrics, _ = measure(folder, splits, ev, log, source_logits, pred=pred, logits=logits)
+    metrics, _ = measure(folder, splits, ev, log, source_logits, pred=pred, logits=logits, against=against)
     done = {"metrics": metrics, "fingerprint": fp, "source": str(source)}
     _write_json(folder / "metrics.json", done)
     return done
@@ -175,7 +192,8 @@ def _checkpoint_dir(folder: Path, fp: dict) -> Path:
     return folder.parent.parent / "checkpoints" / f"{folder.name}-{key}"
 
 
-def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: dict, log, compute: Compute | None = None) -> dict:
+def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: dict, log, compute: Compute | None = None,
+               against: tuple[str, Path] | None = None) -> dict:
     from transformers import set_seed
 
     method = METHODS[stage.method]
@@ -196,7 +214,9 @@ def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: 
         info |= artifacts.save(result.artifact, tmp, result.model, result.tokenizer)
         shutil.rmtree(tmp / "_work", ignore_errors=True)
         del model, result
-        metrics, logits = measure(tmp, splits, ev, log, device=compute.device if compute else "cpu")
+        if against and against[1] == folder:  # the baseline itself: against its own (not yet renamed) folder
+            against = (against[0], tmp)
+        metrics, logits = measure(tmp, splits, ev, log, device=compute.device if compute else "cpu", against=against)
         np.save(tmp / "test_logits.npy", logits, allow_pickle=False)
         done = {"metrics": metrics | info, "fingerprint": fp, "source": str(source)}
         _write_json(tmp / "metrics.json", done)
@@ -238,7 +258,7 @@ def _silent(msg: str) -> None:
     pass
 
 
-def _floor_row(splits: Splits, ev: EvalConfig, out: Path, log, fingerprint: dict) -> dict:
+def _floor_row(splits: Splits, ev: EvalConfig, out: Path, log, fingerprint: dict, against=None) -> dict:
     """Fit (or reuse) the TF-IDF floor in OUT/floor and measure it like any artifact; a report row."""
     folder = Path(out) / "floor"
     done = _finished(folder, fingerprint)
@@ -249,7 +269,7 @@ def _floor_row(splits: Splits, ev: EvalConfig, out: Path, log, fingerprint: dict
         with atomic_dir(folder) as tmp:
             vec, clf, info = fit_floor(splits)
             artifacts.save(Artifact("floor", {"label_names": splits.label_names, "info": info}), tmp, (vec, clf), None)
-            metrics, _ = measure(tmp, splits, ev, log)
+            metrics, _ = measure(tmp, splits, ev, log, against=against)
             done = {"metrics": metrics | info, "fingerprint": fingerprint}
             _write_json(tmp / "metrics.json", done)
     return {"name": "tfidf-floor", "method": FLOOR_KIND, "artifact": "floor", "metrics": done["metrics"]}
