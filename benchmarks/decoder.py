@@ -111,12 +111,11 @@ def pruned_vs_tuned_in_genai(out: Path, report: dict, data, rounds: int) -> dict
     """Decode tokens/s of pruned / tuned exported to GenAI fp32 and int4 (the builder's own k_quant
     at block 32 for both: the grid-kept export of tuned would be slower per layer, grid.py), timed in
     fresh processes, pruned and tuned alternating; median of the per-round ratios."""
-    import statistics
-
     from slimtune.decoder.bench import speed_in_subprocess
     from slimtune.decoder.data import load_pairs
     from slimtune.decoder.genai import export_genai
     from slimtune.decoder.recipe import Int4Config
+    from slimtune.measure.alternate import alternate, compact
 
     splits = load_pairs(data)
     prompts = splits.test.prompts[: report["eval"]["speed_prompts"]]
@@ -127,14 +126,18 @@ def pruned_vs_tuned_in_genai(out: Path, report: dict, data, rounds: int) -> dict
         built = {}
         for name in ("pruned", "tuned"):
             built[name] = export_genai(folders[name], fmt, out / "pruned-vs-tuned" / f"{name}-{fmt}", out / "cache" / "genai", options)
-        per_round = []
-        for i in range(rounds):
-            order = ("pruned", "tuned") if i % 2 == 0 else ("tuned", "pruned")
-            rate = {name: speed_in_subprocess(built[name], prompts, splits.system, report["eval"]["speed_new_tokens"])["decode_tokens_per_s"]
-                    for name in order}
-            per_round.append(rate["pruned"] / rate["tuned"])
-            print(f"{fmt} round {i + 1}: pruned {rate['pruned']:.1f} tok/s, tuned {rate['tuned']:.1f} tok/s", flush=True)
-        ratios[fmt] = statistics.median(per_round)
+
+        def block(name: str):
+            def run(r: int) -> list[float]:
+                rate = speed_in_subprocess(built[name], prompts, splits.system, report["eval"]["speed_new_tokens"])["decode_tokens_per_s"]
+                print(f"{fmt} round {r + 1}: {name} {rate:.1f} tok/s", flush=True)
+                return [1.0 / rate]  # seconds per token: lower is faster, as alternate() expects
+
+            return run
+
+        s = alternate(block("tuned"), block("pruned"), rounds)  # tuned is the baseline: ratio = pruned's speed-up
+        print(f"{fmt}: {compact(s)}" + (f" ({s['noisy_reason']})" if s["noisy"] else ""), flush=True)
+        ratios[fmt] = s["speedup"]
     return ratios
 
 

@@ -183,3 +183,15 @@ def test_a_run_records_alternated_speed_ups(tiny_base_dir, tiny_csv, tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "x (timed apart) |" in md and "(A/A: 3 alternated rounds" in md and "alternated rounds" in md
     assert any("speed-up" in m and "vs head" in m for m in logs)
+
+
+def test_bench_against_a_baseline(tiny_clf_dir, tmp_path):
+    from slimtune import api
+    from slimtune.errors import SlimtuneError
+
+    with pytest.raises(SlimtuneError) as e:  # said before any timing
+        api.bench(tiny_clf_dir, TEXTS, runs=2, warmup=0, max_length=32, against=tmp_path / "nope")
+    assert str(e.value) == f"--against: model not found: {tmp_path / 'nope'}"
+    r = api.bench(tiny_clf_dir, TEXTS, runs=4, warmup=1, max_length=32, batch_size=4, against=tiny_clf_dir)
+    s = r["speedup"]
+    assert (s["against"], s["rounds"], s["runs_per_block"]) == (str(tiny_clf_dir), 4, 1) and r["latency_runs"] == 4
