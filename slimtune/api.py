@@ -150,10 +150,9 @@ def check_export_target(model: str | Path, fmt: str, out: str | Path, overwrite:
     holding it, or inside it), or a non-empty folder that is not a finished export of the same
     format (unless `overwrite`). Checked before any work; nothing is touched."""
     from .artifacts.atomic import check_writable
-    from .export import FORMATS
+    from .export import check_format
 
-    if fmt not in FORMATS:
-        raise SlimtuneError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
+    check_format(model, fmt)
     out, src = Path(out).resolve(), Path(model).resolve()
     if out == src or src in out.parents or out in src.parents:
         raise SlimtuneError(f"--out {out} is the source model's folder (or holds it, or is inside it); choose another folder")
@@ -170,7 +169,11 @@ def check_export_target(model: str | Path, fmt: str, out: str | Path, overwrite:
 
 def export(model: str | Path, fmt: str, out: str | Path, data: DataConfig | None = None, max_length: int = EVAL_MAX_LENGTH,
            task: str | None = None, overwrite: bool = False) -> dict:
-    """Export an HF classifier folder to `fmt` (hf, onnx, onnx-int8, tflite, tflite-int8) at `out`, then check parity.
+    """Export a model folder to `fmt` at `out`, then check parity with the source.
+
+    A classifier: hf, onnx, onnx-int8, tflite, tflite-int8. A causal LM (see `export.formats_for`):
+    hf, genai-fp32, genai-int4, checked on `data`'s held-out pairs (a GenDataConfig, default
+    chatterbot_qa): greedy first tokens agreeing with the source's, and response perplexity.
 
     Parity (max |Δlogit|, argmax agreement) is measured on `data`'s test split, or on real
     Rotten Tomatoes sentences when no data is given; with data, accuracy is reported too.
@@ -183,6 +186,10 @@ def export(model: str | Path, fmt: str, out: str | Path, data: DataConfig | None
 
     check_export_target(model, fmt, out, overwrite)
     out = Path(out)
+    if is_generative(model):
+        from .decoder.export import export_checked as export_decoder
+
+        return export_decoder(model, fmt, out, data)
     torch_model, tokenizer = load_model(model, task=task)
     if data is not None:
         test, _ = _eval_set(data, "test")

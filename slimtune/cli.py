@@ -134,8 +134,9 @@ def bench(
 
 @app.command()
 def export(
-    model: Annotated[str, typer.Argument(help="fine-tuned HF classifier folder")],
-    format: Annotated[str, typer.Option("--format", "-f", help="hf, onnx, onnx-int8, tflite or tflite-int8 (tflite: pip install 'slimtune[tflite]')")] = "onnx",
+    model: Annotated[str, typer.Argument(help="fine-tuned HF classifier folder, or a causal LM (folder or packaged decoder)")],
+    format: Annotated[str, typer.Option("--format", "-f", help="a classifier: hf, onnx, onnx-int8, tflite or tflite-int8 "
+                                        "(tflite: pip install 'slimtune\\[tflite]'); a causal LM: hf, genai-fp32 or genai-int4")] = "onnx",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output folder (default: MODEL-FORMAT)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace what a non-empty --out holds (never the source)")] = False,
     data: Annotated[Optional[str], typer.Option(help="check parity and accuracy on this data's test split")] = None,
@@ -144,11 +145,17 @@ def export(
     encoding: Encoding = "utf-8",
     max_length: MaxLen = 128,
     task: Task = None,
+    prompt_column: PromptCol = "prompt",
+    response_column: ResponseCol = "response",
 ):
-    """Export to an HF folder, ONNX, ONNX int8, TFLite or TFLite int8, and check parity with the source."""
+    """Export to an HF folder, ONNX, ONNX int8, TFLite or TFLite int8 (a classifier), or an HF folder,
+    GenAI fp32 or GenAI int4 (a causal LM), and check parity with the source."""
     target = out or Path(f"{str(model).rstrip('/')}-{format}")
     api.check_export_target(model, format, target, overwrite)  # before reading any data
-    cfg = api.data_config(data, text_column, label_column, encoding=encoding) if data else None
+    if api.is_generative(model):
+        cfg = api.pair_config(data, prompt_column, response_column, encoding=encoding) if data else None
+    else:
+        cfg = api.data_config(data, text_column, label_column, encoding=encoding) if data else None
     _print_json(api.export(model, format, target, cfg, max_length=max_length, task=task, overwrite=overwrite))
 
 

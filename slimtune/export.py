@@ -19,6 +19,31 @@ FORMATS = {"hf": Artifact("hf"), "onnx": Artifact("onnx"), "onnx-int8": Artifact
            "tflite": Artifact("tflite"), "tflite-int8": Artifact("tflite", {"int8": True})}
 
 
+def task_of(model: str | Path) -> str:
+    """`generate` for a causal LM (packaged decoder, HF folder, GenAI export), else `classify`:
+    read from config.json alone, so a bad format is refused before anything loads."""
+    from .decoder.lm import is_generative
+
+    return "generate" if is_generative(model) else "classify"
+
+
+def formats_for(task: str) -> list[str]:
+    """The export formats registered for a task (what `--format` accepts for such a model)."""
+    from .decoder.export import DECODER_FORMATS
+
+    return list(DECODER_FORMATS) if task == "generate" else list(FORMATS)
+
+
+def check_format(model: str | Path, fmt: str) -> str:
+    """The model's task, after checking that `fmt` is one of its formats (one line naming them)."""
+    task = task_of(model)
+    allowed = formats_for(task)
+    if fmt not in allowed:
+        what = "causal LMs" if task == "generate" else "classifiers"
+        raise SlimtuneError(f"export format {fmt!r} is not one for {what} ({model}); formats for {what}: {', '.join(allowed)}")
+    return task
+
+
 def write(model, tokenizer, fmt: str, out: Path, max_length: int | None = None) -> Path:
     """Write `model` as `fmt` at `out`, atomically (a finished folder or none). `max_length`: the
     fixed input length of a TFLite graph (the other formats take any length)."""

@@ -399,7 +399,7 @@ def test_generate_speed_in_a_fresh_process(tiny_llama):
 
 @pytest.mark.parametrize("change, match", [
     ({"stages": [{"name": "x", "method": "prune_structured"}]}, r"method 'prune_structured' is not a generate method; known: baseline, full, lora, prune_layers"),
-    ({"export": ["onnx"]}, r"export of a generate recipe must be a list of formats from: genai-int4, genai-fp32"),
+    ({"export": ["onnx"]}, r"export of a generate recipe must be a list of formats from: hf, genai-fp32, genai-int4"),
     ({"stages": [{"name": "x", "method": "lora", "rank": 4}]}, r"stages\[0\] \(lora\): unknown key 'rank'"),
     ({"stages": [{"name": "x", "method": "prune_layers"}]}, r"give exactly one of `layers: N`"),
     ({"eval": {"answer_prompts": 0}}, r"answer_prompts must be >= 1"),

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ..errors import SlimtuneError
 from ..schema import FROM_MODEL, NAME_RE, Stage, _nondefault, build, parse_stages
 from .data import GenDataConfig
-from .genai import GENAI_FORMATS
+from .export import DECODER_FORMATS
 from .registry import GEN_METHODS
 
 TOP_KEYS = {"task", "data", "model", "stages", "export", "eval", "baseline", "int4"}
@@ -145,8 +145,8 @@ def parse(raw: dict, source: str = "<recipe>") -> GenRecipe:
     stages = parse_stages(raw.get("stages"), GEN_METHODS, source, "method {method!r} is not a generate method")
     seen = [st.name for st in stages]
     export = raw.get("export") or []
-    if not isinstance(export, list) or any(f not in GENAI_FORMATS for f in export):
-        raise SlimtuneError(f"{source}: export of a generate recipe must be a list of formats from: {', '.join(GENAI_FORMATS)}")
+    if not isinstance(export, list) or any(f not in DECODER_FORMATS for f in export):
+        raise SlimtuneError(f"{source}: export of a generate recipe must be a list of formats from: {', '.join(DECODER_FORMATS)}")
     ev = build(GenEvalConfig, raw.get("eval") or {}, f"{source}: eval")
     baseline = raw.get("baseline")
     if baseline is not None and baseline not in seen:

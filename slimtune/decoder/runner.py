@@ -28,9 +28,8 @@ from ..runfolder import check_folders, fingerprint as _fingerprint, open_folder,
 from ..runfolder import write_json as _write_json
 from .bench import speed_in_subprocess
 from .data import PairSplits, load_pairs
-from . import grid
-from .genai import export_genai
-from .lm import load_causal_lm, load_decoder, plain_folder
+from .export import write as write_export
+from .lm import load_causal_lm, load_decoder
 from .measure import answer_quality, first_token_agreement, generation_speed, response_perplexity
 from .profile import profile_data
 from .recipe import FROM_MODEL, GenEvalConfig, GenRecipe
@@ -132,20 +131,10 @@ def raise_if_no_stage(recipe: GenRecipe) -> None:
 
 def _export(source: Path, fmt: str, folder: Path, fp: dict, splits: PairSplits, recipe: GenRecipe, out: Path,
             log) -> dict:
-    options = recipe.int4.builder_options() if fmt == "genai-int4" else None
-    facts = {"grid": "requantized"} if options else {}
-    with plain_folder(source) as plain:
-        kept = grid.plan(plain) if options and recipe.int4.grid == "keep" else None
-        if kept is not None:  # layer weights already on a 4-bit grid (the packaged GGUF's, or a LoRA's base's)
-            log(f"  genai-int4 keeps the 4-bit grid of {kept.source}" + (" (LoRA adapter unmerged)" if kept.adapter else ""))
-            facts = grid.export_int4(kept, folder, out / "cache" / "genai", options)
-        else:
-            export_genai(plain, fmt, folder, out / "cache" / "genai", options)
+    facts = write_export(source, fmt, folder, out / "cache" / "genai", recipe.int4, log)
     greedy = json.loads((source / GREEDY_FILE).read_text())
     metrics, _ = measure(folder, splits, recipe.eval, log, greedy)
-    if options:
-        metrics["int4"] = options | facts
-    done = {"metrics": metrics, "fingerprint": fp, "source": str(source)}
+    done = {"metrics": metrics | facts, "fingerprint": fp, "source": str(source)}
     _write_json(folder / "metrics.json", done)
     return done
 
