@@ -1,7 +1,8 @@
 """`slimtune serve`: one artifact behind HTTP, run as a process (uvicorn), until SIGTERM or Ctrl-C.
 
-In that order: the socket is bound before the model loads (a port in use fails at once), then the
-model loads (service.py), then uvicorn serves the `Service` app on that socket; a stop signal drains the
+In that order: the port is checked and the socket bound before the model loads (a bad port or a
+port in use fails at once; a host other than loopback is warned about), then the model loads
+(service.py), then uvicorn serves the `Service` app on that socket; a stop signal drains the
 in-flight requests first.
 
 The module is `server`, not `serve`: a submodule named like the function `slimtune.serve` would
@@ -11,9 +12,11 @@ replace that attribute of the package once imported.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Callable
@@ -23,7 +26,10 @@ from .service import ServeConfig, Service, load
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """The listening socket, bound before the model loads: a port in use fails at once."""
+    """The listening socket, bound before the model loads: a bad or busy port fails at once."""
+    # checked here: getaddrinfo takes 70000 as 70000 % 65536 and blames the host for -1
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise SlimtuneError(f"serve: port {port!r} is not in 1-65535 (or 0: any free port)")
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as e:
@@ -34,8 +40,21 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind(addr)
     except OSError as e:
         sock.close()
-        raise SlimtuneError(f"serve: cannot listen on {host}:{port}: {e.strerror or e}") from None
+        raise SlimtuneError(f"serve: cannot listen on {_url_host(host)}:{port}: {e.strerror or e}") from None
     return sock
+
+
+def network_warning(address: str, port: int) -> str | None:
+    """The warning for a bound address other than loopback (127.0.0.0/8, ::1); None for loopback."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:  # not an address: say so rather than stay silent
+        ip = None
+    ip = getattr(ip, "ipv4_mapped", None) or ip  # ::ffff:127.0.0.1 is loopback too
+    if ip is not None and ip.is_loopback:
+        return None
+    return (f"slimtune serve: warning: listening on {_url_host(address)}:{port}: the model is reachable from the network "
+            "and the server has no authentication (--host 127.0.0.1 keeps it on this machine)")
 
 
 def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 32, max_wait_ms: float = 5.0,
@@ -46,6 +65,8 @@ def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_b
 
     cfg = ServeConfig(max_batch, max_wait_ms, workers, max_queue, max_texts, max_length, per_row=per_row)
     sock = bind(host, port)
+    if warning := network_warning(*sock.getsockname()[:2]):
+        print(warning, file=sys.stderr, flush=True)  # not `log`: the library's log is stdout, and this is never quiet
     try:
         threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
         loaded = load(artifact, cfg, threads)
