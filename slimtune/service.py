@@ -6,7 +6,8 @@
 
 Any artifact `load_predictor` loads is served through it (HF folder, compact folder, ONNX, ONNX
 int8; a multi-task folder gets one predictor per task). Requests are parsed and checked here and
-their texts go to the `Batcher` (batching.py), which runs the model on worker threads.
+their texts go to the `Batcher` (batching.py), which runs the model on worker threads. Anything a
+client can send wrong is a 4xx with a short `{"error": "..."}`; a 500 means a model failure.
 
 Starlette rather than FastAPI: every status code here is chosen by hand (400 / 413 / 415 / 422 /
 404 / 503), so FastAPI's request models would be overridden anyway, and Starlette is the layer
@@ -246,6 +247,7 @@ class Service:
         if "text" in payload:
             if not isinstance(payload["text"], str):
                 raise ApiError(422, f'"text" must be a string, not {type(payload["text"]).__name__}')
+            _check_unicode(payload["text"], '"text"')
             texts = [payload["text"]]
         else:
             texts = payload["texts"]
@@ -254,6 +256,8 @@ class Service:
             bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
             if bad is not None:
                 raise ApiError(422, f'"texts"[{bad}] must be a string, not {type(texts[bad]).__name__}')
+            for i, t in enumerate(texts):
+                _check_unicode(t, f'"texts"[{i}]')
         if len(texts) > self.cfg.max_texts:
             raise ApiError(413, f"{len(texts)} texts in one request; at most {self.cfg.max_texts} (--max-texts)")
         return texts, self._task(payload.get("task"))
@@ -325,8 +329,21 @@ async def _read_body(request, limit: int) -> bytes:
 def _json_body(body: bytes):
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise ApiError(400, f"the body is not valid UTF-8: {_first_line(e)}") from None
+    except ValueError as e:
         raise ApiError(400, f"malformed JSON: {_first_line(e)}") from None
+    except RecursionError:  # the stdlib parser has no depth limit of its own; it stops at the recursion limit
+        raise ApiError(400, 'JSON nested too deep; a request is {"texts": ["..."]} or {"text": "..."}') from None
+
+
+def _check_unicode(text: str, where: str) -> None:
+    """A JSON string may hold a lone surrogate (\\ud800): valid JSON, not Unicode text (no model can read it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ApiError(422, f"{where} is not valid Unicode: a lone surrogate {ascii(text[e.start])[1:-1]} "
+                            f"at character {e.start}") from None
 
 
 def _first_line(e: BaseException) -> str:
