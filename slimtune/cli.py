@@ -31,6 +31,8 @@ DataOpt = Annotated[str, typer.Option(help="packaged dataset (rotten_tomatoes, t
 TextCol = Annotated[str, typer.Option(help="text column of a data file")]
 LabelCol = Annotated[str, typer.Option(help="label column of a data file")]
 Encoding = Annotated[str, typer.Option(help="text encoding of a data file (e.g. latin-1)")]
+DropMissing = Annotated[bool, typer.Option(help="drop (and count) rows whose text or label (prompt or response) is empty "
+                                                "or NaN; without it such a row is an error naming its line")]
 PromptCol = Annotated[str, typer.Option(help="prompt column of a prompt/response file (causal LMs)")]
 ResponseCol = Annotated[str, typer.Option(help="response column of a prompt/response file (causal LMs)")]
 MaxLen = Annotated[int, typer.Option(min=2, help="tokens per text (longer texts are truncated)")]
@@ -92,14 +94,15 @@ def eval_(
     task: Task = None,
     prompt_column: PromptCol = "prompt",
     response_column: ResponseCol = "response",
+    drop_missing: DropMissing = False,
 ):
     """Accuracy, macro F1/precision/recall and confusion matrix on held-out data; for a causal LM
     (a decoder folder or GenAI export, with prompt/response data): response perplexity and token F1."""
     if api.is_generative(model):
-        cfg = api.pair_config(data, prompt_column, response_column, encoding=encoding)
+        cfg = api.pair_config(data, prompt_column, response_column, encoding=encoding, drop_missing=drop_missing)
         _print_json(api.evaluate_generative(model, cfg, max_length=max_length))
         return
-    cfg = api.data_config(data, text_column, label_column, encoding=encoding)
+    cfg = api.data_config(data, text_column, label_column, encoding=encoding, drop_missing=drop_missing)
     _print_json(api.evaluate(model, cfg, split=split, max_length=max_length, batch_size=batch_size, task=task))
 
 
@@ -116,19 +119,24 @@ def bench(
                                                "(GPU ones need onnxruntime-gpu)")] = "cpu",
     against: Annotated[Optional[str], typer.Option(help="baseline model folder: speed-up of MODEL over it, the two "
                                                        "timed in alternating blocks (median of the rounds)")] = None,
+    prompt_column: PromptCol = "prompt",
+    response_column: ResponseCol = "response",
+    drop_missing: DropMissing = False,
 ):
     """Latency p50/p95 at batch 1, throughput at batch 32, peak RSS, params, size, hardware; for a
     causal LM: time to first token and decode tokens/s at batch 1 on prompts of --data (default chatterbot_qa)."""
     if api.is_generative(model):
         if against:
             raise SlimtuneError("bench --against: applies to classifiers; for a causal LM, time each artifact alone")
-        _print_json(api.bench_generative(model, api.pair_config(data, encoding=encoding) if data else None))
+        pairs = api.pair_config(data, prompt_column, response_column, encoding=encoding, drop_missing=drop_missing) if data else None
+        _print_json(api.bench_generative(model, pairs))
         return
     texts = None
     if data:
         from .data import load_splits
 
-        texts = load_splits(api.data_config(data, text_column, label_column, encoding=encoding)).test.texts[:200]
+        cfg = api.data_config(data, text_column, label_column, encoding=encoding, drop_missing=drop_missing)
+        texts = load_splits(cfg).test.texts[:200]
     _print_json(api.bench(model, texts, runs=runs, max_length=max_length, provider=provider, against=against))
 
 
@@ -147,15 +155,16 @@ def export(
     task: Task = None,
     prompt_column: PromptCol = "prompt",
     response_column: ResponseCol = "response",
+    drop_missing: DropMissing = False,
 ):
     """Export to an HF folder, ONNX, ONNX int8, TFLite or TFLite int8 (a classifier), or an HF folder,
     GenAI fp32 or GenAI int4 (a causal LM), and check parity with the source."""
     target = out or Path(f"{str(model).rstrip('/')}-{format}")
     api.check_export_target(model, format, target, overwrite)  # before reading any data
     if api.is_generative(model):
-        cfg = api.pair_config(data, prompt_column, response_column, encoding=encoding) if data else None
+        cfg = api.pair_config(data, prompt_column, response_column, encoding=encoding, drop_missing=drop_missing) if data else None
     else:
-        cfg = api.data_config(data, text_column, label_column, encoding=encoding) if data else None
+        cfg = api.data_config(data, text_column, label_column, encoding=encoding, drop_missing=drop_missing) if data else None
     _print_json(api.export(model, format, target, cfg, max_length=max_length, task=task, overwrite=overwrite))
 
 
@@ -205,6 +214,8 @@ def profile_(
     response_column: ResponseCol = "response",
     max_length: Annotated[int, typer.Option(help="causal LMs: count the pairs longer than this (a generate recipe's eval.max_length)")] = 256,
     json_: Annotated[bool, typer.Option("--json", help="print the whole profile as JSON")] = False,
+    encoding: Encoding = "utf-8",
+    drop_missing: DropMissing = False,
 ):
     """Token lengths per split, [UNK] share, class balance, duplicates removed: the data as the model sees it.
     With a causal LM (--model smollm2-135m): prompt, response and whole-pair lengths of prompt/response data."""
@@ -215,13 +226,14 @@ def profile_(
     if api.is_generative(model):
         from .decoder.profile import markdown, profile as pairs
 
-        p = pairs(api.pair_config(data, prompt_column, response_column), model, max_length, log=say)
+        cfg = api.pair_config(data, prompt_column, response_column, encoding=encoding, drop_missing=drop_missing)
+        p = pairs(cfg, model, max_length, log=say)
     elif data in PACKAGED_PAIRS:
         raise SlimtuneError(f"{data} is prompt/response data: profile it with a causal LM's tokenizer (--model smollm2-135m)")
     else:
         from .profile import markdown, profile
 
-        p = profile(api.data_config(data, text_column, label_column), model, log=say)
+        p = profile(api.data_config(data, text_column, label_column, encoding=encoding, drop_missing=drop_missing), model, log=say)
     typer.echo(json.dumps(p, indent=2) if json_ else "\n".join(markdown(p)).strip())
 
 
@@ -238,11 +250,14 @@ def auto_(
     max_train_samples: Annotated[Optional[int], typer.Option(help="subsample the training split (shorter CPU runs)")] = None,
     text_column: TextCol = "text",
     label_column: LabelCol = "label",
+    encoding: Encoding = "utf-8",
+    drop_missing: DropMissing = False,
 ):
     """Search slimmed pipelines for the data under a budget; report, Pareto front and chosen.yaml."""
     from .auto import AutoConfig, auto
 
-    cfg = AutoConfig(api.data_config(data, text_column, label_column, max_train_samples=max_train_samples), model,
+    cfg = AutoConfig(api.data_config(data, text_column, label_column, max_train_samples=max_train_samples,
+                                     encoding=encoding, drop_missing=drop_missing), model,
                      max_drop, max_latency_ms, max_size_mb, minutes, storage)
     auto(cfg, out, progress=True)
     typer.echo((out / "report.md").read_text())

@@ -4,6 +4,11 @@ The split is what every stage is measured on, so it is deterministic: exact dupl
 removed first (or the test split would leak into train), then a stratified 80/20 train/test split
 with seed 42, then a stratified validation slice of train for early stopping. Label names are kept
 in sorted order (numeric labels in numeric order) and travel with the model as `id2label`.
+
+A row without a text or a label is an error naming its line in the file (1-based, as an editor
+shows it; the header is line 1), unless `drop_missing` asks for such rows to be dropped and counted.
+Cells are read as strings, so a class named "None", "NA" or "null" stays a class; only an empty
+cell and `NaN` / `nan` (how pandas, numpy and spreadsheets write a missing value) count as missing.
 """
 
 from __future__ import annotations
@@ -15,9 +20,13 @@ from pathlib import Path
 import pandas as pd
 
 from .model import assets
-from .errors import SlimtuneError
+from .errors import SlimtuneError, check_file
 
 PACKAGED = ("rotten_tomatoes", "tweets_sentiment")
+# Cell values that mean "no value". "NA", "None", "null" and "N/A" are not among them: they are real
+# class names in some datasets (a toxicity set's "None"), and reading them as missing would lose a class.
+MISSING = frozenset({"", "nan", "NaN"})
+DROP_HINT = "data.drop_missing: true in a recipe, --drop-missing on the command line"
 
 
 @dataclass
@@ -35,6 +44,7 @@ class DataConfig:
     seed: int = 42
     max_train_samples: int | None = None  # stratified subsample of train, for short CPU runs
     max_test_samples: int | None = None
+    drop_missing: bool = False  # drop rows with an empty or NaN text or label (counted) instead of stopping
 
     def __post_init__(self) -> None:
         if (self.name is None) == (self.path is None):
@@ -113,11 +123,14 @@ def _read_text(path: Path, encoding: str) -> str:
 
 
 def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
-    """One JSON object per line; a broken line is reported with its line number."""
+    """One JSON object per line; a broken line is reported with its line number. The frame's
+    index is each row's line number."""
     import json
 
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
+    rows, lines = [], []
+    # split on newlines only: str.splitlines would also split inside a JSON string holding U+2028
+    # or U+0085, which json.dumps(ensure_ascii=False) writes unescaped
+    for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -127,17 +140,41 @@ def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
         if not isinstance(row, dict):
             raise SlimtuneError(f"{path} line {n}: expected a JSON object with named fields, got {type(row).__name__}")
         rows.append(row)
-    return pd.DataFrame(rows)
+        lines.append(n)
+    return pd.DataFrame(rows, index=pd.Index(lines, name="line"))
 
 
-def read_table(path: str | Path, text_column: str, label_column: str | None, encoding: str = "utf-8") -> pd.DataFrame:
-    """Read a CSV/TSV/JSONL file into a frame with columns `text` (and `label`), checked."""
+def _record_lines(text: str, sep: str, quoting: int, n_rows: int) -> list[int] | None:
+    """The line on which each data row of a CSV/TSV text starts (a quoted cell can span lines), as
+    an editor numbers them; None when the csv module and pandas disagree on the number of rows."""
+    import csv
+    import io
+
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, quoting=quoting)
+    starts, end = [], 0
+    try:
+        for row in reader:
+            start, end = end + 1, reader.line_num
+            if len(row) > 1 or (row and row[0].strip()):  # pandas skips blank and whitespace-only lines
+                starts.append(start)
+    except csv.Error:
+        return None
+    return starts[1:] if len(starts) == n_rows + 1 else None  # the first record is the header
+
+
+COLUMNS_HINT = "set data.text_column / data.label_column in a recipe, --text-column / --label-column on the command line"
+
+
+def read_table(path: str | Path, text_column: str, label_column: str | None, encoding: str = "utf-8",
+               hint: str = COLUMNS_HINT) -> pd.DataFrame:
+    """Read a CSV/TSV/JSONL file into a frame with columns `text` (and `label`), checked, indexed
+    by the line where each row starts in the file (index name `line`; a plain 0-based index when
+    unknown). `hint` says how to name other columns (in the missing-column error)."""
     import csv
     import io
 
     path = Path(path)
-    if not path.is_file():
-        raise SlimtuneError(f"data file not found: {path}")
+    check_file(path, "data file")
     suffixes = [s.lower() for s in path.suffixes if s.lower() not in (".bz2", ".gz", ".xz", ".zip")]
     kind = suffixes[-1] if suffixes else ""
     if kind not in (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".txt"):
@@ -146,10 +183,12 @@ def read_table(path: str | Path, text_column: str, label_column: str | None, enc
     try:
         if kind in (".jsonl", ".json", ".ndjson"):
             df = _read_jsonl(path, text)
-        elif kind == ".tsv":  # tab-separated values have no quoting: a quote is part of the text
-            df = pd.read_csv(io.StringIO(text), sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False)
-        else:
-            df = pd.read_csv(io.StringIO(text), sep=",", dtype=str, keep_default_na=False)
+        else:  # tab-separated values have no quoting: a quote is part of the text
+            sep, quoting = ("\t", csv.QUOTE_NONE) if kind == ".tsv" else (",", csv.QUOTE_MINIMAL)
+            df = pd.read_csv(io.StringIO(text), sep=sep, quoting=quoting, dtype=str, keep_default_na=False)
+            lines = _record_lines(text, sep, quoting, len(df))
+            if lines is not None:
+                df.index = pd.Index(lines, name="line")
     except (ValueError, pd.errors.ParserError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SlimtuneError(f"{path}: cannot parse as {kind[1:]}: {first}") from None
@@ -160,12 +199,43 @@ def read_table(path: str | Path, text_column: str, label_column: str | None, enc
     if missing:
         raise SlimtuneError(
             f"{path}: missing column {missing[0]!r}; columns present: {', '.join(map(str, df.columns))} "
-            f"(set data.text_column / data.label_column)"
+            f"({hint})"
         )
     out = pd.DataFrame({"text": df[text_column]})
     if label_column:
         out["label"] = df[label_column]
     return out
+
+
+def missing_rows(df: pd.DataFrame, columns: dict[str, str], where: str, drop: bool) -> tuple[pd.DataFrame, int]:
+    """`df` without the rows where a column of `columns` (frame column -> the user's name for it)
+    has no value (a null, or a MISSING spelling), and how many went. Unless `drop`, any such row
+    is an error naming the first one's line, and how many there are."""
+    bad_cells = {col: df[col].isna() | df[col].astype(str).str.strip().isin(MISSING) for col in columns}
+    bad = pd.concat(bad_cells.values(), axis=1).any(axis=1) if bad_cells else pd.Series(False, index=df.index)
+    n = int(bad.sum())
+    if n and not drop:
+        first = int(bad.to_numpy().nonzero()[0][0])
+        col = next(c for c in columns if bad_cells[c].iloc[first])
+        value = df[col].iloc[first]
+        what = ("is missing" if pd.isna(value) else "is empty" if not str(value).strip()
+                else f"is {str(value).strip()} (a missing value)")
+        word, numbers = _lines(df, bad)
+        names = " or ".join(repr(columns[c]) for c in columns)
+        rows, them = (f"{n} rows have", "them") if n > 1 else ("1 row has", "it")
+        raise SlimtuneError(
+            f"{where} {word} {numbers[0]}: {columns[col]!r} {what}; {rows} no {names} ({word}{'s' * (n > 1)} "
+            f"{', '.join(map(str, numbers[:5]))}{', ...' if n > 5 else ''}); fill {them} in, or drop {them} ({DROP_HINT})"
+        )
+    return df[~bad], n
+
+
+def _lines(df: pd.DataFrame, bad: pd.Series) -> tuple[str, list[int]]:
+    """("line", the flagged rows' lines in the file), or ("data row", their 1-based rows) when unknown."""
+    rows = bad.to_numpy().nonzero()[0]
+    if df.index.name == "line":
+        return "line", [int(df.index[i]) for i in rows]
+    return "data row", [int(i) + 1 for i in rows]
 
 
 def _load_packaged(name: str) -> pd.DataFrame:
@@ -177,22 +247,17 @@ def _load_packaged(name: str) -> pd.DataFrame:
     return pd.DataFrame({"text": df["text"], "label": df["sentiment"]})
 
 
-def _clean(df: pd.DataFrame, where: str) -> pd.DataFrame:
-    """Drop empty texts, reject missing labels, remove exact duplicate texts (first one kept)."""
+def _clean(df: pd.DataFrame, where: str, columns: dict[str, str], drop: bool) -> tuple[pd.DataFrame, int]:
+    """Reject (or, `drop`, drop and count) rows without a text or label, then remove exact
+    duplicate texts (first one kept)."""
+    df, dropped = missing_rows(df, columns, where, drop)
     df = df.copy()
-    # pandas 3 keeps missing cells as NaN through astype(str): map them to "" explicitly
-    df["text"] = df["text"].fillna("").astype(str).str.strip()
-    df = df[df["text"] != ""]
-    lab = df["label"].fillna("").astype(str).str.strip()
-    bad = lab == ""
-    if bad.any():
-        row = int(bad.to_numpy().nonzero()[0][0])
-        raise SlimtuneError(f"{where}: empty label in data row {row + 1}")
-    df["label"] = _canonical_labels(lab)
+    df["text"] = df["text"].astype(str).str.strip()
+    df["label"] = _canonical_labels(df["label"].astype(str).str.strip())
     df = df.drop_duplicates(subset="text", keep="first")
     if df.empty:
-        raise SlimtuneError(f"{where}: no usable rows (all texts empty)")
-    return df.reset_index(drop=True)
+        raise SlimtuneError(f"{where}: no usable rows ({dropped} without a text or label dropped)")
+    return df.reset_index(drop=True), dropped
 
 
 def _canonical_labels(labels: pd.Series) -> pd.Series:
@@ -218,18 +283,22 @@ def load_splits(cfg: DataConfig) -> Splits:
     from sklearn.model_selection import train_test_split
 
     where = cfg.name or str(cfg.path)
+    columns = {"text": cfg.text_column, "label": cfg.label_column}
+    drop = cfg.drop_missing or cfg.name is not None  # a packaged set's few empty rows are known and dropped
     if cfg.name:
         df = _load_packaged(cfg.name)
     else:
         df = read_table(cfg.path, cfg.text_column, cfg.label_column, cfg.encoding)
     raw_rows = len(df)
-    df = _clean(df, where)
+    df, dropped = _clean(df, where, columns, drop)
     label_names = _label_order(df["label"])
     if len(label_names) < 2:
         raise SlimtuneError(f"{where}: only one class ({label_names[0]!r}); classification needs at least two")
 
     if cfg.test_path:
-        test_df = _clean(read_table(cfg.test_path, cfg.text_column, cfg.label_column, cfg.encoding), cfg.test_path)
+        test_df, test_dropped = _clean(read_table(cfg.test_path, cfg.text_column, cfg.label_column, cfg.encoding),
+                                       cfg.test_path, columns, drop)
+        dropped += test_dropped
         unseen = sorted(set(test_df["label"]) - set(label_names))
         if unseen:
             raise SlimtuneError(f"{cfg.test_path}: label {unseen[0]!r} is not in the training data ({', '.join(label_names)})")
@@ -266,7 +335,12 @@ def load_splits(cfg: DataConfig) -> Splits:
     def to_set(frame: pd.DataFrame) -> TextSet:
         return TextSet(frame["text"].tolist(), [ids[v] for v in frame["label"]])
 
-    stats = {"rows_read": raw_rows, "rows_unique": len(df), "train": len(train_df), "val": len(val_df), "test": len(test_df)}
+    if dropped and cfg.path:
+        from .console import log_line
+
+        log_line(f"data {where}: dropped {dropped} row{'s' * (dropped > 1)} without a text or label (drop_missing)")
+    stats = {"rows_read": raw_rows, "rows_dropped": dropped, "rows_unique": len(df),
+             "train": len(train_df), "val": len(val_df), "test": len(test_df)}
     return Splits(to_set(train_df), to_set(val_df), to_set(test_df), label_names, where, stats)
 
 

@@ -6,7 +6,8 @@
   and the share of texts a given `max_length` would cut;
 - the share of `[UNK]` tokens: above `UNK_WARN` the vocabulary does not cover the data's language
   (Chinese reviews on MiniLM's English vocabulary are mostly `[UNK]` and train to chance accuracy);
-- class balance per split, and how many rows were dropped as empty or duplicate texts.
+- class balance per split, how many rows were removed as empty or duplicate texts, and of them how
+  many were dropped for lacking a text or label (`data.drop_missing`).
 
 A stage that leaves `max_length` unset gets `suggested_max_length`: the training texts' 95th
 percentile, capped at the model's limit (`fill_max_length`).
@@ -139,6 +140,7 @@ def profile_splits(splits, tokenizer, limit: int = 512, max_length: int | None =
         "rows_read": stats.get("rows_read"),
         "rows_unique": stats.get("rows_unique"),
         "rows_removed": (stats["rows_read"] - stats["rows_unique"]) if "rows_read" in stats else None,
+        "rows_dropped": stats.get("rows_dropped"),
     }
     if max_length is not None:
         out["cut_at"] = max_length
@@ -194,6 +196,7 @@ def summary(p: dict) -> str:
         t = s["tokens"]
         parts.append(f"{name} {s['n']} (tokens p50 {t['p50']}, p95 {t['p95']}, max {t['max']})")
     removed = f"; {p['rows_removed']} empty/duplicate rows removed" if p.get("rows_removed") else ""
+    removed += f" ({p['rows_dropped']} without a text or label)" if p.get("rows_dropped") else ""
     return f"data profile: {'; '.join(parts)}; [UNK] {p['unk_share']:.2%}{removed}"
 
 
@@ -231,7 +234,8 @@ def markdown(p: dict | None) -> list[str]:
         classes = ", ".join(f"{k} {v}" for k, v in s["classes"].items())
         lines.append(f"| {name} | {s['n']} | {t['p50']} | {t['p90']} | {t['p95']} | {t['p99']} | {t['max']} | {classes} |")
     lines += ["", f"[UNK] share {p['unk_share']:.2%} ({p['unk_tokens']:,} of {p['tokens']:,} tokens); "
-                  f"{p.get('rows_removed') or 0} empty or duplicate rows removed before splitting; "
+                  f"{p.get('rows_removed') or 0} empty or duplicate rows removed before splitting"
+                  f"{f' ({d} of them without a text or label)' if (d := p.get('rows_dropped')) else ''}; "
                   f"suggested max_length {p['suggested_max_length']} (train p95, model limit {p['model_max_length']})."]
     for w in p["warnings"]:
         lines.append(f"\n**Warning: {w}.**")

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from .data import DataConfig
-from .errors import SlimtuneError
+from .errors import SlimtuneError, check_file
 from .export import FORMATS
 from .methods import METHODS
 from .schema import FROM_MODEL, NAME_RE, Stage, _nondefault, build, parse_stages  # noqa: F401  (also this module's API)
@@ -140,8 +140,7 @@ def _is_classifier_folder(model: str) -> bool:
 
 def load(path: str | Path) -> Recipe:
     path = Path(path)
-    if not path.is_file():
-        raise SlimtuneError(f"recipe not found: {path}")
+    check_file(path, "recipe")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:

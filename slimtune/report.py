@@ -60,7 +60,8 @@ def markdown(report: dict) -> str:
         f"# slimtune report: {report.get('recipe', '')}",
         "",
         f"Data: {report['data']['source']}; train {report['data'].get('train')}, "
-        f"validation {report['data'].get('val')}, test {report['data'].get('test')} examples. "
+        f"validation {report['data'].get('val')}, test {report['data'].get('test')} examples"
+        f"{f' ({d} rows without a text or label dropped)' if (d := report['data'].get('rows_dropped')) else ''}. "
         f"Labels: {', '.join(report['data'].get('labels', []))}.",
         "",
         f"Hardware: {hw['cpu']} ({hw['machine']}), {hw['cores_logical']} logical cores, "

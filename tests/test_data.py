@@ -18,7 +18,7 @@ def test_csv_split_is_stratified_deduplicated_and_deterministic(tmp_path):
     path = write_csv(tmp_path / "d.csv", ["text", "label"], rows)
     a = load_splits(DataConfig(path=str(path)))
     b = load_splits(DataConfig(path=str(path)))
-    assert a.stats == {"rows_read": 220, "rows_unique": 200, "train": 144, "val": 16, "test": 40}
+    assert a.stats == {"rows_read": 220, "rows_dropped": 0, "rows_unique": 200, "train": 144, "val": 16, "test": 40}
     assert a.test.texts == b.test.texts  # seed 42 gives the same split every time
     assert not set(a.test.texts) & set(a.train.texts + a.val.texts)
     assert a.label_names == ["neg", "pos"]
@@ -66,7 +66,7 @@ def test_max_train_samples_subsamples_train_only(tmp_path):
         (lambda p: p.write_text("text,label\n" + "".join(f"t{i},good\n" for i in range(10))), "only one class"),
         (lambda p: p.write_bytes(b"text,label\ncaf\xe9,a\nb,b\n"), r"line 2 \(byte 14\) is not valid utf-8 text; set data.encoding in the recipe or --encoding"),
         (lambda p: p.write_text("text,label\n" + "".join(f"t{i},{'a' if i else 'b'}\n" for i in range(10))), "label 'b' has only 1 example"),
-        (lambda p: p.write_text("text,label\nhello,\nworld,a\n"), "empty label in data row 1"),
+        (lambda p: p.write_text("text,label\nhello,\nworld,a\n"), "d.csv line 2: 'label' is empty; 1 row has no 'text' or 'label' \\(line 2\\)"),
     ],
     ids=["missing", "empty-file", "header-only", "wrong-columns", "single-class", "encoding", "rare-class", "empty-label"],
 )
@@ -96,7 +96,9 @@ def test_missing_cells_dropped_or_reported(tmp_path):
     rows = synthetic_rows(40)
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in rows) + json.dumps({"text": None, "label": "pos"}) + "\n")
-    assert load_splits(DataConfig(path=str(path))).stats["rows_unique"] == 40  # the null text is dropped
+    with pytest.raises(SlimtuneError, match="d.jsonl line 41: 'text' is missing"):
+        load_splits(DataConfig(path=str(path)))
+    assert load_splits(DataConfig(path=str(path), drop_missing=True)).stats["rows_unique"] == 40  # dropped when asked
     path.write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in rows) + json.dumps({"text": "x", "label": None}) + "\n")
-    with pytest.raises(SlimtuneError, match="empty label in data row 41"):
+    with pytest.raises(SlimtuneError, match="d.jsonl line 41: 'label' is missing"):
         load_splits(DataConfig(path=str(path)))

@@ -4,7 +4,9 @@ The split is by prompt: chatterbot answers many prompts several ways ("Are you s
 answers), and a prompt seen in training with one answer and tested with another would measure
 memory, not generalisation. So every answer to a prompt lands in the same split (scikit-learn's
 GroupShuffleSplit, seed 42): about 80/20 train/test by prompt, then a validation slice of train.
-Exact duplicate pairs and empty prompts or responses are dropped first.
+Exact duplicate pairs are dropped first. A pair without a prompt or a response (an empty or NaN
+cell, a JSON null) is an error naming its line, unless `drop_missing` drops and counts such rows
+(the packaged set's few empty ones always are).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import pandas as pd
 from ..errors import SlimtuneError
 
 PACKAGED_PAIRS = ("chatterbot_qa",)
+COLUMNS_HINT = ("set data.prompt_column / data.response_column in a recipe, --prompt-column / --response-column "
+                "on the command line")
 
 
 @dataclass
@@ -34,6 +38,7 @@ class GenDataConfig:
     max_train_samples: int | None = None  # random subsample of train, for short CPU runs
     max_test_samples: int | None = None
     system: str | None = None  # a system message put before every prompt (the chat template's own default if unset)
+    drop_missing: bool = False  # drop pairs with an empty or NaN prompt or response (counted) instead of stopping
 
     def __post_init__(self) -> None:
         if (self.name is None) == (self.path is None):
@@ -82,7 +87,7 @@ def _frame(cfg: GenDataConfig) -> pd.DataFrame:
         return pd.DataFrame(chatterbot_pairs(), columns=["prompt", "response", "category"])[["prompt", "response"]]
     from ..data import read_table
 
-    df = read_table(cfg.path, cfg.prompt_column, cfg.response_column, cfg.encoding)  # checked: columns named in errors
+    df = read_table(cfg.path, cfg.prompt_column, cfg.response_column, cfg.encoding, hint=COLUMNS_HINT)
     return df.rename(columns={"text": "prompt", "label": "response"})
 
 
@@ -90,12 +95,21 @@ def load_pairs(cfg: GenDataConfig) -> PairSplits:
     """Load, clean and split prompt/response pairs (grouped by prompt)."""
     from sklearn.model_selection import GroupShuffleSplit
 
+    from ..data import missing_rows
+
     where = cfg.name or str(cfg.path)
     df = _frame(cfg)
     raw_rows = len(df)
+    columns = {"prompt": cfg.prompt_column, "response": cfg.response_column}
+    df, dropped = missing_rows(df, columns, where, cfg.drop_missing or cfg.name is not None)
+    if dropped and cfg.path:
+        from ..console import log_line
+
+        log_line(f"data {where}: dropped {dropped} row{'s' * (dropped > 1)} without a prompt or response (drop_missing)")
+    df = df.copy()
     for col in ("prompt", "response"):
-        df[col] = df[col].fillna("").astype(str).str.strip()
-    df = df[(df["prompt"] != "") & (df["response"] != "")].drop_duplicates(["prompt", "response"]).reset_index(drop=True)
+        df[col] = df[col].astype(str).str.strip()
+    df = df.drop_duplicates(["prompt", "response"]).reset_index(drop=True)
     groups = df["prompt"].nunique()
     if groups < 3:
         raise SlimtuneError(f"{where}: {groups} distinct non-empty prompt(s); a train/test split needs at least 3")
@@ -117,6 +131,6 @@ def load_pairs(cfg: GenDataConfig) -> PairSplits:
     def to_set(frame: pd.DataFrame) -> PairSet:
         return PairSet(frame["prompt"].tolist(), frame["response"].tolist())
 
-    stats = {"rows_read": raw_rows, "rows_unique": len(df), "prompts": groups,
+    stats = {"rows_read": raw_rows, "rows_dropped": dropped, "rows_unique": len(df), "prompts": groups,
              "train": len(train_df), "val": len(val_df), "test": len(test_df)}
     return PairSplits(to_set(train_df), to_set(val_df), to_set(test_df), where, cfg.system, stats)

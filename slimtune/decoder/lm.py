@@ -21,6 +21,8 @@ def resolve(name_or_path: str | Path) -> Path:
     from ..model.folders import check_model_dir
 
     path = Path(key)
+    if path.exists() and not path.is_dir():
+        raise SlimtuneError(f"model {key} is a file, not a model folder (give the folder that holds config.json and the weights)")
     if not path.is_dir():
         raise SlimtuneError(f"model not found: {key} is not a folder (packaged decoders: {', '.join(PACKAGED_DECODERS)})")
     if not (path / GENAI_CONFIG).is_file():

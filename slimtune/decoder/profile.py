@@ -43,7 +43,8 @@ def profile_pairs(splits: PairSplits, tokenizer, max_length: int, limit: int | N
     stats = splits.stats
     out = {"splits": per, "max_length": max_length, "suggested_max_length": suggested, "model_max_length": limit,
            "unk_tokens": unk, "tokens": total, "unk_share": unk / total if total else 0.0,
-           "rows_removed": stats.get("rows_read", 0) - stats.get("rows_unique", 0), "warnings": []}
+           "rows_removed": stats.get("rows_read", 0) - stats.get("rows_unique", 0),
+           "rows_dropped": stats.get("rows_dropped", 0), "warnings": []}
     cut = base["longer_than_max_length"] / base["n"]
     if cut > CUT_WARN:
         out["warnings"].append(f"{cut:.0%} of the training pairs are longer than max_length {max_length} tokens: their "
@@ -63,8 +64,9 @@ def markdown(p: dict) -> list[str]:
         pr, rs, t = s["prompt_tokens"], s["response_tokens"], s["tokens"]
         lines.append(f"| {name} | {s['n']} | {s['prompts']} | {pr['p50']} / {pr['p95']} | {rs['p50']} / {rs['p95']} "
                      f"| {t['p50']} / {t['p95']} / {t['max']} | {s['longer_than_max_length']} |")
+    dropped = f" ({d} of them without a prompt or response)" if (d := p.get("rows_dropped")) else ""
     lines += ["", f"[UNK] share {p['unk_share']:.2%}; {p['rows_removed']} empty or duplicate pairs removed before "
-                  f"splitting; suggested max_length {p['suggested_max_length']} (train p95 of whole pairs)."]
+                  f"splitting{dropped}; suggested max_length {p['suggested_max_length']} (train p95 of whole pairs)."]
     lines += [f"\n**Warning: {w}.**" for w in p["warnings"]]
     return lines
 

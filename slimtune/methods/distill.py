@@ -119,7 +119,8 @@ def extra_texts(cfg: DistillConfig, exclude: set[str]) -> list[str]:
         df = pd.read_csv(assets.locate(assets.ROTTEN_TOMATOES))
         texts = df.loc[df["category"] == "plot", "text"].fillna("").astype(str).tolist()
     else:
-        texts = read_table(cfg.extra_texts, cfg.extra_text_column, None)["text"].fillna("").astype(str).tolist()
+        texts = read_table(cfg.extra_texts, cfg.extra_text_column, None, hint="set the distill stage's extra_text_column")
+        texts = texts["text"].fillna("").astype(str).tolist()
     seen, out = set(exclude), []  # never distil on held-out texts; no duplicates
     for t in (t.strip() for t in texts):
         if t and t not in seen:

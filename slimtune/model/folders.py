@@ -43,6 +43,8 @@ def resolve(name_or_path: str | Path) -> Path:
 
         return smollm2_folder(cache_dir())
     path = Path(key)
+    if path.exists() and not path.is_dir():
+        raise SlimtuneError(f"model {key} is a file, not a model folder (give the folder that holds config.json and the weights)")
     if not path.is_dir():
         hint = "" if os.sep in key or path.suffix else f" (packaged models: {', '.join(PACKAGED_MODELS)})"
         raise SlimtuneError(f"model not found: {key} is not a folder{hint}")
