@@ -74,16 +74,10 @@ def load_model(name_or_path: str | Path, label_names: list[str] | None = None, t
     `label_names`. A folder that already holds a classifier keeps its head; if `label_names` is
     given it must match the folder's `id2label`, or the predictions would be silently misread.
     """
-    from transformers import AutoConfig
-
-    from ..model import slim_bert  # noqa: F401  (registers model_type slimtune_bert)
-    from ..model.folders import first_line
+    from ..model.folders import load_config
 
     path = resolve(name_or_path)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise SlimtuneError(f"{path}/config.json: {first_line(e)}") from None
+    config = load_config(path)
     fmt = next(f for f in FORMATS.values() if f.load is not None and f.detect(path))
     vocab = getattr(config, "vocab_size", None)
     if task is not None:  # a multi-task folder: swap in that task's head, then check its labels

@@ -145,12 +145,14 @@ def load(folder: Path, config, new_head: dict | None = None):
     says so) and fill it from the compact weights in `folder`."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    from ..model.folders import from_config
+
     if new_head:
         raise SlimtuneError(f"{folder}: compact weights must hold a trained classifier")
 
     state, header = read_state_dict(Path(folder) / WEIGHTS_FILE)
     causal = any(a.endswith("ForCausalLM") for a in getattr(config, "architectures", None) or [])
-    model = (AutoModelForCausalLM if causal else AutoModelForSequenceClassification).from_config(config)
+    model = from_config(AutoModelForCausalLM if causal else AutoModelForSequenceClassification, config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k in dict(model.named_parameters())]
     if missing or unexpected:

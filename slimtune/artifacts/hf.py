@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import SlimtuneError
-from ..model.folders import first_line
+from ..model.folders import first_line, from_pretrained
 
 
 def detect(folder: Path) -> bool:
@@ -31,6 +31,6 @@ def load(folder: Path, config, new_head: dict | None = None):
     from ..model import slim_bert  # noqa: F401  (registers model_type slimtune_bert)
 
     try:
-        return AutoModelForSequenceClassification.from_pretrained(folder, **(new_head or {})).eval()
+        return from_pretrained(AutoModelForSequenceClassification, folder, **(new_head or {})).eval()
     except Exception as e:  # safetensors, torch and transformers each raise their own kinds
         raise SlimtuneError(f"{folder}: cannot load weights: {first_line(e)}") from None

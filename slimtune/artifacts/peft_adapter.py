@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import SlimtuneError
-from ..model.folders import first_line
+from ..model.folders import first_line, pickled_weights
 from . import hf
 
 ADAPTER_DIR = "adapter"
@@ -51,9 +51,12 @@ def load(folder: Path, config, new_head: dict | None = None):
 
     from ..model.compat import expose_past_key_values
 
+    adapter = Path(folder) / ADAPTER_DIR
+    if not (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_model.bin").is_file():
+        raise pickled_weights(adapter / "adapter_model.bin")  # PEFT would unpickle it
     model = hf.load(folder, config, new_head)
     expose_past_key_values(model)  # prefix tuning on transformers >= 5.24 (see model/compat.py)
     try:
-        return PeftModel.from_pretrained(model, Path(folder) / ADAPTER_DIR).eval()
+        return PeftModel.from_pretrained(model, adapter).eval()
     except Exception as e:  # peft raises several kinds for a bad adapter folder
         raise SlimtuneError(f"{folder}/{ADAPTER_DIR}: cannot load PEFT adapter: {first_line(e)}") from None

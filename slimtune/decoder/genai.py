@@ -41,8 +41,8 @@ def export_genai(source: Path, fmt: str, out: Path, cache: Path, options: dict |
     with atomic_dir(out) as tmp:
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source), "-o", str(tmp),
                "-p", GENAI_FORMATS[fmt], "-e", "cpu", "-c", str(cache)]
-        if options:
-            cmd += ["--extra_options", *(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items())]
+        options = (options or {}) | {"hf_remote": False}  # the builder's trust_remote_code (False is its default too)
+        cmd += ["--extra_options", *(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items())]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
         if proc.returncode != 0 or not (tmp / "genai_config.json").is_file():
             lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]

@@ -18,14 +18,16 @@ def resolve(name_or_path: str | Path) -> Path:
         from .packaged import smollm2_folder
 
         return smollm2_folder(cache_dir())
-    from ..model.folders import check_model_dir
+    from ..model.folders import check_model_dir, check_no_custom_code
 
     path = Path(key)
     if path.exists() and not path.is_dir():
         raise SlimtuneError(f"model {key} is a file, not a model folder (give the folder that holds config.json and the weights)")
     if not path.is_dir():
         raise SlimtuneError(f"model not found: {key} is not a folder (packaged decoders: {', '.join(PACKAGED_DECODERS)})")
-    if not (path / GENAI_CONFIG).is_file():
+    if (path / GENAI_CONFIG).is_file():
+        check_no_custom_code(path)
+    else:
         check_model_dir(path)
     return path
 
@@ -54,17 +56,15 @@ def is_genai(path: Path) -> bool:
 def load_causal_lm(name_or_path: str | Path):
     """(model, tokenizer) in float32, eval mode; the tokenizer gets a pad token (its eos) if it has none."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from ..model.folders import first_line as _first_line
+    from ..model.folders import from_pretrained, load_config
 
     path = resolve(name_or_path)
     if is_genai(path):
         raise SlimtuneError(f"{path}: an ONNX Runtime GenAI export cannot be trained further; start from an HF folder")
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise SlimtuneError(f"{path}/config.json: {_first_line(e)}") from None
+    config = load_config(path)
     if not any(a.endswith("ForCausalLM") for a in (config.architectures or [])) and getattr(config, "is_decoder", None) is False:
         raise SlimtuneError(f"{path}: {config.model_type} is not a causal LM (generate needs a GPT-family decoder)")
     from ..artifacts import compact
@@ -72,7 +72,7 @@ def load_causal_lm(name_or_path: str | Path):
     if compact.detect(path):  # weight-only int8 / int4 storage, dequantized to fp32 here
         return compact.load(path, config).float().eval(), _tokenizer(path, config)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = from_pretrained(AutoModelForCausalLM, path, dtype=torch.float32)
     except ValueError as e:  # an encoder config: transformers names the missing mapping
         raise SlimtuneError(f"{path}: not a causal LM ({_first_line(e)})") from None
     except Exception as e:  # safetensors, torch and transformers each raise their own kinds

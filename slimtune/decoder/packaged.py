@@ -45,16 +45,18 @@ def convert_gguf(gguf_path: Path, dest: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..model.folders import from_config, from_pretrained
+
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tokenizer = from_pretrained(AutoTokenizer, folder, gguf_file=name)
+    loaded = from_pretrained(AutoModelForCausalLM, folder, gguf_file=name, dtype=torch.float32)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the weights are already dequantized; nothing is quantized at run time
     if tokenizer.pad_token_id is None:  # batches of prompts need one; generation stops at eos either way
         tokenizer.pad_token = tokenizer.eos_token
     config.pad_token_id = tokenizer.pad_token_id
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = from_config(AutoModelForCausalLM, config, dtype=torch.float32)
     state = loaded.state_dict()
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}

@@ -72,6 +72,7 @@ def shrink(teacher, cfg: DistillConfig):
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from ..model.folders import from_config
     from ..train.losses import uniform_layer_map
 
     config = copy.deepcopy(teacher.config)
@@ -81,7 +82,7 @@ def shrink(teacher, cfg: DistillConfig):
             setattr(config, key, value)
     if config.hidden_size % config.num_attention_heads:
         raise SlimtuneError(f"distill: hidden_size {config.hidden_size} is not a multiple of num_attention_heads {config.num_attention_heads}")
-    student = AutoModelForSequenceClassification.from_config(config)
+    student = from_config(AutoModelForSequenceClassification, config)
     if cfg.init == "teacher":
         t_state = teacher.state_dict()
         prefix = layers_name(teacher) + "."

@@ -50,6 +50,8 @@ def trim_tokenizer(tokenizer, kept: list[int]):
     """The same tokenizer over the vocabulary `kept` (old ids), renumbered 0..len(kept)-1."""
     from transformers import AutoTokenizer
 
+    from ..model.folders import from_pretrained
+
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     if spec["model"]["type"] != "WordPiece":
         raise SlimtuneError(f"trim_vocab: only WordPiece tokenizers (BERT family) are supported, not {spec['model']['type']}")
@@ -73,7 +75,7 @@ def trim_tokenizer(tokenizer, kept: list[int]):
         for extra in ("vocab.txt",):  # a slow-tokenizer vocabulary would disagree with the new one
             (Path(tmp) / extra).unlink(missing_ok=True)
         (Path(tmp) / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False))
-        return AutoTokenizer.from_pretrained(tmp)
+        return from_pretrained(AutoTokenizer, tmp)
 
 
 def trim_embeddings(model, kept: list[int], pad_id: int | None) -> None:

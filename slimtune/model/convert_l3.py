@@ -26,6 +26,7 @@ from transformers import BertConfig, BertModel
 
 from ..errors import SlimtuneError
 from . import assets
+from .folders import from_pretrained
 
 PREFIX = "model.0.auto_model."
 # Order in which each layer's projections appear in the exported graph (topological order).
@@ -94,7 +95,8 @@ def _config(
         raise SlimtuneError(
             f"unexpected ONNX graph: Erf present={'Erf' in ops}, LayerNorm eps={sorted(set(eps))}"
         )
-    config = BertConfig.from_pretrained(
+    config = from_pretrained(
+        BertConfig,
         l6_dir,
         vocab_size=vocab,
         hidden_size=hidden,

