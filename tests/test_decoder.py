@@ -265,7 +265,7 @@ def test_teacher_topk_batched_equals_one_example_at_a_time(tiny_llama, pairs_fil
 
     from slimtune.decoder.chat import PairDataset
     from slimtune.decoder.lm import load_causal_lm
-    from slimtune.decoder.prune import teacher_topk
+    from slimtune.decoder.prune.recovery import teacher_topk
 
     model, tok = load_causal_lm(tiny_llama)
     split = _ctx(tmp_path, pairs_file).splits.train
@@ -570,7 +570,8 @@ def test_width_pruning_keeps_grouped_query_attention_and_exports(tiny_llama, pai
     from slimtune.decoder.genai import export_genai
     from slimtune.decoder.lm import load_causal_lm, load_decoder
     from slimtune.decoder.measure import TorchDecoder, response_perplexity
-    from slimtune.decoder.prune import PruneWidthConfig, prune_width, remove_width
+    from slimtune.decoder.prune import PruneWidthConfig, prune_width
+    from slimtune.decoder.prune.surgery import remove_width
 
     model, tok = load_causal_lm(tiny_llama)
     n = sum(p.numel() for p in model.parameters())
