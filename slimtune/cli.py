@@ -131,7 +131,7 @@ def bench(
 @app.command()
 def export(
     model: Annotated[str, typer.Argument(help="fine-tuned HF classifier folder")],
-    format: Annotated[str, typer.Option("--format", "-f", help="hf, onnx, onnx-int8, tflite or tflite-int8 (tflite: pip install 'slimtune[tflite]')")] = "onnx",
+    format: Annotated[str, typer.Option("--format", "-f", help="hf, onnx, onnx-int8, tflite or tflite-int8 (tflite: pip install 'slimtune\\[tflite]')")] = "onnx",  # \\[ keeps [tflite] from rich markup
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output folder (default: MODEL-FORMAT)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace what a non-empty --out holds (never the source)")] = False,
     data: Annotated[Optional[str], typer.Option(help="check parity and accuracy on this data's test split")] = None,
