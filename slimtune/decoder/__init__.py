@@ -8,7 +8,8 @@ The flow mirrors the encoder one (`slimtune/runner.py`) for `task: generate` rec
     packaged  -> the packaged prompt/response data (chatterbot)
     data      -> prompt/response pairs, split 80/20 by prompt (a prompt's answers stay in one split)
     chat      -> chat-template formatting, labels -100 on everything but the response
-    methods   -> baseline | full | lora (stage methods for generation, StageResult like slimtune/stage.py)
+    stage     -> GenContext, GEN_METHODS + register, GenTrainConfig, train_pairs (what every method builds on)
+    methods   -> baseline | full | lora | weight_only (stage methods for generation, StageResult like slimtune/stage.py)
     prune/    -> prune_layers, prune_width (scores, surgery, recovery distilled from cached top-k teacher logits)
     registry  -> GEN_METHODS with every method registered (what recipe.py validates against; no torch)
     measure   -> perplexity, token F1 / exact match, samples, TTFT and decode tokens/s

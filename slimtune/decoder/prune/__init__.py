@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from ...errors import SlimtuneError
 from ...stage import StageResult
-from ..methods import GenContext, GenTrainConfig, register
+from ..stage import GenContext, GenTrainConfig, register
 from .recovery import _prune_and_recover
 from .scores import _batches, block_distances, cosine_scores, loss_scores, width_scores
 from .surgery import decoder_layers, remove_layers, remove_width

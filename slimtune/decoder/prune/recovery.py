@@ -7,7 +7,7 @@ import hashlib
 import json
 
 from ..chat import IGNORE, PairDataset, collate
-from ..methods import GenContext, train_pairs, training_context
+from ..stage import GenContext, train_pairs, training_context
 
 
 def teacher_topk(model, data: PairDataset, k: int, batch_size: int = 8) -> dict:

@@ -4,7 +4,7 @@ calibration pairs (`calibration_pairs` training pairs)."""
 from __future__ import annotations
 
 from ..chat import PairDataset, collate
-from ..methods import GenContext
+from ..stage import GenContext
 from .surgery import decoder_layers
 
 
