@@ -164,7 +164,7 @@ def test_two_workers_share_one_study(tiny_base_dir, tiny_csv, tmp_path):
 def _open_storage_at(url: str, start: float, results) -> None:
     import time
 
-    from slimtune.auto import _storage
+    from slimtune.auto.study import _storage
 
     while time.time() < start:  # every worker opens the new database at the same moment
         pass
@@ -177,7 +177,7 @@ def _open_storage_at(url: str, start: float, results) -> None:
 
 def test_workers_opening_a_new_study_database_together(tmp_path):
     """Four workers opening one new SQLite study database at once race to create its tables; each
-    must open it. Without the retry in auto._storage 8 of 10 such rounds failed ("table studies
+    must open it. Without the retry in auto.study._storage 8 of 10 such rounds failed ("table studies
     already exists", measured 2026-11-25)."""
     import multiprocessing
     import time

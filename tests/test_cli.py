@@ -96,3 +96,14 @@ def test_profile_command_prints_the_profile(tiny_csv):
     proc = slimtune("profile", "--data", tiny_csv)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "token" in proc.stdout.lower() and "Traceback" not in proc.stderr
+
+
+def test_export_help_shows_the_tflite_extra():
+    """Rich markup read `[tflite]` as a style tag and printed `pip install 'slimtune'`."""
+    from typer.testing import CliRunner
+
+    from slimtune.cli import app
+
+    wide = {"COLUMNS": "300", "TERMINAL_WIDTH": "300"}  # one line per option: nothing wraps mid-command
+    out = CliRunner().invoke(app, ["export", "--help"], env=wide).output
+    assert "pip install 'slimtune[tflite]'" in out, out

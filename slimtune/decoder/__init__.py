@@ -4,11 +4,13 @@ speed, depth pruning and ONNX Runtime GenAI exports.
 
 The flow mirrors the encoder one (`slimtune/runner.py`) for `task: generate` recipes:
 
-    packaged  -> the model folder (SmolLM2 converted once from its GGUF into the cache)
+    model/convert_smollm2 -> the model folder (SmolLM2 converted once from its GGUF into the cache)
+    packaged  -> the packaged prompt/response data (chatterbot)
     data      -> prompt/response pairs, split 80/20 by prompt (a prompt's answers stay in one split)
     chat      -> chat-template formatting, labels -100 on everything but the response
-    methods   -> baseline | full | lora (stage methods for generation, StageResult like slimtune/stage.py)
-    prune     -> prune_layers (depth pruning, recovery distilled from cached top-k teacher logits)
+    stage     -> GenContext, GEN_METHODS + register, GenTrainConfig, train_pairs (what every method builds on)
+    methods   -> baseline | full | lora | weight_only (stage methods for generation, StageResult like slimtune/stage.py)
+    prune/    -> prune_layers, prune_width (scores, surgery, recovery distilled from cached top-k teacher logits)
     registry  -> GEN_METHODS with every method registered (what recipe.py validates against; no torch)
     measure   -> perplexity, token F1 / exact match, samples, TTFT and decode tokens/s
     bench     -> timing in a fresh process (python -m slimtune.decoder.bench)

@@ -6,7 +6,7 @@ import contextlib
 from pathlib import Path
 
 from ..errors import SlimtuneError
-from .packaged import PACKAGED_DECODERS
+from ..model.convert_smollm2 import PACKAGED_DECODERS
 
 GENAI_CONFIG = "genai_config.json"  # what the ONNX Runtime GenAI builder writes beside model.onnx
 
@@ -14,8 +14,8 @@ GENAI_CONFIG = "genai_config.json"  # what the ONNX Runtime GenAI builder writes
 def resolve(name_or_path: str | Path) -> Path:
     key = str(name_or_path)
     if key == "smollm2-135m":
+        from ..model.convert_smollm2 import smollm2_folder
         from ..model.folders import cache_dir
-        from .packaged import smollm2_folder
 
         return smollm2_folder(cache_dir())
     from ..model.folders import check_model_dir, check_no_custom_code

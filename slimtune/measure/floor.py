@@ -6,17 +6,25 @@ articles, MiniLM-L6 truncated at 64 tokens scored ~2 points *below* TF-IDF + a l
 
 The floor is TF-IDF over 1-2-grams (sublinear tf, terms in >= 2 training texts) and a logistic
 regression whose C is chosen on the validation split (never test). Its folder format
-(no pickle) is `artifacts/floor.py`; the runner fits, saves and measures it like any artifact.
+(no pickle) is `artifacts/floor.py`, which imports this module (never the reverse); the runner
+fits, saves and measures it like any artifact.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..artifacts.floor import KIND, MIN_DF, vectorizer
-
+KIND = "tfidf-logreg"
+MIN_DF = 2
 C_GRID = (1.0, 4.0, 16.0)
 
+
+def vectorizer(vocabulary=None, min_df: int = MIN_DF):
+    """The floor's TF-IDF: fitted here, rebuilt from its saved vocabulary by `artifacts/floor.py`."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1 if vocabulary else min_df,
+                           dtype=np.float32, vocabulary=vocabulary)
 
 
 def fit_floor(splits, seed: int = 42) -> tuple[object, object, dict]:

@@ -48,7 +48,7 @@ def resolve(name_or_path: str | Path) -> Path:
         onnx_path = assets.locate(assets.MINILM_L3_ONNX)
         return convert_minilm_l3(onnx_path, assets.locate(assets.MINILM_L6), cache_dir() / "minilm-l3")
     if key == "smollm2-135m":  # hook (decoders, issue 14): a causal LM; classification gets a last-token head
-        from ..decoder.packaged import smollm2_folder
+        from .convert_smollm2 import smollm2_folder
 
         return smollm2_folder(cache_dir())
     path = Path(key)
