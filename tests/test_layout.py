@@ -107,13 +107,13 @@ LAYERS = [
     # what a stage is, how it trains, how it is stored; the decoder's loader and exports, and its
     # fresh-process timing (it loads an artifact)
     ("train / artifacts", ["train/", "artifacts/", "stage", "decoder.stage", "decoder.lm", "decoder.genai",
-                           "decoder.grid", "decoder.bench"]),
+                           "decoder.grid", "decoder.bench", "decoder.int4", "decoder.export"]),
     ("methods", ["methods/", "decoder.methods", "decoder.prune/", "decoder.registry"]),
     # a recipe run: the recipe, its folder's bookkeeping, exports, the report
     ("runner", ["runner", "runfolder", "recipe", "export", "report", "decoder.runner", "decoder.recipe",
                 "decoder.report"]),
     ("auto", ["auto/"]),
-    ("cli / api", ["", "cli", "api", "server", "batching"]),
+    ("cli / api", ["", "cli", "api", "server", "service", "batching"]),
 ]
 
 # Imports that break the rule today, each with what fixing it needs. The test fails when one of
@@ -218,7 +218,7 @@ def test_a_method_of_any_task_never_imports_another_method():
 MAX_LINES = 400
 # Over the limit today; the list only shrinks. server.py is being split in another branch: remove
 # it from here when that lands.
-KNOWN_LONG = {"server.py"}
+KNOWN_LONG: set[str] = set()
 
 
 def test_no_module_over_400_lines():

@@ -171,13 +171,13 @@ def test_helpers_pass_trust_remote_code_false():
 
 
 LOADERS = {"from_pretrained", "from_config"}  # as methods: `AutoModel.from_pretrained(...)`
-HELPERS = ("slimtune/model/folders.py", {"from_pretrained", "from_config"})  # the only places they are called
+HELPERS = ("slimtune/model/loading.py", {"from_pretrained", "from_config"})  # the only places they are called
 PEFT = ("slimtune/artifacts/peft_adapter.py", "PeftModel")  # peft's loader (no remote code); its pickle is refused first
 
 
 def test_every_load_goes_through_the_helper():
     """No `X.from_pretrained(...)`, `X.from_config(...)` or `pipeline(...)` call in slimtune/ except
-    inside the helpers in model/folders.py (which pass trust_remote_code=False)."""
+    inside the helpers in model/loading.py (which pass trust_remote_code=False)."""
     root = Path(__file__).resolve().parents[1]
     found = []
     for path in sorted((root / "slimtune").rglob("*.py")):
@@ -198,4 +198,4 @@ def test_every_load_goes_through_the_helper():
             elif not (getattr(func, "id", None) == "pipeline" or getattr(func, "attr", None) == "pipeline"):
                 continue
             found.append(f"{rel}:{node.lineno}: {ast.unparse(func)}(...)")
-    assert not found, "transformers loads outside model/folders.py's helpers:\n" + "\n".join(found)
+    assert not found, "transformers loads outside model/loading.py's helpers:\n" + "\n".join(found)

@@ -35,7 +35,7 @@ def write(source: Path, fmt: str, out: Path, cache: Path, int4=None, log: Callab
     from ..artifacts.atomic import atomic_dir
     from . import grid
     from .lm import load_causal_lm, plain_folder
-    from .recipe import Int4Config
+    from .int4 import Int4Config
 
     if fmt not in DECODER_FORMATS:
         raise SlimtuneError(f"export format {fmt!r} is not one for causal LMs: {', '.join(DECODER_FORMATS)}")

@@ -26,7 +26,7 @@ from transformers import BertConfig, BertModel
 
 from ..errors import SlimtuneError
 from . import assets
-from .folders import from_pretrained
+from .loading import from_pretrained
 
 PREFIX = "model.0.auto_model."
 # Order in which each layer's projections appear in the exported graph (topological order).

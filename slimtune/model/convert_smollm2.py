@@ -44,7 +44,7 @@ def convert_gguf(gguf_path: Path, dest: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .folders import from_config, from_pretrained
+    from .loading import from_config, from_pretrained
 
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = from_pretrained(AutoTokenizer, folder, gguf_file=name)

@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 
 from . import assets
+from .loading import from_config, from_pretrained  # noqa: F401  (the one way slimtune loads: see loading.py)
 from ..errors import SlimtuneError
 
 PACKAGED_MODELS = ("minilm-l6", "minilm-l3", "smollm2-135m")
@@ -120,21 +121,6 @@ def load_config(path: Path):
         return from_pretrained(AutoConfig, path)
     except (OSError, ValueError) as e:
         raise SlimtuneError(f"{path}/config.json: {first_line(e)}") from None
-
-
-def from_pretrained(cls, path, **kwargs):
-    """`cls.from_pretrained(path, **kwargs)` for any transformers config, tokenizer or model class,
-    never running the folder's own code (trust_remote_code=False: transformers raises instead of
-    asking on stdin) and, for a model, reading safetensors only (never a pickle)."""
-    # by name, not issubclass: importing PreTrainedModel imports torch, which a tokenizer never needs
-    if hasattr(cls, "_model_mapping") or any(c.__name__ == "PreTrainedModel" for c in getattr(cls, "__mro__", ())):
-        kwargs["use_safetensors"] = True
-    return cls.from_pretrained(path, trust_remote_code=False, **kwargs)
-
-
-def from_config(cls, config, **kwargs):
-    """`cls.from_config(config)` for an Auto model class, never running code the config points at."""
-    return cls.from_config(config, trust_remote_code=False, **kwargs)
 
 
 def is_classifier(config) -> bool:
