@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..errors import SlimtuneError
+from ..errors import SlimtuneError, check_ranges
 from ..stage import Artifact, StageResult
 from ..train.config import TrainConfig
 from ..train.loop import count_trainable
@@ -80,6 +80,7 @@ class GenLoraConfig(GenTrainConfig):
         super().__post_init__()
         if self.r < 1:
             raise SlimtuneError("lora: r must be >= 1")
+        check_ranges("lora", self, alpha="> 0", dropout="in [0, 1)")
 
 
 @dataclass

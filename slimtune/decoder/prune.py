@@ -29,7 +29,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from ..errors import SlimtuneError
+from ..errors import SlimtuneError, check_ranges
 from ..stage import StageResult
 from .chat import IGNORE, PairDataset, collate
 from .methods import GenContext, GenTrainConfig, register, train_pairs, training_context
@@ -51,6 +51,7 @@ class PruneLayersConfig(GenTrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_ranges("prune_layers", self, layers=">= 0", drop_layers=">= 0")
         if (self.layers > 0) == bool(self.drop_layers):
             raise SlimtuneError("prune_layers: give exactly one of `layers: N` (> 0) or `drop_layers: [i, ...]`")
         if self.score not in SCORES:
