@@ -77,6 +77,14 @@ def test_a_merge_key_override_is_not_a_duplicate_and_1e_4_is_a_number(tmp_path):
                                "lr": [1e-4, 5e-5, -2000.0, 100.0], "name": "1e"}
 
 
+def test_a_recipe_in_another_encoding_is_one_line(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_bytes("data: {path: critiques.csv}\n# r\u00e9sum\u00e9\n".encode("latin-1"))
+    with pytest.raises(SlimtuneError) as e:
+        load(path)
+    assert str(e.value) == f"{path}: not UTF-8 text (byte 31)"
+
+
 def test_learning_rate_written_1e_4_is_accepted(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text("data: {name: rotten_tomatoes}\nmodel: minilm-l6\nstages:\n  - {name: a, method: full, learning_rate: 1e-4}\n")
