@@ -61,11 +61,26 @@ def check_run(recipe_path: str | Path, out: str | Path, device: str | None = Non
     check_writable(Path(out), "--out")
 
 
+def check_max_length(model: str | Path, max_length: int | None, default: int = DEFAULT_MAX_LENGTH) -> int:
+    """`max_length` within the model's position table (its config.json; nothing is loaded): a longer
+    one would fail only on the first long text, deep inside the model. Unset (None): `default`, or
+    the model's limit if that is shorter."""
+    from .model.folders import positions
+
+    limit = positions(model)
+    if max_length is None:
+        return min(default, limit or default)
+    if limit is not None and max_length > limit:
+        raise SlimtuneError(f"max_length {max_length} is more than the model's {limit} positions ({model})")
+    return max_length
+
+
 def evaluate(model: str | Path, data: DataConfig, split: str = "test", max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 32,
              task: str | None = None) -> dict:
     """Accuracy, macro F1/precision/recall and confusion matrix of `model` on `data`'s test split (or all of it)."""
     from .measure.metrics import evaluate as evaluate_predictor
 
+    check_max_length(model, max_length)
     texts, label_names = _eval_set(data, split)
     pred = load_predictor(model, max_length, label_names, task)
     metrics, _ = evaluate_predictor(pred, texts, batch_size, progress="evaluating")
@@ -97,6 +112,7 @@ def evaluate_generative(model: str | Path, data, max_length: int = 256, answer_p
     from .decoder.recipe import GenEvalConfig
     from .decoder.runner import evaluate as evaluate_decoder
 
+    check_max_length(model, max_length)
     ev = GenEvalConfig(max_length=max_length, answer_prompts=answer_prompts, max_new_tokens=max_new_tokens)
     splits = load_pairs(data)
     metrics, _ = evaluate_decoder(load_decoder(model), splits, ev)
@@ -135,6 +151,7 @@ def bench(model: str | Path, texts: list[str] | None = None, runs: int = 100, wa
 
     if against is not None and not Path(against).exists():  # said before any timing, not after it
         raise SlimtuneError(f"--against: model not found: {against}")
+    check_max_length(model, max_length)
     pred = load_predictor(model, max_length, provider=provider)
     loader = None if against is None else (lambda: load_predictor(against, max_length, provider=provider))
     result = benchmark(pred, texts or default_texts(), runs, warmup, batch_size, against=loader)
@@ -204,12 +221,13 @@ def export(model: str | Path, fmt: str, out: str | Path, data: DataConfig | None
     return result
 
 
-def predict(model: str | Path, texts: list[str], max_length: int = DEFAULT_MAX_LENGTH, task: str | None = None) -> list[Prediction]:
-    """Label and probability for each text."""
+def predict(model: str | Path, texts: list[str], max_length: int | None = None, task: str | None = None) -> list[Prediction]:
+    """Label and probability for each text (`max_length` unset: 256, or the model's limit if shorter)."""
     from .measure.predictors import predict as predict_texts
 
     if not texts:
         raise SlimtuneError("predict: give at least one text")
+    max_length = check_max_length(model, max_length)
     return predict_texts(load_predictor(model, max_length, task=task), texts)
 
 

@@ -172,7 +172,8 @@ def export(
 def predict(
     model: Annotated[str, typer.Argument(help="model folder (HF, or holding model.onnx or model.tflite)")],
     texts: Annotated[list[str], typer.Argument(help="one or more texts")],
-    max_length: MaxLen = 256,
+    max_length: Annotated[Optional[int], typer.Option(min=2, help="tokens per text (longer texts are truncated); "
+                                                                  "default 256, or the model's limit if shorter")] = None,
     task: Task = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per text, with every label's probability")] = False,
 ):

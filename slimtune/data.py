@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from .model import assets
-from .errors import SlimtuneError, check_file
+from .errors import SlimtuneError, check_file, check_ranges
 
 PACKAGED = ("rotten_tomatoes", "tweets_sentiment")
 # Cell values that mean "no value". "NA", "None", "null" and "N/A" are not among them: they are real
@@ -55,6 +55,7 @@ class DataConfig:
             )
         if not 0 < self.test_size < 1 or not 0 <= self.val_size < 1:
             raise SlimtuneError("data: test_size must be in (0, 1) and val_size in [0, 1)")
+        check_ranges("data", self, seed=">= 0", max_train_samples=">= 1", max_test_samples=">= 1")
 
 
 @dataclass

@@ -5,6 +5,8 @@ Anything a user can cause (a missing file, a wrong column, a typo in a recipe) i
 exits with code 2; everything else is a bug and keeps its traceback.
 """
 
+import re
+
 
 class SlimtuneError(Exception):
     """A problem with the user's input, reported as one line and exit code 2."""
@@ -33,3 +35,29 @@ def check_file(path, what: str) -> None:
     if path.exists():
         raise SlimtuneError(f"{path} is not a regular file (a device, pipe or socket), not a {what}")
     raise SlimtuneError(f"{what} not found: {path}")
+
+
+_RULE = re.compile(r"^(?:(>=?) (-?[0-9.]+)|in ([\[(])(-?[0-9.]+), (-?[0-9.]+)([\])]))$")
+
+
+def check_ranges(where: str, obj, **rules: str) -> None:
+    """The numeric sanity every config checks in `__post_init__` (so a recipe is refused when it is
+    read, not minutes into a stage): each named field meets its rule, `> 0`, `>= 1` or an interval
+    such as `in [0, 1)`: `where: key must be in [0, 1), not 1.5`. None (an unset optional field)
+    passes; a list is checked item by item. NaN meets no rule."""
+    for key, rule in rules.items():
+        value = getattr(obj, key)
+        for v in value if isinstance(value, list) else [value]:
+            if v is not None and not _meets(v, rule):
+                what = f"{where}: {key}" if where else key
+                raise SlimtuneError(f"{what} must be {rule}{' (each)' if isinstance(value, list) else ''}, not {value!r}")
+
+
+def _meets(value, rule: str) -> bool:
+    m = _RULE.match(rule)
+    if m is None:
+        raise ValueError(f"not a range rule: {rule!r}")  # a bug in a config, not the user's input
+    op, low, left, lo, hi, right = m.groups()
+    if op:
+        return value > float(low) if op == ">" else value >= float(low)
+    return (value > float(lo) if left == "(" else value >= float(lo)) and (value < float(hi) if right == ")" else value <= float(hi))

@@ -21,13 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from .data import DataConfig
 from .errors import SlimtuneError, check_file
 from .export import FORMATS
 from .methods import METHODS
-from .schema import FROM_MODEL, NAME_RE, Stage, _nondefault, build, parse_stages  # noqa: F401  (also this module's API)
+from .schema import FROM_MODEL, NAME_RE, Stage, _nondefault, build, check_positions, load_yaml, parse_stages  # noqa: F401  (also this module's API)
 
 
 @dataclass
@@ -125,6 +123,7 @@ def parse(raw: dict, source: str = "<recipe>") -> Recipe:
     if device not in DEVICES:
         raise SlimtuneError(f"{source}: device must be one of {', '.join(DEVICES)}, not {device!r}")
     trainer = check_trainer_args(raw.get("trainer") or {}, f"{source}: trainer")
+    check_positions(source, model, stages, ev, ("max_length",))
     return Recipe(data, model, stages, list(export), ev, baseline, source, device, trainer)
 
 
@@ -141,10 +140,4 @@ def _is_classifier_folder(model: str) -> bool:
 def load(path: str | Path) -> Recipe:
     path = Path(path)
     check_file(path, "recipe")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" line {mark.line + 1}" if mark else ""
-        raise SlimtuneError(f"{path}{at}: invalid YAML: {getattr(e, 'problem', None) or e}") from None
-    return parse(raw, str(path))
+    return parse(load_yaml(path), str(path))

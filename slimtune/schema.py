@@ -1,17 +1,23 @@
 """Validated dataclasses from YAML mappings: what every recipe (classification, generation) is built with.
 
-`build(cls, mapping, where)` instantiates a config dataclass, rejecting unknown keys and wrong
-types (nested blocks recurse); `_nondefault` turns one back into what a user wrote. Kept apart
-from `recipe.py` so that another task's recipe parser (decoder/recipe.py) uses them without
-importing the classification recipe module that dispatches to it (no import cycle). No torch.
+`load_yaml(path)` reads a user's YAML file (a key given twice is an error); `build(cls, mapping,
+where)` instantiates a config dataclass, rejecting unknown keys and wrong types (nested blocks
+recurse); `check_positions` holds every token length of a recipe against the model's position
+table; `_nondefault` turns a config back into what a user wrote. Kept apart from `recipe.py` so
+that another task's recipe parser (decoder/recipe.py) uses them without importing the
+classification recipe module that dispatches to it (no import cycle). No torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
 
 from .errors import SlimtuneError
 
@@ -28,6 +34,53 @@ class Stage:
 
     def fields(self) -> dict:
         return dataclasses.asdict(self.config)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key, line: int, first: int):
+        super().__init__(key, line, first)
+        self.key, self.line, self.first = key, line, first
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader where it is silent on a mistake: a key given twice in one mapping
+    (PyYAML keeps the last one) is an error, and `1e-4` is a number (YAML 1.1 reads an exponent
+    without a dot, which every paper writes, as a string)."""
+
+    def construct_mapping(self, node, deep=False):
+        first: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then overriding a key is not a duplicate
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                if key in first:
+                    raise _DuplicateKey(key, line, first[key])
+                first[key] = line
+            except TypeError:  # an unhashable key: the base class reports it
+                pass
+        return super().construct_mapping(node, deep)
+
+
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def load_yaml(path: str | Path):
+    """The contents of the YAML file a user wrote (a recipe), every mistake one line naming the file
+    and line: invalid YAML, or `recipe.yaml line 7: duplicate key 'epochs' (first at line 6)`. The
+    one reader of user YAML (both tasks' recipes come through `recipe.load`)."""
+    path = Path(path)
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except _DuplicateKey as e:
+        raise SlimtuneError(f"{path} line {e.line}: duplicate key {e.key!r} (first at line {e.first})") from None
+    except UnicodeDecodeError as e:
+        raise SlimtuneError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark else ""
+        raise SlimtuneError(f"{path}{at}: invalid YAML: {getattr(e, 'problem', None) or e}") from None
 
 
 def _nondefault(obj) -> dict:
@@ -65,6 +118,8 @@ def build(cls, values, where: str):
     for key, value in values.items():
         if not _type_ok(value, hints[key]):
             raise SlimtuneError(f"{where}.{key}: expected {_type_name(hints[key])}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):  # .nan passes every `x <= 0` check after it
+            raise SlimtuneError(f"{where}.{key}: expected a finite number, got {value!r}")
     try:
         return cls(**values)
     except SlimtuneError as e:
@@ -125,3 +180,35 @@ def parse_stages(raw_stages, methods: dict, source: str, unknown: str) -> list[S
         stages.append(Stage(name, method, build(methods[method].config_cls, fields, f"{where} ({method})"), origin))
         seen.add(name)
     return stages
+
+
+def check_positions(source: str, model: str, stages: list[Stage], ev, eval_keys: tuple[str, ...]) -> None:
+    """Every token length of a recipe (each stage's `max_length`, the eval block's `eval_keys`)
+    against the position table of the model it runs on, when the recipe is read: `max_length:
+    100000` would otherwise fail minutes into a stage. The limits come from config.json alone
+    (`model.folders.positions`: no weights read, no packaged model converted). A stage runs on the
+    previous stage's model (or its `from:`); a stage's `student` (distill: a packaged name or a
+    folder) is the model after it, and its `teacher`, when named, bounds it too. A model whose
+    limit is unknown (a folder not there yet: loading it says so) is not checked."""
+    from .model.folders import positions
+
+    def bound(name: str) -> tuple[int | None, str]:
+        return positions(name), name
+
+    base = last = bound(model)
+    made: dict[str, tuple[int | None, str]] = {}
+    for i, st in enumerate(stages):
+        into = base if st.source == FROM_MODEL else made[st.source] if st.source else last
+        student, teacher = getattr(st.config, "student", None), getattr(st.config, "teacher", None)
+        out = into if student in (None, "truncate", "shrink") else bound(student)  # truncate/shrink keep the positions
+        bounds = [into, out] + ([bound(teacher)] if teacher else [])
+        _fits(getattr(st.config, "max_length", None), bounds, f"{source}: stages[{i}] ({st.name}) max_length")
+        made[st.name] = last = out
+    for key in eval_keys:  # every artifact of the run is measured with them
+        _fits(getattr(ev, key), [base, *made.values()], f"{source}: eval.{key}")
+
+
+def _fits(value: int | None, bounds: list[tuple[int | None, str]], what: str) -> None:
+    for limit, name in bounds:
+        if value is not None and limit is not None and value > limit:
+            raise SlimtuneError(f"{what} {value} is more than the model's {limit} positions ({name})")

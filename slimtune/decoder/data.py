@@ -16,7 +16,7 @@ from functools import cached_property
 
 import pandas as pd
 
-from ..errors import SlimtuneError
+from ..errors import SlimtuneError, check_ranges
 
 PACKAGED_PAIRS = ("chatterbot_qa",)
 COLUMNS_HINT = ("set data.prompt_column / data.response_column in a recipe, --prompt-column / --response-column "
@@ -48,6 +48,7 @@ class GenDataConfig:
                                 f"{', '.join(PACKAGED_PAIRS)}")
         if not 0 < self.test_size < 1 or not 0 <= self.val_size < 1:
             raise SlimtuneError("data: test_size must be in (0, 1) and val_size in [0, 1)")
+        check_ranges("data", self, seed=">= 0")
         for name in ("max_train_samples", "max_test_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SlimtuneError(f"data.{name} must be >= 1")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import SlimtuneError
+from ..errors import SlimtuneError, check_ranges
 from ..stage import Artifact, StageResult
 from .stage import GenContext, GenTrainConfig, register, train_pairs
 
@@ -28,6 +28,7 @@ class GenLoraConfig(GenTrainConfig):
         super().__post_init__()
         if self.r < 1:
             raise SlimtuneError("lora: r must be >= 1")
+        check_ranges("lora", self, alpha="> 0", dropout="in [0, 1)")
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import SlimtuneError
-from ..schema import FROM_MODEL, NAME_RE, Stage, _nondefault, build, parse_stages
+from ..schema import FROM_MODEL, NAME_RE, Stage, _nondefault, build, check_positions, parse_stages
 from .data import GenDataConfig
 from .export import DECODER_FORMATS
 from .int4 import INT8_GROUPS, Int4Config  # noqa: F401  (also this module's API)
@@ -94,4 +94,5 @@ def parse(raw: dict, source: str = "<recipe>") -> GenRecipe:
     if baseline is not None and baseline not in seen:
         raise SlimtuneError(f"{source}: baseline {baseline!r} is not a stage name ({', '.join(seen) or 'none'})")
     int4 = build(Int4Config, raw.get("int4") or {}, f"{source}: int4")
+    check_positions(source, model, stages, ev, ("max_length", "max_new_tokens", "parity_tokens", "speed_new_tokens"))
     return GenRecipe(data, model, stages, list(export), ev, baseline, source, int4=int4)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from ..errors import SlimtuneError
+from ..errors import SlimtuneError, check_ranges
 from ..model.structure import ADAPTER_KINDS
 from ..model.structure import check_bert, freeze_all_but, head_modules, head_names
 from ..stage import Artifact, StageContext, StageResult, register
@@ -41,6 +41,7 @@ class LoraConfig(TrainConfig):
         super().__post_init__()
         if self.r < 1:
             raise SlimtuneError("lora: r must be >= 1")
+        check_ranges("lora", self, alpha="> 0", dropout="in [0, 1)")
 
 
 @dataclass
@@ -67,11 +68,19 @@ class PrefixConfig(PromptConfig):
     projection: bool = False  # True: reparameterise the prefix through an MLP (P-tuning v2 style)
     encoder_hidden_size: int = 128
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges("prefix", self, encoder_hidden_size=">= 1")
+
 
 @dataclass
 class PTuningConfig(PromptConfig):
     learning_rate: float = 1e-2
     encoder_hidden_size: int = 128
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges("ptuning", self, encoder_hidden_size=">= 1")
 
 
 def _check_targets(model, targets: list[str], method: str) -> None:

@@ -15,7 +15,7 @@ import copy
 from dataclasses import dataclass
 
 from ..data import TextSet, read_table
-from ..errors import SlimtuneError, one_of
+from ..errors import SlimtuneError, check_ranges, one_of
 from ..model.structure import encoder_layers, layers_name
 from ..stage import StageContext, StageResult, register
 from ..train.config import TrainConfig
@@ -46,6 +46,9 @@ class DistillConfig(TrainConfig):
         if not 0 <= self.alpha <= 1 or self.temperature <= 0:
             raise SlimtuneError("distill: alpha must be in [0, 1] and temperature > 0")
         one_of("init", self.init, ("teacher", "random"), "distill")
+        check_ranges("distill", self, layers=">= 0", num_layers=">= 1", hidden_size=">= 1", intermediate_size=">= 1",
+                     num_attention_heads=">= 1", hidden_weight=">= 0", attention_weight=">= 0", layer_map=">= 1",
+                     max_extra_texts=">= 1")
 
 
 # ---- students -------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import SlimtuneError
+from ..errors import SlimtuneError, check_ranges
 from ..stage import Artifact, StageContext, StageResult, register
 
 PRECISIONS = ("int8", "int4", "fp32")
@@ -47,6 +47,7 @@ class OnnxCompactConfig:
                                 f"got {self.matmul!r}, {self.embeddings!r}")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise SlimtuneError(f"onnx_compact: block_size must be a power of 2 >= 16, got {self.block_size}")
+        check_ranges("onnx_compact", self, parity_texts=">= 1")
 
     def label(self) -> str:
         four = f" (4-bit blocks of {self.block_size}, {'symmetric' if self.symmetric else 'with zero points'})" \

@@ -25,7 +25,7 @@ import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..errors import SlimtuneError
+from ..errors import SlimtuneError, check_ranges
 from ..stage import Artifact, StageContext, StageResult, register
 
 CALIBRATIONS = ("minmax", "entropy", "percentile")
@@ -53,6 +53,7 @@ class OnnxInt8Config:
             raise SlimtuneError(f"onnx_int8: format must be qdq or qoperator, got {self.format!r}")
         if self.calibration_samples < 1 or not 90 < self.percentile <= 100 or self.max_accuracy_drop < 0:
             raise SlimtuneError("onnx_int8: calibration_samples >= 1, percentile in (90, 100], max_accuracy_drop >= 0")
+        check_ranges("onnx_int8", self, seed=">= 0")
 
     def label(self) -> str:
         if self.mode == "dynamic":

@@ -70,6 +70,45 @@ def resolve(name_or_path: str | Path) -> Path:
     return path
 
 
+# Position-table rows of the packaged models that are converted on first use, for when they are not
+# converted yet (reading a limit must not convert a model): paraphrase-MiniLM-L3-v2's ONNX
+# `embeddings.position_embeddings.weight` is [512, 384]; SmolLM2-135M-Instruct's GGUF says
+# llama.context_length 8192. Once converted, their config.json is read like any folder's.
+CONVERTED_POSITIONS = {"minilm-l3": 512, "smollm2-135m": 8192}
+# RoBERTa-style embeddings number positions from pad_token_id + 1: that many rows are never a token's
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")
+
+
+def positions(name_or_path: str | Path) -> int | None:
+    """The longest input a model takes (its position table), from config.json alone: no weights are
+    read and no packaged model is converted. None when unknown (no such folder yet, no config, or a
+    model without a position table such as the TF-IDF floor): nothing to check against."""
+    import json
+
+    key = str(name_or_path)
+    if key == "minilm-l6":
+        try:
+            folder = assets.locate(assets.MINILM_L6)
+        except SlimtuneError:
+            return None  # the run says which package to install
+    elif key in CONVERTED_POSITIONS:
+        folder = cache_dir() / key
+        if not (folder / "config.json").is_file():
+            return CONVERTED_POSITIONS[key]
+    else:
+        folder = Path(key)
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    n = cfg.get("max_position_embeddings", cfg.get("n_positions")) if isinstance(cfg, dict) else None
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        return None
+    if cfg.get("model_type") in OFFSET_POSITIONS:
+        n -= (cfg.get("pad_token_id") or 0) + 1
+    return n
+
+
 def check_model_dir(path: Path) -> None:
     if not (path / "config.json").is_file():
         raise SlimtuneError(f"{path}: not a model folder (no config.json)")

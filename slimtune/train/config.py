@@ -40,9 +40,13 @@ class TrainConfig:
         one_of("optimizer", self.optimizer, OPTIMIZERS)
         if self.batch_size < 1 or self.learning_rate <= 0 or (self.epochs <= 0 and self.max_steps <= 0):
             raise SlimtuneError("training: batch_size >= 1, learning_rate > 0 and epochs or max_steps > 0 are required")
-        for name, ok, rule in [("max_length", self.max_length is None or self.max_length >= 2, ">= 2 (room for [CLS] and [SEP])"),
+        for name, ok, rule in [("epochs", self.epochs > 0, "> 0"),
+                               ("max_steps", self.max_steps == -1 or self.max_steps >= 1, ">= 1 (or -1: no step limit)"),
+                               ("max_length", self.max_length is None or self.max_length >= 2, ">= 2 (room for [CLS] and [SEP])"),
                                ("warmup", 0 <= self.warmup < 1, "a fraction of the steps in [0, 1)"),
                                ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                               ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+                               ("seed", self.seed >= 0, ">= 0"),
                                ("early_stopping_patience", self.early_stopping_patience >= 0, ">= 0"),
                                ("eval_steps", self.eval_steps >= 0, ">= 0"),
                                ("checkpoint_steps", self.checkpoint_steps >= 0, ">= 0"),

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...errors import SlimtuneError
+from ...errors import SlimtuneError, check_ranges
 from ...stage import StageResult
 from ..stage import GenContext, GenTrainConfig, register
 from .recovery import _prune_and_recover
@@ -54,6 +54,7 @@ class PruneLayersConfig(GenTrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_ranges("prune_layers", self, layers=">= 0", drop_layers=">= 0")
         if (self.layers > 0) == bool(self.drop_layers):
             raise SlimtuneError("prune_layers: give exactly one of `layers: N` (> 0) or `drop_layers: [i, ...]`")
         if self.score not in SCORES:

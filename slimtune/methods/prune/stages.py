@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...data import TextSet
-from ...errors import SlimtuneError, one_of
+from ...errors import SlimtuneError, check_ranges, one_of
 from ...model.structure import check_bert, counts, num_params
 from ...stage import Artifact, StageContext, StageResult, register
 from ...train.config import RecoveryConfig, TrainConfig
@@ -69,6 +69,7 @@ class StructuredConfig(RecoveryConfig):
             raise SlimtuneError("prune_structured: heads and ffn are fractions in [0, 1)")
         if self.layers < 0 or self.rounds < 1 or self.calibration_batches < 1:
             raise SlimtuneError("prune_structured: layers >= 0, rounds >= 1, calibration_batches >= 1 are required")
+        check_ranges("prune_structured", self, drop_layers=">= 0")
         if self.layers and self.drop_layers:
             raise SlimtuneError("prune_structured: give layers (a count) or drop_layers (a list), not both")
 
