@@ -25,7 +25,8 @@ from .data import DataConfig
 from .errors import SlimtuneError, check_file
 from .export import FORMATS
 from .methods import METHODS
-from .schema import FROM_MODEL, NAME_RE, Stage, _nondefault, build, check_positions, load_yaml, parse_stages  # noqa: F401  (also this module's API)
+from .schema import FROM_MODEL, NAME_RE, Stage, _nondefault, build, load_yaml, parse_stages  # noqa: F401  (also this module's API)
+from .text import check_positions
 
 
 @dataclass

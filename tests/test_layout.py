@@ -99,7 +99,7 @@ LAYERS = [
     ("errors / console", ["errors", "console", "schema", "compute", "distributed"]),
     ("model", ["model/"]),
     # data and text: datasets and their splits, token lengths (profile), the decoder's pairs and chat format
-    ("tasks / data / text", ["data", "profile", "decoder", "decoder.chat", "decoder.data", "decoder.packaged",
+    ("tasks / data / text", ["data", "profile", "text", "decoder", "decoder.chat", "decoder.data", "decoder.packaged",
                              "decoder.profile"]),
     # texts in, logits out, torch or ONNX Runtime: below both measure and artifacts
     ("predictor", ["measure.predictors"]),

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import SlimtuneError
-from ..schema import FROM_MODEL, NAME_RE, Stage, _nondefault, build, check_positions, parse_stages
+from ..schema import FROM_MODEL, NAME_RE, Stage, _nondefault, build, parse_stages
+from ..text import check_positions
 from .data import GenDataConfig
 from .export import DECODER_FORMATS
 from .int4 import INT8_GROUPS, Int4Config  # noqa: F401  (also this module's API)
