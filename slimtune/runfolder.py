@@ -28,6 +28,11 @@ import json
 import os
 from pathlib import Path
 
+try:
+    import fcntl  # POSIX; without it (Windows) runs are not locked
+except ImportError:  # pragma: no cover
+    fcntl = None
+
 from .artifacts.atomic import atomic_dir, check_writable, clean_temp, write_text
 from .errors import SlimtuneError
 
@@ -90,6 +95,8 @@ class RunFolder:
 
     def holder(self) -> str | None:
         """The pid of the run holding OUT's lock (or "unknown"), None when nobody holds it. Reads only."""
+        if fcntl is None:
+            return None
         try:
             fd = os.open(self.root / LOCK, os.O_RDONLY)
         except OSError:
@@ -117,9 +124,7 @@ class RunFolder:
             self._release()
 
     def _lock(self) -> None:
-        try:
-            import fcntl  # noqa: F401  (POSIX; without it, e.g. on Windows, runs are not locked)
-        except ImportError:
+        if fcntl is None:
             return
         path = self.root / LOCK
         while True:
@@ -229,8 +234,6 @@ def _paths_in(value):
 
 
 def _try_lock(fd: int, shared: bool = False) -> bool:
-    import fcntl
-
     try:
         fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         return True
