@@ -29,9 +29,12 @@ def _eval_set(cfg: DataConfig, split: str) -> tuple[TextSet, list[str]]:
     return TextSet(s.train.texts + s.val.texts + s.test.texts, s.train.labels + s.val.labels + s.test.labels), s.label_names
 
 
-def run(recipe_path: str | Path, out: str | Path, log: Callable[[str], None] = print, device: str | None = None) -> dict:
+def run(recipe_path: str | Path, out: str | Path, log: Callable[[str], None] = print, device: str | None = None,
+        overwrite: bool = False) -> dict:
     """Run a recipe file into `out` (resuming finished stages); returns the report dict.
 
+    `out` must be new, empty or a slimtune run folder (`overwrite` allows a user's non-empty
+    folder; never the model's or the data's folder), and not in use by another run.
     `device` (auto, cpu, cuda) overrides the recipe's. Launched as one of several processes
     (torchrun, or `slimtune run --nproc N`), training is data-parallel and rank 0 writes; the
     other ranks return an empty dict.
@@ -42,23 +45,24 @@ def run(recipe_path: str | Path, out: str | Path, log: Callable[[str], None] = p
     recipe = load(recipe_path)
     if device is not None:
         recipe.device = device
-    return run_recipe(recipe, Path(out), log)
+    return run_recipe(recipe, Path(out), log, overwrite)
 
 
-def check_run(recipe_path: str | Path, out: str | Path, device: str | None = None, nproc: int = 1) -> None:
-    """What `run` checks before any work (the recipe, --out, the device, batches that split
-    across `nproc` processes), without running it."""
+def check_run(recipe_path: str | Path, out: str | Path, device: str | None = None, nproc: int = 1,
+              overwrite: bool = False) -> None:
+    """What `run` checks before any work (the recipe, --out and who holds it, the device, batches
+    that split across `nproc` processes), without running it or writing anything."""
     from .compute import resolve_device
     from .distributed import check_batch
-    from .artifacts.atomic import check_writable
     from .recipe import load
+    from .runfolder import RunFolder
 
     recipe = load(recipe_path)
     resolve_device(device or recipe.device, f"{recipe.source}: device" if device is None else "--device")
     for st in recipe.stages:
         if hasattr(st.config, "batch_size"):
             check_batch(st.config.batch_size, f"{recipe.source}: stages {st.name}", nproc)
-    check_writable(Path(out), "--out")
+    RunFolder(out).check_target(recipe, overwrite)
 
 
 def check_max_length(model: str | Path, max_length: int | None, default: int = DEFAULT_MAX_LENGTH) -> int:

@@ -51,6 +51,8 @@ def run(
     nproc: Annotated[int, typer.Option(min=1, help="processes on this machine: training is data-parallel (DDP), "
                                                    "rank 0 evaluates and writes; a stage's batch_size is the global batch")] = 1,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda (overrides the recipe's device)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="write into a non-empty --out that is not a slimtune run folder "
+                                                 "(never the model's or the data's folder)")] = False,
 ):
     """Run a recipe: data, model, stages, exports, report (resumable)."""
     from .console import log_line
@@ -58,8 +60,9 @@ def run(
     if nproc > 1:  # hook (distributed.py): the same command as N processes under torch's launcher
         from . import distributed
 
-        api.check_run(recipe, out, device, nproc)  # bad input is one line here, before N processes start
-        argv = ["run", str(recipe), "--out", str(out), *(["--json"] if as_json else []), *(["--device", device] if device else [])]
+        api.check_run(recipe, out, device, nproc, overwrite)  # bad input is one line here, before N processes start
+        argv = ["run", str(recipe), "--out", str(out), *(["--json"] if as_json else []), *(["--device", device] if device else []),
+                *(["--overwrite"] if overwrite else [])]
         argv += [f for f in ("--debug", "--quiet") if f in sys.argv[1:]]
         code = distributed.launch(nproc, argv)
         if code == 130:
@@ -67,7 +70,7 @@ def run(
                   file=sys.stderr)
         raise typer.Exit(code)
     try:
-        report = api.run(recipe, out, log=log_line, device=device)
+        report = api.run(recipe, out, log=log_line, device=device, overwrite=overwrite)
     except KeyboardInterrupt:
         print(f"slimtune: interrupted; finished stages are kept in {out}; resume with: slimtune run {recipe} --out {out}",
               file=sys.stderr)

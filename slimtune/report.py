@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .measure import alternate
+from .artifacts.atomic import atomic_file
 from .measure.floor import verdict as floor_verdict
 from .profile import markdown as profile_markdown
 
@@ -202,14 +202,15 @@ def plot(report: dict, x_key: str, x_label: str, path: Path) -> None:
     ax.set_title(f"accuracy vs {x_label.split(' (')[0]} ({report['hardware']['cpu']})", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
-def write_report(report: dict, out: Path) -> None:
-    out = Path(out)
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    (out / "report.md").write_text(markdown(report))
+def write_report(report: dict, rf) -> None:
+    """report.json, report.md and the plots into the run folder `rf` (a `RunFolder`), each atomically."""
+    out = rf.root
+    rf.write_report(report, markdown(report))
     if report["stages"]:
         plot(report, "latency_ms_p50", "batch-1 latency p50 (ms)", out / "accuracy_vs_latency.png")
         plot(report, "size_bytes", "size on disk (MiB)", out / "accuracy_vs_size.png")

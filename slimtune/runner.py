@@ -10,13 +10,12 @@ Run folder layout:
 
 Each folder is written under a temp name and renamed when complete (`artifacts.atomic`), so a
 folder that exists is finished. Run again with the same OUT and finished stages are skipped; a
-stage whose recipe changed since it ran is an error rather than silently reused.
+stage whose recipe changed since it ran is an error rather than silently reused. Who may write
+into OUT, and the layout itself, are `runfolder.RunFolder`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import time
 from pathlib import Path
@@ -25,7 +24,6 @@ from typing import Callable
 import numpy as np
 
 from . import artifacts, distributed
-from .artifacts.atomic import atomic_dir, check_writable
 from .compute import Compute, resolve_device
 from .console import trainer_progress
 from .data import Splits, load_splits
@@ -37,9 +35,8 @@ from .measure.metrics import evaluate, parity
 from .measure.predictors import batched_logits
 from .profile import eval_config, fill_max_length, profile_data
 from .recipe import FROM_MODEL, EvalConfig, Recipe
-from .runfolder import failing_step as _failing_step, finished as _finished, fingerprint as _fingerprint
-from .runfolder import check_folders, open_folder, reuse_or_run as _reuse_or_run
-from .runfolder import write_json as _write_json
+from .runfolder import RunFolder, failing_step as _failing_step, finished as _finished, fingerprint as _fingerprint
+from .runfolder import reuse_or_run as _reuse_or_run, write_json as _write_json
 from .stage import METHODS, Artifact, StageContext
 
 
@@ -87,30 +84,36 @@ def measure(artifact: Path, splits: Splits, ev: EvalConfig, log: Callable[[str],
     return metrics, logits
 
 
-def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
-    from .report import write_report
-
+def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print, overwrite: bool = False) -> dict:
+    """Run `recipe` into the run folder `out` (see `RunFolder`: a user's non-empty folder only with
+    `overwrite`; never the model's or the data's folder; one run at a time)."""
     if getattr(recipe, "task", "classify") == "generate":  # hook (decoders, issue 14)
         from .decoder.runner import run as run_generate
 
-        return run_generate(recipe, out, log)
-    out = Path(out)
-    # hook (distributed.py): under torchrun every rank walks the recipe; rank 0 alone writes and measures
+        return run_generate(recipe, out, log, overwrite)
+    rf = RunFolder(out)
+    # hook (distributed.py): under torchrun every rank walks the recipe; rank 0 alone owns, writes and measures
     compute = Compute(resolve_device(recipe.device, f"{recipe.source}: device"), recipe.trainer, log)
     distributed.init(compute.device)
-    main = distributed.is_main()
-    if not main:
-        log = _silent
+    if not distributed.is_main():
+        return _run(recipe, rf, compute, _silent)
+    with rf.owned(recipe, overwrite):
+        return _run(recipe, rf, compute, log)
+
+
+def _run(recipe: Recipe, rf: RunFolder, compute: Compute, log: Callable[[str], None]) -> dict:
+    from .report import write_report
+
+    out, main = rf.root, distributed.is_main()
     # Nothing is written until the output folder, the data and every finished folder's recipe
     # are known good: a rejected run leaves OUT exactly as it was.
-    check_writable(out, "--out")
     splits = load_splits(recipe.data)
-    stage_dirs = check_folders(recipe, splits, out)
+    stage_dirs = rf.check_finished(recipe, splits)
     for st in recipe.stages:  # a global batch that does not split across the processes fails now, not mid-run
         if hasattr(st.config, "batch_size"):
             distributed.check_batch(st.config.batch_size, f"{recipe.source}: stages {st.name}")
     if main:
-        open_folder(recipe, out)
+        rf.open(recipe)
     distributed.barrier()
     log(f"data {splits.source}: {splits.stats}")
     data_profile = profile_data(splits, recipe.model, log)
@@ -134,12 +137,12 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         fp = _fingerprint(recipe, splits, i)
         if main:
             done = _reuse_or_run(folder, fp, f"stage {stage.name} ({stage.method})", f"stage {stage.name}", out, log,
-                                 lambda: _run_stage(stage, source, splits, ev, folder, fp, log, compute, baseline()))
+                                 lambda: _run_stage(stage, source, splits, ev, rf, folder, fp, log, compute, baseline()))
         elif not (done := _finished(folder, fp)):  # another rank trains alongside rank 0, then reads its folder
             with _failing_step(f"stage {stage.name} ({stage.method}) on rank {distributed.rank()}", out):
-                _follow_stage(stage, source, splits, ev, _checkpoint_dir(folder, fp), out / "cache", compute)
+                _follow_stage(stage, source, splits, ev, rf.checkpoint_dir(folder, fp), rf.cache, compute)
             done = _finished(folder, fp)
-        rows.append(_row(stage.name, stage.method, folder, out, done))
+        rows.append(_row(stage.name, stage.method, folder, rf, done))
         source, source_logits = folder, np.load(folder / "test_logits.npy", allow_pickle=False)
 
     if not main:  # exports, the floor and the report are rank 0's alone
@@ -150,11 +153,11 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
         _, source_logits = evaluate(pred, splits.test, ev.batch_size, progress="source logits")
         del pred
     for fmt in recipe.export:
-        folder = out / "exports" / fmt
+        folder = rf.export_dir(fmt)
         fp = _fingerprint(recipe, splits, None, fmt)
         done = _reuse_or_run(folder, fp, f"export {fmt}", f"export {fmt}", out, log,
                              lambda: _export(source, source_logits, fmt, folder, fp, splits, ev, log, baseline()))
-        rows.append(_row(fmt, "export", folder, out, done))
+        rows.append(_row(fmt, "export", folder, rf, done))
 
     report = {
         "recipe": recipe.source,
@@ -169,8 +172,8 @@ def run(recipe: Recipe, out: Path, log: Callable[[str], None] = print) -> dict:
                                              for r in rows if "effective_batch_size" in r["metrics"]}},
     }
     if ev.floor:  # the classical baseline every transformer row has to beat
-        report["floor"] = _floor_row(splits, ev, out, log, _fingerprint(recipe, splits, -1, "floor"), baseline())
-    write_report(report, out)
+        report["floor"] = _floor_row(splits, ev, rf, log, _fingerprint(recipe, splits, -1, "floor"), baseline())
+    write_report(report, rf)
     distributed.finish()
     return report
 
@@ -186,14 +189,8 @@ def _export(source, source_logits, fmt: str, folder: Path, fp: dict, splits: Spl
     return done
 
 
-def _checkpoint_dir(folder: Path, fp: dict) -> Path:
-    # keyed by the stage's fingerprint: a checkpoint of a since-changed recipe is never resumed
-    key = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return folder.parent.parent / "checkpoints" / f"{folder.name}-{key}"
-
-
-def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: dict, log, compute: Compute | None = None,
-               against: tuple[str, Path] | None = None) -> dict:
+def _run_stage(stage, source, splits: Splits, ev: EvalConfig, rf: RunFolder, folder: Path, fp: dict, log,
+               compute: Compute | None = None, against: tuple[str, Path] | None = None) -> dict:
     from transformers import set_seed
 
     method = METHODS[stage.method]
@@ -201,10 +198,10 @@ def _run_stage(stage, source, splits: Splits, ev: EvalConfig, folder: Path, fp: 
     # before the Trainer seeds anything; unseeded, reruns of one recipe differed by ~2 points.
     set_seed(getattr(stage.config, "seed", 42))
     model, tokenizer = artifacts.load_model(source, splits.label_names)
-    ckpt = _checkpoint_dir(folder, fp)
-    with atomic_dir(folder) as tmp:
+    ckpt = rf.checkpoint_dir(folder, fp)
+    with rf.atomic(folder, fp) as tmp:
         start = time.perf_counter()
-        ctx = StageContext(splits, tmp / "_work", log, cache_dir=folder.parent.parent / "cache", checkpoint_dir=ckpt,
+        ctx = StageContext(splits, tmp / "_work", log, cache_dir=rf.cache, checkpoint_dir=ckpt,
                            callbacks=[trainer_progress(log), *([compute.callback()] if compute else [])],
                            max_length=ev.max_length)
         result = method.apply(model, tokenizer, stage.config, ctx)
@@ -258,22 +255,22 @@ def _silent(msg: str) -> None:
     pass
 
 
-def _floor_row(splits: Splits, ev: EvalConfig, out: Path, log, fingerprint: dict, against=None) -> dict:
+def _floor_row(splits: Splits, ev: EvalConfig, rf: RunFolder, log, fingerprint: dict, against=None) -> dict:
     """Fit (or reuse) the TF-IDF floor in OUT/floor and measure it like any artifact; a report row."""
-    folder = Path(out) / "floor"
+    folder = rf.floor
     done = _finished(folder, fingerprint)
     if done:
         log("floor (TF-IDF + logistic regression): measured earlier, reused")
     else:
         log("floor: TF-IDF 1-2-grams + logistic regression (C chosen on validation)")
-        with atomic_dir(folder) as tmp:
+        with rf.atomic(folder, fingerprint) as tmp:
             vec, clf, info = fit_floor(splits)
             artifacts.save(Artifact("floor", {"label_names": splits.label_names, "info": info}), tmp, (vec, clf), None)
             metrics, _ = measure(tmp, splits, ev, log, against=against)
             done = {"metrics": metrics | info, "fingerprint": fingerprint}
             _write_json(tmp / "metrics.json", done)
-    return {"name": "tfidf-floor", "method": FLOOR_KIND, "artifact": "floor", "metrics": done["metrics"]}
+    return {"name": "tfidf-floor", "method": FLOOR_KIND, "artifact": rf.relative(folder), "metrics": done["metrics"]}
 
 
-def _row(name: str, method: str, folder: Path, out: Path, done: dict) -> dict:
-    return {"name": name, "method": method, "artifact": str(folder.relative_to(out)), "metrics": done["metrics"]}
+def _row(name: str, method: str, folder: Path, rf: RunFolder, done: dict) -> dict:
+    return {"name": name, "method": method, "artifact": rf.relative(folder), "metrics": done["metrics"]}

@@ -66,7 +66,8 @@ class Search:
         from ..runner import run as run_recipe
 
         raw = self.recipe_dict()
-        self.report = run_recipe(parse(_plain(raw), "auto"), self.folder, log=self.log)
+        # OUT/search is auto's own folder (its stages.json is written before the first run)
+        self.report = run_recipe(parse(_plain(raw), "auto"), self.folder, log=self.log, overwrite=True)
         if self.splits is None:
             from ..data import load_splits
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from .profile import markdown as profile_markdown
 
 # the metric keys every generative artifact reports (issue 14), then the extras
@@ -91,9 +88,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict, out: Path) -> None:
-    out = Path(out)
-    for name, text in (("report.json", json.dumps(report, indent=2, default=str)), ("report.md", markdown(report))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out / name)
+def write_report(report: dict, rf) -> None:
+    """report.json and report.md into the run folder `rf` (a `RunFolder`), each atomically."""
+    rf.write_report(report, markdown(report))

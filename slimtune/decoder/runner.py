@@ -1,6 +1,6 @@
 """Run a `task: generate` recipe: pairs -> causal LM -> stages -> GenAI exports -> report.
 
-The run folder has the encoder run's layout and rules (slimtune/runner.py): one atomically
+The run folder has the encoder run's layout and rules (slimtune/runfolder.py): one atomically
 written folder per finished stage (`stages/NN-name/`: HF folder + metrics.json + greedy.json)
 and export (`exports/genai-int4/`), fingerprinted by the recipe and the data, skipped when
 finished, an error when the recipe changed under them.
@@ -13,7 +13,6 @@ tokens/s at batch 1 in a fresh process, peak RSS and size. An export's parity is
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -21,10 +20,9 @@ from pathlib import Path
 from typing import Callable
 
 from .. import artifacts
-from ..artifacts.atomic import atomic_dir, check_writable
 from ..console import trainer_progress
 from ..measure.bench import artifact_size, hardware
-from ..runfolder import check_folders, fingerprint as _fingerprint, open_folder, reuse_or_run as _reuse_or_run
+from ..runfolder import RunFolder, fingerprint as _fingerprint, reuse_or_run as _reuse_or_run
 from ..runfolder import write_json as _write_json
 from .bench import speed_in_subprocess
 from .data import PairSplits, load_pairs
@@ -76,14 +74,20 @@ def measure(artifact: Path, splits: PairSplits, ev: GenEvalConfig, log: Callable
     return metrics, greedy
 
 
-def run(recipe: GenRecipe, out: Path, log: Callable[[str], None] = print) -> dict:
+def run(recipe: GenRecipe, out: Path, log: Callable[[str], None] = print, overwrite: bool = False) -> dict:
+    """Run `recipe` into the run folder `out`, owned by this run while it lives (`RunFolder.owned`)."""
+    rf = RunFolder(out)
+    with rf.owned(recipe, overwrite):
+        return _run(recipe, rf, log)
+
+
+def _run(recipe: GenRecipe, rf: RunFolder, log: Callable[[str], None]) -> dict:
     from .report import write_report
 
-    out = Path(out)
-    check_writable(out, "--out")
+    out = rf.root
     splits = load_pairs(recipe.data)
-    stage_dirs = check_folders(recipe, splits, out)
-    open_folder(recipe, out)
+    stage_dirs = rf.check_finished(recipe, splits)
+    rf.open(recipe)
     log(f"data {splits.source}: {splits.stats}")
     data_profile = profile_data(splits, recipe.model, recipe.eval.max_length, log)
     rows, folders = [], {}
@@ -94,18 +98,18 @@ def run(recipe: GenRecipe, out: Path, log: Callable[[str], None] = print) -> dic
             source = recipe.model if stage.source == FROM_MODEL else folders[stage.source]
         fp = _fingerprint(recipe, splits, i)
         done = _reuse_or_run(folder, fp, f"stage {stage.name} ({stage.method})", f"stage {stage.name}", out, log,
-                             lambda: _run_stage(stage, source, splits, recipe.eval, folder, fp, log))
-        rows.append(_row(stage.name, stage.method, folder, out, done))
+                             lambda: _run_stage(stage, source, splits, recipe.eval, rf, folder, fp, log))
+        rows.append(_row(stage.name, stage.method, folder, rf, done))
         source = folder
 
     if recipe.export and not recipe.stages:
         raise_if_no_stage(recipe)
     for fmt in recipe.export:
-        folder = out / "exports" / fmt
+        folder = rf.export_dir(fmt)
         fp = _fingerprint(recipe, splits, None, fmt)
         done = _reuse_or_run(folder, fp, f"export {fmt}", f"export {fmt}", out, log,
-                             lambda: _export(Path(source), fmt, folder, fp, splits, recipe, out, log))
-        rows.append(_row(fmt, "export", folder, out, done))
+                             lambda: _export(Path(source), fmt, folder, fp, splits, recipe, rf, log))
+        rows.append(_row(fmt, "export", folder, rf, done))
 
     report = {
         "task": "generate",
@@ -119,7 +123,7 @@ def run(recipe: GenRecipe, out: Path, log: Callable[[str], None] = print) -> dic
                                              "speed_new_tokens": recipe.eval.speed_new_tokens},
         "stages": rows,
     }
-    write_report(report, out)
+    write_report(report, rf)
     return report
 
 
@@ -129,9 +133,9 @@ def raise_if_no_stage(recipe: GenRecipe) -> None:
     raise SlimtuneError(f"{recipe.source}: export needs a stage (e.g. `method: baseline`) whose greedy answers it is compared with")
 
 
-def _export(source: Path, fmt: str, folder: Path, fp: dict, splits: PairSplits, recipe: GenRecipe, out: Path,
+def _export(source: Path, fmt: str, folder: Path, fp: dict, splits: PairSplits, recipe: GenRecipe, rf: RunFolder,
             log) -> dict:
-    facts = write_export(source, fmt, folder, out / "cache" / "genai", recipe.int4, log)
+    facts = write_export(source, fmt, folder, rf.cache / "genai", recipe.int4, log)
     greedy = json.loads((source / GREEDY_FILE).read_text())
     metrics, _ = measure(folder, splits, recipe.eval, log, greedy)
     done = {"metrics": metrics | facts, "fingerprint": fp, "source": str(source)}
@@ -139,17 +143,16 @@ def _export(source: Path, fmt: str, folder: Path, fp: dict, splits: PairSplits, 
     return done
 
 
-def _run_stage(stage, source, splits: PairSplits, ev: GenEvalConfig, folder: Path, fp: dict, log) -> dict:
+def _run_stage(stage, source, splits: PairSplits, ev: GenEvalConfig, rf: RunFolder, folder: Path, fp: dict, log) -> dict:
     from transformers import set_seed
 
     method = GEN_METHODS[stage.method]
     set_seed(getattr(stage.config, "seed", 42))
     model, tokenizer = load_causal_lm(source)
-    key = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    ckpt = folder.parent.parent / "checkpoints" / f"{folder.name}-{key}"
-    with atomic_dir(folder) as tmp:
+    ckpt = rf.checkpoint_dir(folder, fp)
+    with rf.atomic(folder, fp) as tmp:
         start = time.perf_counter()
-        ctx = GenContext(splits, tmp / "_work", log, cache_dir=folder.parent.parent / "cache", checkpoint_dir=ckpt,
+        ctx = GenContext(splits, tmp / "_work", log, cache_dir=rf.cache, checkpoint_dir=ckpt,
                          callbacks=[trainer_progress(log)], teacher=Path(str(source)))
         result = method.apply(model, tokenizer, stage.config, ctx)
         info = dict(result.facts)
@@ -165,5 +168,5 @@ def _run_stage(stage, source, splits: PairSplits, ev: GenEvalConfig, folder: Pat
     return done
 
 
-def _row(name: str, method: str, folder: Path, out: Path, done: dict) -> dict:
-    return {"name": name, "method": method, "artifact": str(folder.relative_to(out)), "metrics": done["metrics"]}
+def _row(name: str, method: str, folder: Path, rf: RunFolder, done: dict) -> dict:
+    return {"name": name, "method": method, "artifact": rf.relative(folder), "metrics": done["metrics"]}
