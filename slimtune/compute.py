@@ -41,10 +41,41 @@ def resolve_device(device: str, where: str = "device") -> str:
 
     has_gpu = torch.cuda.is_available()
     if device == "cuda" and not has_gpu:
-        build = "a CPU-only torch build" if torch.version.cuda is None else "no GPU visible"
-        raise SlimtuneError(f"{where}: cuda requested but torch.cuda.is_available() is False ({build}); "
+        runtime = _gpu_runtime(torch)
+        why = "a CPU-only torch build" if runtime is None else f"no GPU visible to this {runtime} build"
+        raise SlimtuneError(f"{where}: cuda requested but torch.cuda.is_available() is False ({why}); "
                             "use device: auto or cpu")
     return "cuda" if device == "auto" and has_gpu else ("cpu" if device == "auto" else device)
+
+
+def _gpu_runtime(torch) -> str | None:
+    """'CUDA 12.8' or 'ROCm 6.4' for a GPU-enabled torch build, None for a CPU-only one."""
+    if torch.version.cuda:
+        return f"CUDA {torch.version.cuda}"
+    hip = getattr(torch.version, "hip", None)
+    return f"ROCm {hip}" if hip else None
+
+
+def _is_torch_part(name: str | None) -> bool:
+    """torch itself and the GPU libraries a CUDA build pulls in (nvidia-*, cuda-*, triton)."""
+    name = (name or "").lower().replace("_", "-")
+    return name in ("torch", "triton") or name.startswith(("nvidia-", "cuda-"))
+
+
+def torch_build(cpu_hint: str = "") -> str:
+    """One line naming the installed torch build, for the set-up to print (Makefile): a CUDA build
+    costs GBs that a CPU-only machine never uses, so it says so, and how to get the CPU one."""
+    from importlib import metadata
+
+    import torch
+
+    runtime = _gpu_runtime(torch)
+    if runtime is None:
+        return f"torch {torch.__version__} (CPU-only build)"
+    gb = sum(f.locate().stat().st_size for d in metadata.distributions() if _is_torch_part(d.metadata["Name"])
+             for f in d.files or () if f.locate().is_file()) / 1e9
+    hint = f"; to get the CPU-only build: {cpu_hint}" if cpu_hint else ""
+    return f"torch {torch.__version__} with {runtime} ({runtime.split()[0]}-enabled build, ~{gb:.1f} GB{hint})"
 
 
 def check_trainer_args(values, where: str) -> dict:

@@ -192,8 +192,8 @@ def test_workers_opening_a_new_study_database_together(tmp_path):
         for w in workers:
             w.start()
         for w in workers:
-            w.join(60)
-        assert [results.get(timeout=5) for _ in workers] == ["ok"] * 4
+            w.join(300)  # bounds for a busy machine, not waits: each ends when the worker does
+        assert [results.get(timeout=60) for _ in workers] == ["ok"] * 4
 
 
 def test_slim_student_grows_from_the_shared_student():

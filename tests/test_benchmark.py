@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from slimtune.measure.bench import artifact_size, benchmark, benchmark_in_subprocess, hardware, peak_rss_mb
 from slimtune.artifacts import load_model
@@ -38,36 +39,46 @@ def test_hardware_fingerprint():
 
 class _Spiky(Predictor):
     """A predictor that takes a steady 5 ms a call, and 50 ms every third call while busy: what a
-    shared CPU looks like. (The steady milliseconds are there so that a CI machine's scheduling
-    jitter alone cannot exceed the spread limit.)"""
+    shared CPU looks like. The milliseconds pass on a clock of its own (`now`, which the benchmark
+    reads through the `clock` fixture), not on the machine's: a busy CI machine's scheduling cannot
+    change what this test sees."""
 
     label_names = ["neg", "pos"]
 
     def __init__(self, busy_attempts: int, quiet_s: float = 0.005):
-        self.calls, self.busy_calls, self.quiet_s = 0, busy_attempts, quiet_s
+        self.calls, self.busy_calls, self.quiet_s, self.now = 0, busy_attempts, quiet_s, 0.0
 
     def logits(self, texts):
-        import time
-
         self.calls += 1
         busy = self.calls <= self.busy_calls
-        time.sleep(0.05 if busy and self.calls % 3 == 0 else 0.005 if busy else self.quiet_s)
+        self.now += 0.05 if busy and self.calls % 3 == 0 else 0.005 if busy else self.quiet_s
         return np.zeros((len(texts), 2), dtype=np.float32)
 
     def num_params(self):
         return 1
 
 
+def _on_its_clock(monkeypatch, pred: _Spiky) -> _Spiky:
+    """The benchmark's timer reads `pred`'s clock."""
+    import types
+
+    from slimtune.measure import bench
+
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: pred.now))
+    return pred
+
+
 def test_a_noisy_measurement_is_repeated_and_labelled(monkeypatch):
     # busy for the first attempt only (1 warm-up + 20 timed calls): measured again, the quiet one kept
     monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))  # the spread alone decides here
     # the quiet attempt's calls take 10 ms, the busy one's median 5 ms: the quiet one is still the one kept
-    r = benchmark(_Spiky(busy_attempts=21, quiet_s=0.01), TEXTS, runs=20, warmup=1, batch_size=4, throughput_batches=1)
-    assert r["latency_attempts"] == 2 and not r["noisy"] and r["latency_spread"] < 2.5
-    assert r["latency_ms_p50"] >= 10.0
+    pred = _on_its_clock(monkeypatch, _Spiky(busy_attempts=21, quiet_s=0.01))
+    r = benchmark(pred, TEXTS, runs=20, warmup=1, batch_size=4, throughput_batches=1)
+    assert r["latency_attempts"] == 2 and not r["noisy"] and r["latency_spread"] == pytest.approx(1.0)
+    assert r["latency_ms_p50"] == pytest.approx(10.0)
     # a machine whose load stays high: three attempts, then labelled noisy
     monkeypatch.setattr("os.getloadavg", lambda: (99.0, 99.0, 99.0))
-    r = benchmark(_Spiky(busy_attempts=0), TEXTS, runs=20, warmup=1, batch_size=4, throughput_batches=1)
+    r = benchmark(_on_its_clock(monkeypatch, _Spiky(busy_attempts=0)), TEXTS, runs=20, warmup=1, batch_size=4, throughput_batches=1)
     assert r["latency_attempts"] == 3 and r["noisy"] and r["load_avg_1m"] == 99.0
 
 

@@ -44,7 +44,7 @@ def serving(loaded, **cfg):
     server = uvicorn.Server(uvicorn.Config(service.app, log_level="warning", access_log=False, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 120  # a bound, not a wait: the loop ends the moment the server is up
     while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert server.started, "server did not start"
@@ -52,17 +52,17 @@ def serving(loaded, **cfg):
         yield f"http://127.0.0.1:{sock.getsockname()[1]}", service
     finally:
         server.should_exit = True
-        thread.join(20)
+        thread.join(120)
         sock.close()
 
 
 def post(url, body, **kw):
-    return httpx.post(url + "/predict", json=body, timeout=20, **kw)
+    return httpx.post(url + "/predict", json=body, timeout=120, **kw)
 
 
 async def post_all(url, bodies):
     """All `bodies` at once, each its own request; the JSON answers in order."""
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64)) as client:
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as client:
         replies = await asyncio.gather(*(client.post(url + "/predict", json=b) for b in bodies))
     assert all(r.status_code == 200 for r in replies), [r.text for r in replies if r.status_code != 200]
     return [r.json() for r in replies]
@@ -211,7 +211,9 @@ def test_token_counts_flags_exactly_the_texts_over_max_length(int8):
 def test_concurrent_requests_are_gathered_into_batches(torch_clf):
     assert torch_clf.dynamic == {None: False}  # fp32: batched
     alone = [torch_clf.predictors[None].logits([t]).argmax() for t in TEXTS]
-    with serving(torch_clf, max_batch=32, max_wait_ms=100) as (url, _):
+    # a wait bound far above how long 24 requests take to arrive, even on a busy machine: the batch
+    # closes the moment it holds all of them (max_batch), so the test never waits it out
+    with serving(torch_clf, max_batch=len(TEXTS), max_wait_ms=10_000) as (url, _):
         answers = asyncio.run(post_all(url, [{"text": t} for t in TEXTS]))
         text = httpx.get(url + "/metrics").text
     batches = metric(text, "slimtune_batch_size_count")
@@ -278,17 +280,19 @@ def test_batching_dynamic_int8_would_change_answers(int8):
 
 
 def test_full_queue_answers_503_with_retry_after(int8):
-    release = threading.Event()
+    held, release = threading.Event(), threading.Event()
     pred = int8.predictors[None]
     slow = type(pred).__new__(type(pred))
     slow.__dict__ |= pred.__dict__
-    slow.logits = lambda texts: (release.wait(20), pred.logits(texts))[1]  # holds the worker until released
+    # holds the worker until released (the bound only keeps a broken test from hanging)
+    slow.logits = lambda texts: (held.set(), release.wait(120), pred.logits(texts))[2]
     loaded = dataclasses.replace(int8, predictors={None: slow})
 
     async def scenario(url):
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(timeout=120) as client:
             first = asyncio.create_task(client.post(url + "/predict", json={"texts": ["a", "b", "c", "d"]}))
-            await asyncio.sleep(0.5)  # the worker holds "a", "b" "c" "d" wait: 4 of 4 queue slots taken
+            # the worker holds "a" (and what came with it), the rest wait: 4 of 4 queue slots taken
+            assert await asyncio.to_thread(held.wait, 120), "the worker never took the first request"
             rejected = await client.post(url + "/predict", json={"text": "e"})
             metrics = (await client.get(url + "/metrics")).text
             release.set()
@@ -337,10 +341,12 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(int8_dir):
         reply = {}
         sender = threading.Thread(target=lambda: reply.setdefault("r", post(url, {"text": "in flight"})))
         sender.start()
-        time.sleep(1.0)
+        deadline = time.monotonic() + 120  # until the server holds the request (it waits there 3 s)
+        while metric(httpx.get(url + "/metrics", timeout=120).text, "slimtune_queue_depth") < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
-        sender.join(30)
-        code = proc.wait(30)
+        sender.join(120)
+        code = proc.wait(120)
         rest = proc.stderr.read()
     finally:
         if proc.poll() is None:
