@@ -48,9 +48,10 @@ def always_kept(spec: dict) -> set[int]:
 
 
 def keep(spec: dict, kept: list[int]) -> None:
-    """Rewrite the model section over `kept` (old ids, sorted): same pieces, same scores, renumbered."""
+    """Rewrite the model section over `kept` (old ids, sorted): same pieces, same scores, renumbered.
+    Ids past the model's pieces are added tokens (a <mask> added after training): they stay after them."""
     model = spec["model"]
-    model["vocab"] = [model["vocab"][old] for old in kept]
+    model["vocab"] = [model["vocab"][old] for old in kept if old < len(model["vocab"])]
     if model.get("unk_id") is not None:
         model["unk_id"] = kept.index(model["unk_id"])
 

@@ -19,6 +19,7 @@ def always_kept(spec: dict) -> set[int]:
 
 
 def keep(spec: dict, kept: list[int]) -> None:
-    """Rewrite the model section over `kept` (old ids, sorted), renumbered 0..len(kept)-1."""
+    """Rewrite the model section over `kept` (old ids, sorted), renumbered 0..len(kept)-1; ids past
+    the vocabulary are added tokens, which stay after it."""
     token = {i: t for t, i in spec["model"]["vocab"].items()}
-    spec["model"]["vocab"] = {token[old]: new for new, old in enumerate(kept)}
+    spec["model"]["vocab"] = {token[old]: new for new, old in enumerate(kept) if old in token}
