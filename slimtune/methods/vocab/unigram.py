@@ -15,6 +15,11 @@ The trimmed model keeps its pieces with their ORIGINAL scores, in the original o
   pieces split into shorter kept ones, down to single characters (`▁` + one piece per character),
   and a character without a kept piece becomes <unk> (consecutive ones fused into one, as before).
 
+transformers 5's XLMRobertaTokenizer rebuilds its pipeline when it loads a folder (normalizer only
+from a SentencePiece charsmap, WhitespaceSplit + Metaspace, its own <s> ... </s> template, <unk> at
+id 3): the specials at ids 0-3 are always kept and the order never changes, so they keep their ids,
+and `backend.rebuild` returns the tokenizer as loaded back from disk, what every export will load.
+
 Single characters are the fallback for unseen words. XLM-R's 250,002 pieces hold 13,828
 1-character pieces (7,688 of them CJK ideographs): keeping all (`keep_characters: all`) costs
 13,828 x 384 = 5.3M parameters in multilingual-e5-small and covers any text in XLM-R's scripts;
