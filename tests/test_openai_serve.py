@@ -177,6 +177,28 @@ def test_stop_text_is_held_back_until_it_cannot_be_a_stop_string():
     assert cut.flush() == ""
 
 
+def test_a_base_model_without_a_chat_template_gets_the_plain_one(llama_dir, tmp_path):
+    tok = build_tokenizer()
+    tok.chat_template = None
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+             {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]
+    assert chat_prompt(tok, turns) == "System: Be brief.\n\nUser: Hi\nAssistant: Hello\nUser: Bye\nAssistant:"
+    base = tmp_path / "base"
+    shutil.copytree(llama_dir, base)
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+    loaded = load_lm(base)
+    assert not loaded.decoder.tokenizer.chat_template
+    plain = loaded.decoder.tokenizer("User: What is AI?\nAssistant:", add_special_tokens=False)["input_ids"]
+    want = loaded.decoder.tokenizer.decode(list(loaded.decoder.stream(plain, 8)), skip_special_tokens=True)
+    with serving(loaded) as (client, _, _):
+        r = client.chat.completions.create(model="base", messages=[{"role": "user", "content": "What is AI?"}],
+                                           temperature=0, max_tokens=8)
+    assert r.choices[0].message.content == want and r.usage.prompt_tokens == len(plain)
+
+
 # -- text assembly: characters over byte-level tokens ----------------------------------------------
 
 
@@ -372,3 +394,20 @@ def test_slimtune_serve_a_causal_lm_folder_answers_the_openai_client_and_stops_o
             proc.kill()
     assert r.choices[0].message.content == greedy(lm.decoder, ASK)
     assert code == 0 and "slimtune serve: stopped" in rest and "Traceback" not in rest, rest
+
+
+@pytest.mark.slow
+def test_a_genai_export_is_served_through_the_same_decoder_interface(llama_dir, tmp_path):
+    """genai-fp32 (ONNX Runtime GenAI): greedy as its decoder in-process; a seed reproduces a sample."""
+    from slimtune.decoder.genai import export_genai
+
+    folder = export_genai(llama_dir, "genai-fp32", tmp_path / "genai", tmp_path / "cache")
+    loaded = load_lm(folder)
+    assert loaded.decoder.kind == "genai" and loaded.decoder.max_positions == 256
+    with serving(loaded) as (client, _, _):
+        r = client.chat.completions.create(model="genai", messages=ASK, temperature=0, max_tokens=NEW)
+        assert r.choices[0].message.content == greedy(loaded.decoder, ASK)
+        assert streamed(client, model="genai", messages=ASK, temperature=0, max_tokens=NEW)[0] == r.choices[0].message.content
+        first = client.chat.completions.create(model="genai", messages=ASK, seed=3, max_tokens=NEW).choices[0].message.content
+        again = client.chat.completions.create(model="genai", messages=ASK, seed=3, max_tokens=NEW).choices[0].message.content
+        assert first == again != r.choices[0].message.content
