@@ -239,7 +239,8 @@ def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_b
           workers: int = 1, max_queue: int = 1024, max_texts: int = 64, max_length: int = 128, per_row: str = "auto",
           log: Callable[[str], None] = print) -> None:
     """Serve `artifact` over HTTP (POST /predict, GET /health /ready /metrics /info) with dynamic
-    micro-batching, until SIGTERM or Ctrl-C; in-flight requests are answered before it returns."""
+    micro-batching, until SIGTERM or Ctrl-C; in-flight requests are answered before it returns.
+    A causal LM is served with OpenAI's API instead (/v1/chat/completions, /v1/completions, /v1/models)."""
     from .server import serve as run_server
 
     run_server(artifact, host, port, max_batch, max_wait_ms, workers, max_queue, max_texts, max_length, per_row, log)

@@ -191,19 +191,21 @@ def predict(
 
 @app.command()
 def serve(
-    model: Annotated[str, typer.Argument(help="artifact: HF / compact folder, ONNX or ONNX int8 folder, multi-task folder")],
+    model: Annotated[str, typer.Argument(help="artifact: HF / compact folder, ONNX or ONNX int8 folder, multi-task folder; "
+                                              "a causal LM (HF / stage / GenAI folder) is served with OpenAI's /v1 API")],
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port (0: any free one, printed when ready)")] = 8000,
     max_batch: Annotated[int, typer.Option(help="texts per model call, at most")] = 32,
     max_wait_ms: Annotated[float, typer.Option(help="how long a waiting text waits for batch-mates")] = 5.0,
     workers: Annotated[int, typer.Option(help="inference threads sharing one model")] = 1,
-    max_queue: Annotated[int, typer.Option(help="texts waiting at most; beyond it requests get 503 + Retry-After")] = 1024,
+    max_queue: Annotated[int, typer.Option(help="texts (a causal LM: requests) waiting at most; beyond it requests get 503 + Retry-After")] = 1024,
     max_texts: Annotated[int, typer.Option(help="texts per request, at most (413 beyond)")] = 64,
     max_length: MaxLen = 128,
     per_row: Annotated[str, typer.Option(help="auto: one text per model call for dynamic-int8 models (whose answers "
                                               "would depend on batch-mates), batched otherwise; on; off")] = "auto",
 ):
-    """Serve a model over HTTP: POST /predict, GET /health /ready /metrics /info (micro-batched)."""
+    """Serve a model over HTTP: POST /predict, GET /health /ready /metrics /info (micro-batched); a causal LM:
+    POST /v1/chat/completions /v1/completions, GET /v1/models (OpenAI-compatible)."""
     api.serve(model, host, port, max_batch, max_wait_ms, workers, max_queue, max_texts, max_length, per_row,
               log=lambda msg: typer.echo(msg, err=True))  # unwrapped: scripts read the address from it
 

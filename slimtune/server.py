@@ -2,8 +2,9 @@
 
 In that order: the port is checked and the socket bound before the model loads (a bad port or a
 port in use fails at once; a host other than loopback is warned about), then the model loads
-(service.py), then uvicorn serves the `Service` app on that socket; a stop signal drains the
-in-flight requests first.
+(a classifier: service.py's `Service`, POST /predict; a causal LM: openai_service.py's `LMService`,
+OpenAI's /v1 API), then uvicorn serves that app on the socket; a stop signal drains the in-flight
+requests first.
 
 The module is `server`, not `serve`: a submodule named like the function `slimtune.serve` would
 replace that attribute of the package once imported.
@@ -21,6 +22,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from .decoder.lm import is_generative
 from .errors import SlimtuneError
 from .service import ServeConfig, Service, load
 
@@ -68,18 +70,26 @@ def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_b
     if warning := network_warning(*sock.getsockname()[:2]):
         print(warning, file=sys.stderr, flush=True)  # not `log`: the library's log is stdout, and this is never quiet
     try:
-        threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
-        loaded = load(artifact, cfg, threads)
-        service = Service(loaded, cfg)
+        if is_generative(artifact):
+            from .openai_service import LMService, load_lm
+
+            loaded = load_lm(artifact)
+            service = LMService(loaded, cfg)
+            mode = f"OpenAI-compatible: /v1/chat/completions, /v1/completions as model {loaded.name!r}; {loaded.decoder.kind}"
+        else:
+            threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
+            loaded = load(artifact, cfg, threads)
+            service = Service(loaded, cfg)
+            mode = ", ".join(f"{t or 'model'}: {'one text per call' if v else 'batched'}" for t, v in service.per_row.items())
+            mode += f"; max batch {max_batch}, wait {max_wait_ms} ms"
         # keep-alive 30 s (uvicorn: 5): a client that reuses a connection just as the server drops it
         # as idle gets no answer at all; under load a client can be that slow between two requests
         config = uvicorn.Config(service.app, log_level="warning", access_log=False, lifespan="on",
                                 timeout_graceful_shutdown=cfg.drain_seconds, timeout_keep_alive=30)
         where = sock.getsockname()
-        mode = ", ".join(f"{t or 'model'}: {'one text per call' if v else 'batched'}" for t, v in service.per_row.items())
         server = _Server(config, service, lambda: log(
             f"slimtune serve: ready on http://{_url_host(where[0])}:{where[1]} ({loaded.model_id}, loaded in "
-            f"{loaded.load_seconds:.1f} s; {mode}; max batch {max_batch}, wait {max_wait_ms} ms)"))
+            f"{loaded.load_seconds:.1f} s; {mode})"))
         with _exit_quietly_on_signals():
             server.run(sockets=[sock])
     finally:
@@ -90,7 +100,7 @@ def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_b
 class _Server:
     """uvicorn's Server, marking the service as draining the moment a stop signal arrives."""
 
-    def __new__(cls, config, service: Service, on_ready: Callable[[], None]):
+    def __new__(cls, config, service, on_ready: Callable[[], None]):
         import uvicorn
 
         class Server(uvicorn.Server):

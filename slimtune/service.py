@@ -45,9 +45,10 @@ class ServeConfig:
     max_body_bytes: int = 1 << 20  # request body; beyond it 413
     per_row: str = "auto"  # auto: one text per model call only where the model needs it; on; off
     drain_seconds: float = 30.0  # on SIGTERM, how long in-flight requests may still take
+    max_new_tokens: int = 256  # causal LM: tokens per answer when a request gives no max_tokens
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "workers", "max_queue", "max_texts", "max_length", "max_body_bytes"):
+        for name in ("max_batch", "workers", "max_queue", "max_texts", "max_length", "max_body_bytes", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise SlimtuneError(f"serve: {name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         if self.max_wait_ms < 0:
@@ -326,7 +327,7 @@ async def _read_body(request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _json_body(body: bytes):
+def _json_body(body: bytes, example: str = '{"texts": ["..."]} or {"text": "..."}'):
     try:
         return json.loads(body)
     except UnicodeDecodeError as e:
@@ -334,15 +335,15 @@ def _json_body(body: bytes):
     except ValueError as e:
         raise ApiError(400, f"malformed JSON: {_first_line(e)}") from None
     except RecursionError:  # the stdlib parser has no depth limit of its own; it stops at the recursion limit
-        raise ApiError(400, 'JSON nested too deep; a request is {"texts": ["..."]} or {"text": "..."}') from None
+        raise ApiError(400, f"JSON nested too deep; a request is {example}") from None
 
 
-def _check_unicode(text: str, where: str) -> None:
+def _check_unicode(text: str, where: str, status: int = 422) -> None:
     """A JSON string may hold a lone surrogate (\\ud800): valid JSON, not Unicode text (no model can read it)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise ApiError(422, f"{where} is not valid Unicode: a lone surrogate {ascii(text[e.start])[1:-1]} "
+        raise ApiError(status, f"{where} is not valid Unicode: a lone surrogate {ascii(text[e.start])[1:-1]} "
                             f"at character {e.start}") from None
 
 

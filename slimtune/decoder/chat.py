@@ -35,6 +35,21 @@ def prompt_text(tokenizer, prompt: str, system: str | None = None) -> str:
     return tokenizer.apply_chat_template(messages(prompt, system), tokenize=False, add_generation_prompt=True)
 
 
+PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+def chat_prompt(tokenizer, turns: list[dict]) -> str:
+    """A conversation (`{"role", "content"}` turns) as the prompt text generation continues: the
+    model's chat template with the assistant turn opened or, for a base model without one, the
+    plain template `System: ...\n\nUser: ...\nAssistant: ...\nUser: ...\nAssistant:`."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    lines = [f"{PLAIN_ROLES[t['role']]}: {t['content']}" for t in turns]
+    if turns and turns[0]["role"] == "system":
+        lines[0] += "\n"
+    return "\n".join([*lines, "Assistant:"])
+
+
 def completion_text(tokenizer, prompt: str, response: str, system: str | None = None) -> str:
     """The response and the template's end-of-turn marker, as the template writes them."""
     head = prompt_text(tokenizer, prompt, system)

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..errors import SlimtuneError
-from .measure import Decoder
+from .measure import Decoder, Sampling
 
 GENAI_FORMATS = {"genai-int4": "int4", "genai-fp32": "fp32"}
 
@@ -77,15 +77,22 @@ class GenAIDecoder(Decoder):
         self.tokenizer = load_tokenizer(self.folder)
         decoder = json.loads((self.folder / "genai_config.json").read_text())["model"]
         self._stop = self.eos_ids() | set(np.atleast_1d(decoder.get("eos_token_id", [])).tolist())
+        self.max_positions = int(decoder.get("context_length") or 1 << 30)
         self._session = None
 
-    def stream(self, ids: list[int], max_new_tokens: int, stop: bool = True) -> Iterator[int]:
+    def stream(self, ids: list[int], max_new_tokens: int, stop: bool = True, sampling: Sampling | None = None) -> Iterator[int]:
         import onnxruntime_genai as og
 
         params = og.GeneratorParams(self.model)
         total = len(ids) + max_new_tokens
         # without `stop` (timing), min_length keeps the generator from ending at end-of-sequence
         params.set_search_options(do_sample=False, max_length=total, **({} if stop else {"min_length": total}))
+        if sampling is not None and not sampling.greedy:
+            # the builder writes top_k 50 into genai_config.json's search defaults: 0 turns it off, so
+            # only temperature and top_p shape the draw, as in the torch decoder; random_seed -1 is random
+            seed = -1 if sampling.seed is None else sampling.seed % (1 << 31)
+            params.set_search_options(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
+                                      top_k=0, random_seed=seed)
         gen = og.Generator(self.model, params)
         gen.append_tokens(np.asarray([ids], dtype=np.int32))
         for _ in range(max_new_tokens):

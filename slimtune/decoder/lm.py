@@ -127,24 +127,14 @@ def load_decoder(path: str | Path):
 
 
 def stream_answer(path: str | Path, prompt: str, system: str | None = None, max_new_tokens: int = 128):
-    """Yield the greedy answer to `prompt` piece by piece as it is generated (torch or GenAI folder).
-
-    Each piece is the new text since the last one: decoding the ids so far and taking the new
-    suffix keeps a character split over two byte-level tokens whole.
-    """
+    """Yield the greedy answer to `prompt` piece by piece as it is generated (torch or GenAI folder):
+    each piece is the new text since the last one, characters kept whole (pieces.text_pieces)."""
     from .chat import prompt_ids
+    from .pieces import text_pieces
 
     if not prompt.strip():
         raise SlimtuneError("generate: the prompt is empty")
     if max_new_tokens < 1:
         raise SlimtuneError("generate: --max-new-tokens must be >= 1")
     dec = load_decoder(path)
-    ids, shown = [], ""
-    for tok in dec.stream(prompt_ids(dec.tokenizer, prompt, system), max_new_tokens):
-        ids.append(tok)
-        text = dec.tokenizer.decode(ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # half a character: wait for the rest
-            continue
-        if len(text) > len(shown):
-            yield text[len(shown):]
-            shown = text
+    yield from text_pieces(dec.tokenizer, dec.stream(prompt_ids(dec.tokenizer, prompt, system), max_new_tokens))

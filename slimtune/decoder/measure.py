@@ -9,8 +9,9 @@
 - ttft_ms / decode_tokens_per_s at batch 1: time from the prompt to the first token (prefill),
   and new tokens per second after it (decode with the KV cache), median over prompts.
 
-A `Decoder` is one small interface over a torch causal LM and a GenAI folder: stream greedy
-token ids after a prompt, and score a sequence. The greedy loop is written out (rather than
+A `Decoder` is one small interface over a torch causal LM and a GenAI folder: stream token ids
+after a prompt (greedy, or sampled when given a `Sampling` with a temperature above 0: what
+`slimtune serve` uses), and score a sequence. The greedy loop is written out (rather than
 `model.generate`) because the time to the first token and the time per later token are what is
 measured, and `generate()` reports neither.
 """
@@ -21,6 +22,7 @@ import re
 import string
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -29,14 +31,34 @@ from .chat import IGNORE, encode_pair, prompt_ids
 from .data import PairSet
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is drawn. temperature 0 is greedy (argmax: the measured path, exactly);
+    above 0, softmax(logits / temperature), cut to the smallest set of tokens whose probability
+    reaches `top_p` (nucleus), drawn with a generator seeded by `seed` (None: a fresh random seed)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
 class Decoder:
     kind = "?"
     tokenizer = None
+    max_positions: int = 1 << 30  # prompt + new tokens, at most (the model's position table)
 
-    def stream(self, ids: list[int], max_new_tokens: int, stop: bool = True) -> Iterator[int]:
-        """Greedy token ids after `ids`, stopping at an end-of-sequence id (unless `stop` is False:
-        timing runs generate exactly `max_new_tokens`)."""
+    def stream(self, ids: list[int], max_new_tokens: int, stop: bool = True, sampling: Sampling | None = None) -> Iterator[int]:
+        """Token ids after `ids`, greedy unless `sampling` says otherwise, stopping at an
+        end-of-sequence id (unless `stop` is False: timing runs generate exactly `max_new_tokens`)."""
         raise NotImplementedError
+
+    def stop_ids(self) -> set[int]:
+        """The ids `stream` ends at (its last id is one of them when the model ended the answer)."""
+        return self._stop
 
     def logprobs(self, ids: list[int]) -> np.ndarray:
         """(len(ids) - 1,) log p(ids[t] | ids[:t]) for t >= 1."""
@@ -57,18 +79,20 @@ class TorchDecoder(Decoder):
         self.model, self.tokenizer = model.eval(), tokenizer
         stop = getattr(model.generation_config, "eos_token_id", None)
         self._stop = self.eos_ids() | set(stop if isinstance(stop, list) else [stop] if stop is not None else [])
+        self.max_positions = int(getattr(model.config, "max_position_embeddings", None) or 1 << 30)
 
-    def stream(self, ids: list[int], max_new_tokens: int, stop: bool = True) -> Iterator[int]:
+    def stream(self, ids: list[int], max_new_tokens: int, stop: bool = True, sampling: Sampling | None = None) -> Iterator[int]:
         import torch
 
         import inspect
 
         # transformers 5.24 renamed the KV-cache argument and output `past_key_values` -> `cache`
         key = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        pick = _greedy if sampling is None or sampling.greedy else _sampler(sampling)
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor([ids]), use_cache=True)
             for _ in range(max_new_tokens):
-                nxt = int(out.logits[0, -1].argmax())
+                nxt = pick(out.logits[0, -1])
                 yield nxt
                 if stop and nxt in self._stop:
                     return
@@ -84,6 +108,33 @@ class TorchDecoder(Decoder):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+
+def _greedy(logits) -> int:
+    return int(logits.argmax())
+
+
+def _sampler(sampling: Sampling):
+    """next-token logits (V,) -> a sampled id, from a generator of its own: a request's seed fixes
+    its answer whatever else the process draws."""
+    import torch
+
+    gen = torch.Generator()
+    if sampling.seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(sampling.seed % (1 << 64))  # any int (OpenAI's seed is signed 64-bit)
+
+    def pick(logits) -> int:
+        probs = torch.softmax(logits.float() / sampling.temperature, -1)
+        if sampling.top_p < 1:
+            # nucleus: the most probable tokens until their mass reaches top_p (the first always kept)
+            p, order = probs.sort(descending=True)
+            keep = (p.cumsum(0) - p) < sampling.top_p
+            probs = torch.zeros_like(probs).scatter_(0, order[keep], p[keep])
+        return int(torch.multinomial(probs, 1, generator=gen))
+
+    return pick
 
 
 def response_perplexity(dec: Decoder, data: PairSet, system: str | None, max_length: int | None = None) -> dict:
