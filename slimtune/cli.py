@@ -40,7 +40,7 @@ Task = Annotated[Optional[str], typer.Option(help="one task of a multi-task mode
 
 
 def _print_json(obj) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=str))
+    typer.echo(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
 
 
 @app.command()
@@ -180,7 +180,7 @@ def predict(
     for text, p in zip(texts, api.predict(model, texts, max_length, task)):
         if as_json:
             typer.echo(json.dumps({"text": text, "label": p.label, "probability": p.probability,
-                                   "probabilities": p.probabilities}))
+                                   "probabilities": p.probabilities}, ensure_ascii=False))
         else:
             typer.echo(f"{p.label}\t{p.probability:.4f}\t{text}")
 
@@ -234,7 +234,7 @@ def profile_(
         from .profile import markdown, profile
 
         p = profile(api.data_config(data, text_column, label_column, encoding=encoding, drop_missing=drop_missing), model, log=say)
-    typer.echo(json.dumps(p, indent=2) if json_ else "\n".join(markdown(p)).strip())
+    typer.echo(json.dumps(p, indent=2, ensure_ascii=False) if json_ else "\n".join(markdown(p)).strip())
 
 
 @app.command("auto")

@@ -135,8 +135,11 @@ def markdown(report: dict) -> str:
     lines += int8_speed_notes(report, base)
     verdict = floor_verdict(report)
     if verdict:
-        lines += ["", "tfidf-floor: TF-IDF over 1-2-grams + logistic regression (scikit-learn), fitted on the same "
-                  "training split, C chosen on validation; measured like every other row.", "", verdict]
+        m = report["floor"]["metrics"]
+        how = (f"over {m['why']}" if m.get("why")  # floors fitted before the word/character choice: words
+               else "over word 1-2-grams")
+        lines += ["", f"tfidf-floor: TF-IDF {how}; + logistic regression (scikit-learn), fitted on the same "
+                  "training split, analyzer and C chosen on validation; measured like every other row.", "", verdict]
     lines += profile_markdown(report.get("profile"))
     trained = [s for s in report["stages"] if "trainable_params" in s["metrics"]]
     if trained:
@@ -208,8 +211,9 @@ def plot(report: dict, x_key: str, x_label: str, path: Path) -> None:
 
 def write_report(report: dict, out: Path) -> None:
     out = Path(out)
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    (out / "report.md").write_text(markdown(report))
+    # UTF-8, never \uXXXX: label names and texts in any language stay readable in both files
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
+    (out / "report.md").write_text(markdown(report), encoding="utf-8")
     if report["stages"]:
         plot(report, "latency_ms_p50", "batch-1 latency p50 (ms)", out / "accuracy_vs_latency.png")
         plot(report, "size_bytes", "size on disk (MiB)", out / "accuracy_vs_size.png")

@@ -26,7 +26,7 @@ def finished(folder: Path, fingerprint: dict) -> dict | None:
     path = folder / "metrics.json"
     if not path.is_file():
         return None
-    saved = json.loads(path.read_text())
+    saved = json.loads(path.read_text(encoding="utf-8"))
     if saved.get("fingerprint") != fingerprint:
         raise SlimtuneError(
             f"{folder} was made by a different recipe or data (stage settings, data settings or the data "
@@ -93,7 +93,7 @@ def reuse_or_run(folder: Path, fp: dict, what: str, label: str, out: Path, log, 
 
 def write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.write_text(json.dumps(obj, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
     tmp.replace(path)
 
 

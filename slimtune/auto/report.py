@@ -95,8 +95,8 @@ def finish(cfg: AutoConfig, out: Path, search: Search, study, ref: dict, seconds
         "hardware": search.report.get("hardware") if search.report else None,
         "search_report": str(search.folder / "report.md"),
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    (out / "report.md").write_text(markdown(report))
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
+    (out / "report.md").write_text(markdown(report), encoding="utf-8")
     if rows:
         plot(report, out / "pareto.png")
     if chosen:
