@@ -27,10 +27,10 @@ app = typer.Typer(
          "Global flags (anywhere on the line): --quiet / -q (no progress on stderr), --debug (tracebacks).",
 )
 
-DataOpt = Annotated[str, typer.Option(help="packaged dataset (rotten_tomatoes, tweets_sentiment; chatterbot_qa for a causal LM) or a CSV/TSV/JSONL file")]
+DataOpt = Annotated[str, typer.Option(help="packaged dataset (rotten_tomatoes, tweets_sentiment, chinese_reviews; chatterbot_qa for a causal LM) or a CSV/TSV/JSONL file")]
 TextCol = Annotated[str, typer.Option(help="text column of a data file")]
 LabelCol = Annotated[str, typer.Option(help="label column of a data file")]
-Encoding = Annotated[str, typer.Option(help="text encoding of a data file (e.g. latin-1)")]
+Encoding = Annotated[str, typer.Option(help="text encoding of a data file (e.g. latin-1, gb18030; UTF-8 with or without a byte-order mark is the default)")]
 DropMissing = Annotated[bool, typer.Option(help="drop (and count) rows whose text or label (prompt or response) is empty "
                                                 "or NaN; without it such a row is an error naming its line")]
 PromptCol = Annotated[str, typer.Option(help="prompt column of a prompt/response file (causal LMs)")]
@@ -207,7 +207,7 @@ def serve(
 @app.command("profile")
 def profile_(
     data: DataOpt,
-    model: Annotated[str, typer.Option(help="whose tokenizer counts the tokens: minilm-l6, minilm-l3, smollm2-135m or a folder")] = "minilm-l6",
+    model: Annotated[str, typer.Option(help="whose tokenizer counts the tokens: minilm-l6, minilm-l3, multilingual-e5-small, smollm2-135m or a folder")] = "minilm-l6",
     text_column: TextCol = "text",
     label_column: LabelCol = "label",
     prompt_column: PromptCol = "prompt",
@@ -241,7 +241,8 @@ def profile_(
 def auto_(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder; run again with the same folder to continue")],
-    model: Annotated[str, typer.Option(help="the model to fine-tune and slim: minilm-l6, minilm-l3 or a folder")] = "minilm-l6",
+    model: Annotated[str, typer.Option(help="the model to fine-tune and slim: minilm-l6, minilm-l3, multilingual-e5-small or a folder "
+                                            "(the default switches to multilingual-e5-small when minilm-l6 cannot read the data)")] = "minilm-l6",
     max_drop: Annotated[float, typer.Option(help="accuracy drop allowed against the fine-tuned reference, on validation (0.01 = 1 point)")] = 0.01,
     max_latency_ms: Annotated[Optional[float], typer.Option(help="batch-1 p50 latency limit")] = None,
     max_size_mb: Annotated[Optional[float], typer.Option(help="size limit on disk (MiB)")] = None,

@@ -125,7 +125,7 @@ def _read_text(path: Path, encoding: str) -> str:
         line = raw[: e.start].count(b"\n") + 1
         raise SlimtuneError(
             f"{path}: line {line} (byte {e.start}) is not valid {encoding} text; set data.encoding in the recipe "
-            "or --encoding on the command line (e.g. latin-1)"
+            "or --encoding on the command line (e.g. latin-1, or gb18030 for Chinese text saved as GBK)"
         ) from None
 
 
