@@ -222,7 +222,7 @@ def profile_(
     from .decoder.data import PACKAGED_PAIRS
 
     console = _console()
-    say = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
+    say = lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True)  # noqa: E731  (a line stays one line)
     if api.is_generative(model):
         from .decoder.profile import markdown, profile as pairs
 

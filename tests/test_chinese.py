@@ -257,3 +257,22 @@ def test_a_run_on_chinese_data_reports_in_chinese(tiny_base_dir, tmp_path):
     md = (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
     assert f"{POS} " in md and f"{NEG} " in md  # class balance of the data profile
     assert "tfidf-floor: TF-IDF over character 1-3-grams: validation accuracy" in md
+
+
+def test_profile_cli_reads_gb18030_and_says_first_which_model_reads_it(tmp_path, monkeypatch, capsys):
+    from slimtune import cli
+
+    path = tmp_path / "评论.tsv"
+    path.write_bytes(_csv([(t, lab) for t, lab in chinese_rows(40)], "\t").encode("gb18030"))
+    monkeypatch.setattr("sys.argv", ["slimtune", "profile", "--data", str(path), "--encoding", "gb18030",
+                                     "--text-column", "评论", "--label-column", "情感", "--json"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    captured = capsys.readouterr()
+    assert exit_.value.code == 0, captured.err
+    first = captured.err.strip().splitlines()[0]
+    assert first.startswith("warning: ") and "unknown ([UNK]) to minilm-l6" in first
+    assert first.endswith("use --model multilingual-e5-small (model: multilingual-e5-small in a recipe)")
+    p = json.loads(captured.out)
+    assert p["labels"] == [POS, NEG] and f'"{POS}": ' in captured.out and "\\u" not in captured.out
+    assert p["reader"]["model"] == "multilingual-e5-small"
