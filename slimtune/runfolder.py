@@ -194,7 +194,8 @@ class RunFolder:
         return atomic_dir(folder, before_replace=same_recipe)
 
     def write_report(self, report: dict, markdown: str) -> None:
-        write_text(self.root / "report.json", json.dumps(report, indent=2, default=str))
+        # UTF-8, never \uXXXX: label names and texts in any language stay readable in both files
+        write_text(self.root / "report.json", json.dumps(report, indent=2, default=str, ensure_ascii=False))
         write_text(self.root / "report.md", markdown)
 
 
@@ -272,7 +273,7 @@ def finished(folder: Path, fingerprint: dict) -> dict | None:
     path = folder / "metrics.json"
     if not path.is_file():
         return None
-    saved = json.loads(path.read_text())
+    saved = json.loads(path.read_text(encoding="utf-8"))
     if saved.get("fingerprint") != fingerprint:
         raise SlimtuneError(
             f"{folder} was made by a different recipe or data (stage settings, data settings or the data "
@@ -315,7 +316,7 @@ def reuse_or_run(folder: Path, fp: dict, what: str, label: str, out: Path, log, 
 
 
 def write_json(path: Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, default=str))
+    write_text(path, json.dumps(obj, indent=2, default=str, ensure_ascii=False))
 
 
 def yaml_text(d: dict) -> str:

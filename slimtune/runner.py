@@ -262,9 +262,10 @@ def _floor_row(splits: Splits, ev: EvalConfig, rf: RunFolder, log, fingerprint: 
     if done:
         log("floor (TF-IDF + logistic regression): measured earlier, reused")
     else:
-        log("floor: TF-IDF 1-2-grams + logistic regression (C chosen on validation)")
+        log("floor: TF-IDF (word 1-2-grams or character 1-3-grams) + logistic regression, chosen on validation")
         with rf.atomic(folder, fingerprint) as tmp:
             vec, clf, info = fit_floor(splits)
+            log(f"floor: {info['why']}")
             artifacts.save(Artifact("floor", {"label_names": splits.label_names, "info": info}), tmp, (vec, clf), None)
             metrics, _ = measure(tmp, splits, ev, log, against=against)
             done = {"metrics": metrics | info, "fingerprint": fingerprint}

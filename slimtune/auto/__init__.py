@@ -12,6 +12,9 @@ How it works:
   parent. The runner skips finished stages, and distillation and pruning read the teacher's
   logits from the run's cache, so nothing is recomputed. The stage list is kept in
   `OUT/search/stages.json` and only grows, so every finished stage keeps its fingerprint.
+- The model is the user's (`--model`, default minilm-l6); when more than 5% of the data's tokens
+  are unknown to the default model and multilingual-e5-small reads them, every candidate grows
+  from multilingual-e5-small instead (the first line of the log and the report say so).
 - A candidate is: an architecture (the reference, the teacher's own layers distilled
   (`truncate-N`), structured pruning), a vocabulary (full, or trimmed to the training texts), and
   a runtime (torch fp32, ONNX fp32, ONNX int8 dynamic / static, ONNX int8 with 4-bit embeddings
@@ -44,7 +47,7 @@ from typing import Callable
 from ..errors import SlimtuneError
 from .config import AutoConfig
 from .report import choose, finish, pareto
-from .candidates import FLOOR, architectures, chain, key_name, seeds, space, suggest
+from .candidates import FLOOR, architectures, chain, key_name, pick_model, seeds, space, suggest
 from .study import _Progress, _done, _params, _study, _values
 from .trials import Search
 
@@ -60,8 +63,9 @@ def auto(cfg: AutoConfig, out: str | Path, log: Callable[[str], None] = print, p
     from ..data import load_splits
     from ..model.folders import resolve
 
-    load_splits(cfg.data)  # bad data or model: one line before anything is created in OUT
+    splits = load_splits(cfg.data)  # bad data or model: one line before anything is created in OUT
     resolve(cfg.model)
+    cfg, model_note = pick_model(cfg, splits.train.texts)  # first: the model every candidate grows from
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
@@ -69,7 +73,10 @@ def auto(cfg: AutoConfig, out: str | Path, log: Callable[[str], None] = print, p
     worker = f"{socket.gethostname()}:{out.resolve()}"
     bar = _Progress(cfg.minutes, log) if progress else None
     say = bar.log if bar else log
+    if model_note:
+        say(model_note)
     search = Search(cfg, out, say)
+    search.model_note = model_note
     study = _study(cfg, out, search.depth, worker, say)
     say(f"auto: fine-tuning the reference ({cfg.model}) once; every candidate starts from it")
     ref = search.reference()

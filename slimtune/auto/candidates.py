@@ -1,8 +1,11 @@
 """The search space: every candidate is a chain of existing stage methods after the fine-tuned
-reference (an architecture, a vocabulary, a runtime), or the TF-IDF floor."""
+reference (an architecture, a vocabulary, a runtime), or the TF-IDF floor. The model they all grow
+from is the user's, or, when the default model cannot read the data, the packaged one that can
+(`pick_model`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 FLOOR = "tfidf-floor"
@@ -28,6 +31,30 @@ RUNTIME_STAGES = {
     # the main job's compact stage (recipes/default.yaml): 4-bit word table in blocks of 128 with zero points
     "onnx-int8-int4emb": {"method": "onnx_compact", "matmul": "int8", "embeddings": "int4", "block_size": 128, "symmetric": False},
 }
+
+
+DEFAULT_MODEL = "minilm-l6"
+
+
+def pick_model(cfg, texts: list[str]):
+    """(cfg, note): the default model when it reads `texts`; when more than UNK_WARN of their tokens
+    are unknown to it and the multilingual reader's are not, cfg with the reader as its model, and
+    one line saying so. A model the user named is kept (the note warns). Decided from the tokens of
+    the data, never from a language name."""
+    from ..model.folders import load_tokenizer, resolve
+    from ..profile import READER, READER_SAMPLE, suggest_reader, unknown_line, unknown_share, UNK_WARN
+
+    sample = list(texts)[:: max(1, len(texts) // READER_SAMPLE)][:READER_SAMPLE]
+    share = unknown_share(load_tokenizer(resolve(cfg.model)), sample)
+    if share <= UNK_WARN:
+        return cfg, None
+    reader = suggest_reader(cfg.model, sample, share)
+    line = unknown_line({"unk_share": share, "reader": reader}, cfg.model)
+    if reader is None or cfg.model != DEFAULT_MODEL:
+        return cfg, f"auto: warning: {line}"
+    note = (f"auto: {share:.0%} of the tokens are unknown ([UNK]) to {cfg.model}; every candidate grows from "
+            f"{READER} instead, which reads this text ({reader['unk_share']:.2%} unknown on a sample)")
+    return dataclasses.replace(cfg, model=READER), note
 
 
 def architectures(depth: int) -> list[str]:

@@ -80,7 +80,7 @@ def finish(cfg: AutoConfig, out: Path, search: Search, study, ref: dict, seconds
                    + f"); the closest is {closest['candidate']} ({_unmet(closest, ref, cfg)}; artifact {closest['artifact']})")
     front = pareto(rows)
     report = {
-        "auto": {"model": cfg.model, "data": search.report["data"]["source"] if search.report else None,
+        "auto": {"model": cfg.model, "model_note": search.model_note, "data": search.report["data"]["source"] if search.report else None,
                  "max_drop": cfg.max_drop, "max_latency_ms": cfg.max_latency_ms, "max_size_mb": cfg.max_size_mb,
                  "minutes": cfg.minutes, "seconds": seconds, "storage": cfg.storage or f"sqlite:///{out / 'study.db'}",
                  "trials": sum(t.state.is_finished() for t in study.get_trials(deepcopy=False)), "selection": "validation accuracy (test only confirms)"},
@@ -95,8 +95,8 @@ def finish(cfg: AutoConfig, out: Path, search: Search, study, ref: dict, seconds
         "hardware": search.report.get("hardware") if search.report else None,
         "search_report": str(search.folder / "report.md"),
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    (out / "report.md").write_text(markdown(report))
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
+    (out / "report.md").write_text(markdown(report), encoding="utf-8")
     if rows:
         plot(report, out / "pareto.png")
     if chosen:
@@ -135,6 +135,8 @@ def markdown(report: dict) -> str:
              + (f", size <= {a['max_size_mb']:g} MiB" if a["max_size_mb"] else "")
              + f". {len(report['candidates'])} candidates measured in {a['seconds'] / 60:.1f} min ({a['trials']} trials; "
              f"study {a['storage']}).", ""]
+    if a.get("model_note"):
+        lines += [a["model_note"].removeprefix("auto: ").replace("warning: ", "**Warning:** ", 1) + ".", ""]
     c = report["chosen"]
     if c:
         lines += [f"**Chosen: {c['candidate']}**: {c['speedup_p50']:.2f}x faster and {c['size_ratio']:.2f}x smaller than the "

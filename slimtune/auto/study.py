@@ -81,7 +81,7 @@ class _Progress:
         self.progress.start()
 
     def log(self, msg: str) -> None:
-        self.progress.console.print(msg, markup=False, highlight=False)
+        self.progress.console.print(msg, markup=False, highlight=False, soft_wrap=True)  # a line stays one line
 
     def update(self, done: int, elapsed: float) -> None:
         left = max(0.0, self.minutes - elapsed / 60)

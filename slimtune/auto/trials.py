@@ -29,6 +29,7 @@ class Search:
         if not self.stages:
             self._add([REFERENCE | {"name": "reference"}])
         self.report: dict | None = None
+        self.model_note: str | None = None  # why the model is not the user's (auto: pick_model)
         self.splits = None
         self._val: dict[str, dict] = {}
 

