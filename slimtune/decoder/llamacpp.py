@@ -18,7 +18,6 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import SlimtuneError
-from .lm import find_gguf
 from .measure import Decoder
 
 N_CTX = 2048  # tokens of context (prompt + answer, or a scored sequence) at most
@@ -27,14 +26,13 @@ N_CTX = 2048  # tokens of context (prompt + answer, or a scored sequence) at mos
 class LlamaCppDecoder(Decoder):
     kind = "llama.cpp"
 
-    def __init__(self, path: str | Path, n_ctx: int = N_CTX):
+    def __init__(self, file: str | Path, n_ctx: int = N_CTX):
+        """`file`: the .gguf (lm.find_gguf finds it in an export folder)."""
         try:
             import llama_cpp  # noqa: F401
         except ImportError:
-            raise SlimtuneError(f"{path}: running a GGUF needs llama.cpp: pip install 'slimtune[gguf]'") from None
-        self.file = find_gguf(path)
-        if self.file is None:
-            raise SlimtuneError(f"{path}: no .gguf file")
+            raise SlimtuneError(f"{file}: running a GGUF needs llama.cpp: pip install 'slimtune[gguf]'") from None
+        self.file = Path(file)
         self.tokenizer = _tokenizer(self.file)
         self.llm = self._open(n_ctx, logits_all=False)
         self.n_ctx = self.llm.n_ctx()

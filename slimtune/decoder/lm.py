@@ -142,7 +142,7 @@ def load_decoder(path: str | Path):
     if is_gguf(path):
         from .llamacpp import LlamaCppDecoder
 
-        return LlamaCppDecoder(path)
+        return LlamaCppDecoder(find_gguf(path))
     if is_genai(path):
         from .genai import GenAIDecoder
 
