@@ -103,8 +103,12 @@ def export_gguf(source: Path, fmt: str, out: Path, log: Callable[[str], None] = 
 
 def quantize(src: Path, dst: Path, ftype: int) -> None:
     """llama.cpp's `llama_model_quantize` (what the `llama-quantize` tool runs) from `src` to `dst`."""
+    import logging
+
     import llama_cpp
 
+    # llama-cpp-python prints llama.cpp's log (a line per tensor) unless its logger is raised above INFO
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     code = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)

@@ -153,7 +153,7 @@ def load_decoder(path: str | Path):
 
 
 def stream_answer(path: str | Path, prompt: str, system: str | None = None, max_new_tokens: int = 128):
-    """Yield the greedy answer to `prompt` piece by piece as it is generated (torch or GenAI folder).
+    """Yield the greedy answer to `prompt` piece by piece as it is generated (torch, GenAI or GGUF).
 
     Each piece is the new text since the last one: decoding the ids so far and taking the new
     suffix keeps a character split over two byte-level tokens whole.
