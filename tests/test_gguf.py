@@ -99,7 +99,7 @@ def test_f16_metadata_tensors_and_tokenizer(llama, exports):
     assert meta == {"general.architecture": "llama", "llama.context_length": 256, "llama.embedding_length": 64,
                     "llama.block_count": 4, "llama.feed_forward_length": 128, "llama.attention.head_count": 4,
                     "llama.attention.head_count_kv": 2, "llama.rope.dimension_count": 16, "llama.vocab_size": 400,
-                    "general.file_type": 1, "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt2",
+                    "general.file_type": 1, "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2",
                     "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
                     "tokenizer.ggml.padding_token_id": 2, "tokenizer.ggml.add_bos_token": False}
     assert _field(r, "llama.rope.freq_base") == pytest.approx(10000.0)

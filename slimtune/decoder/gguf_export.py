@@ -196,13 +196,13 @@ def _add_tensor(w, name: str, data: np.ndarray, fmt: str, gguf) -> None:
         w.add_tensor(name, data.astype(np.float16))
 
 
-# what tokenizer.json's pre-tokenizer is, and the llama.cpp pre-tokenizer (tokenizer.ggml.pre) that splits text the same way
+# what tokenizer.json's pre-tokenizer is, and the llama.cpp pre-tokenizer (tokenizer.ggml.pre, a name llama-vocab.cpp knows) that splits text the same way
 def _pre_name(pre: dict | None) -> str | None:
     def byte_level(p: dict) -> bool:
         return p.get("type") == "ByteLevel" and p.get("use_regex", True) and not p.get("add_prefix_space", False)
 
     if pre and byte_level(pre):
-        return "gpt2"  # GPT-2's split regex, which llama.cpp's gpt2 pre-tokenizer reproduces
+        return "gpt-2"  # GPT-2's split regex, which llama.cpp's gpt2 pre-tokenizer reproduces
     steps = (pre or {}).get("pretokenizers") or []
     if (pre or {}).get("type") == "Sequence" and len(steps) == 2 and steps[0].get("type") == "Digits" \
             and steps[0].get("individual_digits") and byte_level(steps[1]):
