@@ -38,9 +38,10 @@ def exports(llama, tmp_path_factory):
         key = (fmt, str(source))
         if key not in done:
             done[key] = root / f"{fmt}-{len(done)}"
-            write(source, fmt, done[key], root / "cache", log=lambda m: None)
+            get.facts[done[key]] = write(source, fmt, done[key], root / "cache", log=lambda m: None)
         return done[key]
 
+    get.facts = {}  # export folder -> what write() reported
     return get
 
 
@@ -276,6 +277,8 @@ def test_quantized_exports_run(llama_cpp, exports, source_run, fmt, rel, ftype):
 
     out = exports(fmt)
     assert _field(_reader(out), "general.file_type") == ftype  # written by llama.cpp's quantizer
+    assert exports.facts[out]["gguf"] == {"file_type": {7: "MOSTLY_Q8_0", 15: "MOSTLY_Q4_K_M"}[ftype], "quantizer": "llama.cpp",
+                                          "tokenizer_pre": "gpt-2", "blocks": 4, "tied_embeddings": True}
     assert (out / "model.gguf").stat().st_size < (exports("gguf-f16") / "model.gguf").stat().st_size
     dec = load_decoder(out)
     greedy, ppl = _greedy_and_perplexity(dec, dec.tokenizer, 8)

@@ -93,6 +93,7 @@ def export_gguf(source: Path, fmt: str, out: Path, log: Callable[[str], None] = 
                 facts = write_gguf(model, tokenizer, plain, staged, "gguf-f32")
                 quantize(staged, tmp / GGUF_FILE, LLAMA_CPP_FTYPE[fmt])
                 staged.unlink()
+                facts["file_type"] = _ftype_name(LLAMA_CPP_FTYPE[fmt])
             else:
                 facts = write_gguf(model, tokenizer, plain, tmp / GGUF_FILE, fmt)
                 if fmt == "gguf-q8_0":
@@ -101,19 +102,38 @@ def export_gguf(source: Path, fmt: str, out: Path, log: Callable[[str], None] = 
     return {"gguf": facts | {"quantizer": quantizer or ("gguf-py" if fmt == "gguf-q8_0" else None)}}
 
 
+def _ftype_name(ftype: int) -> str:
+    import gguf
+
+    return gguf.LlamaFileType(ftype).name
+
+
 def quantize(src: Path, dst: Path, ftype: int) -> None:
-    """llama.cpp's `llama_model_quantize` (what the `llama-quantize` tool runs) from `src` to `dst`."""
-    import logging
+    """llama.cpp's `llama_model_quantize` (what the `llama-quantize` tool runs) from `src` to `dst`.
+
+    llama.cpp writes a line per tensor (and one per fallback type, e.g. SmolLM2's 576-wide rows do
+    not split into the k-quants' blocks of 256 and fall back to q5_0/q8_0) straight to the process's
+    stderr; it goes to a scratch file here, and its last line into the error if quantizing fails."""
+    import os
+    import tempfile
 
     import llama_cpp
 
-    # llama-cpp-python prints llama.cpp's log (a line per tensor) unless its logger is raised above INFO
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
-    code = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    with tempfile.TemporaryFile() as log:
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            code = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        log.seek(0)
+        lines = [ln for ln in log.read().decode("utf-8", "replace").splitlines() if ln.strip()]
     if code != 0 or not dst.is_file():
-        raise SlimtuneError(f"llama.cpp could not quantize {src.name} (llama_model_quantize returned {code})")
+        raise SlimtuneError(f"llama.cpp could not quantize {src.name} to {_ftype_name(ftype)}: "
+                            f"{lines[-1].strip() if lines else f'llama_model_quantize returned {code}'}")
 
 
 def write_gguf(model, tokenizer, folder: Path, path: Path, fmt: str) -> dict:
