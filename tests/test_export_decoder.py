@@ -42,9 +42,9 @@ def test_formats_are_listed_by_the_models_task(llama, tiny_clf_dir, tmp_path):
     from slimtune.export import formats_for, task_of
 
     assert task_of(llama) == "generate" and task_of(tiny_clf_dir) == "classify"
-    assert formats_for("generate") == ["hf", "genai-fp32", "genai-int4"]
+    assert formats_for("generate") == ["hf", "genai-fp32", "genai-int4", "gguf-f32", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m"]
     assert formats_for("classify") == ["hf", "onnx", "onnx-int8", "tflite", "tflite-int8"]
-    with pytest.raises(SlimtuneError, match=r"export format 'onnx-int8' is not one for causal LMs .*: hf, genai-fp32, genai-int4$"):
+    with pytest.raises(SlimtuneError, match=r"export format 'onnx-int8' is not one for causal LMs .*: hf, genai-fp32, genai-int4, gguf-f32, gguf-f16, gguf-q8_0, gguf-q4_k_m$"):
         api.check_export_target(llama, "onnx-int8", tmp_path / "x")
     assert not (tmp_path / "x").exists()
 

@@ -5,6 +5,8 @@
     genai-fp32  ONNX Runtime GenAI, fp32 weights (genai.py)
     genai-int4  ONNX Runtime GenAI, 4-bit MatMulNBits weights; layer weights already on a 4-bit
                 grid keep it exactly (grid.py), the rest as `Int4Config` says
+    gguf-f32, gguf-f16, gguf-q8_0, gguf-q4_k_m
+                one GGUF file for llama.cpp (gguf_export.py; q4_k_m needs slimtune[gguf])
 
 `write` builds one (atomically: a finished folder or none). `export_checked` is `slimtune export`
 for a decoder: write, then check the export against its source on held-out pairs the way a
@@ -21,11 +23,13 @@ from typing import Callable
 
 from ..errors import SlimtuneError
 from .genai import GENAI_FORMATS, export_genai
+from .gguf_export import GGUF_FORMATS, export_gguf
 
 DECODER_FORMATS = {
     "hf": "a Hugging Face causal-LM folder (safetensors; LoRA merged, weight-only dequantized)",
     "genai-fp32": "ONNX Runtime GenAI, fp32",
     "genai-int4": "ONNX Runtime GenAI, int4 weights (MatMulNBits)",
+    **GGUF_FORMATS,
 }
 
 
@@ -46,6 +50,8 @@ def write(source: Path, fmt: str, out: Path, cache: Path, int4=None, log: Callab
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
         return {}
+    if fmt in GGUF_FORMATS:
+        return export_gguf(source, fmt, out, log)
     int4 = int4 or Int4Config()
     options = int4.builder_options() if fmt == "genai-int4" else None
     facts: dict = {}

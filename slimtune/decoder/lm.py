@@ -1,4 +1,4 @@
-"""Load a causal LM (packaged `smollm2-135m` or an HF folder) or a GenAI export as a `Decoder`."""
+"""Load a causal LM (packaged `smollm2-135m` or an HF folder), a GenAI export or a GGUF (llama.cpp) as a `Decoder`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ def resolve(name_or_path: str | Path) -> Path:
     from ..model.folders import check_model_dir, check_no_custom_code
 
     path = Path(key)
+    if is_gguf(path):
+        return path
     if path.exists() and not path.is_dir():
         raise SlimtuneError(f"model {key} is a file, not a model folder (give the folder that holds config.json and the weights)")
     if not path.is_dir():
@@ -40,7 +42,7 @@ def is_generative(name_or_path: str | Path) -> bool:
     if str(name_or_path) in PACKAGED_DECODERS:
         return True
     path = Path(name_or_path)
-    if is_genai(path):
+    if is_genai(path) or is_gguf(path):
         return True
     try:
         config = json.loads((path / "config.json").read_text())
@@ -51,6 +53,24 @@ def is_generative(name_or_path: str | Path) -> bool:
 
 def is_genai(path: Path) -> bool:
     return (Path(path) / GENAI_CONFIG).is_file()
+
+
+def is_gguf(path: Path) -> bool:
+    """A `.gguf` file or a folder holding one (a `gguf-*` export): run by llama.cpp."""
+    return find_gguf(path) is not None
+
+
+def find_gguf(path: str | Path) -> Path | None:
+    """The GGUF file `path` is or holds (a folder with exactly one `.gguf` and no config.json), else None."""
+    path = Path(path)
+    if path.is_file():
+        return path if path.suffix.lower() == ".gguf" else None
+    if not path.is_dir() or (path / "config.json").is_file():
+        return None
+    found = sorted(path.glob("*.gguf"))
+    if len(found) > 1:
+        raise SlimtuneError(f"{path}: holds {len(found)} GGUF files ({', '.join(f.name for f in found)}); give one of them")
+    return found[0] if found else None
 
 
 def load_causal_lm(name_or_path: str | Path):
@@ -64,6 +84,8 @@ def load_causal_lm(name_or_path: str | Path):
     path = resolve(name_or_path)
     if is_genai(path):
         raise SlimtuneError(f"{path}: an ONNX Runtime GenAI export cannot be trained further; start from an HF folder")
+    if is_gguf(path):
+        raise SlimtuneError(f"{path}: a GGUF export cannot be trained or exported further; start from an HF folder")
     config = load_config(path)
     if not any(a.endswith("ForCausalLM") for a in (config.architectures or [])) and getattr(config, "is_decoder", None) is False:
         raise SlimtuneError(f"{path}: {config.model_type} is not a causal LM (generate needs a GPT-family decoder)")
@@ -115,8 +137,12 @@ def plain_folder(source: Path):
 
 
 def load_decoder(path: str | Path):
-    """A `Decoder` for a causal-LM folder (torch) or a GenAI export folder."""
+    """A `Decoder` for a causal-LM folder (torch), a GenAI export folder or a GGUF (llama.cpp)."""
     path = resolve(path)
+    if is_gguf(path):
+        from .llamacpp import LlamaCppDecoder
+
+        return LlamaCppDecoder(find_gguf(path))
     if is_genai(path):
         from .genai import GenAIDecoder
 
@@ -127,7 +153,7 @@ def load_decoder(path: str | Path):
 
 
 def stream_answer(path: str | Path, prompt: str, system: str | None = None, max_new_tokens: int = 128):
-    """Yield the greedy answer to `prompt` piece by piece as it is generated (torch or GenAI folder):
+    """Yield the greedy answer to `prompt` piece by piece as it is generated (torch, GenAI or GGUF):
     each piece is the new text since the last one, characters kept whole (pieces.text_pieces)."""
     from .chat import prompt_ids
     from .pieces import text_pieces

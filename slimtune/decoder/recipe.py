@@ -19,6 +19,7 @@ from ..text import check_positions
 from .data import GenDataConfig
 from .export import DECODER_FORMATS
 from .int4 import INT8_GROUPS, Int4Config  # noqa: F401  (also this module's API)
+from .gguf_export import check_available
 from .registry import GEN_METHODS
 
 TOP_KEYS = {"task", "data", "model", "stages", "export", "eval", "baseline", "int4"}
@@ -90,6 +91,8 @@ def parse(raw: dict, source: str = "<recipe>") -> GenRecipe:
     export = raw.get("export") or []
     if not isinstance(export, list) or any(f not in DECODER_FORMATS for f in export):
         raise SlimtuneError(f"{source}: export of a generate recipe must be a list of formats from: {', '.join(DECODER_FORMATS)}")
+    for fmt in export:
+        check_available(fmt)  # before any stage trains
     ev = build(GenEvalConfig, raw.get("eval") or {}, f"{source}: eval")
     baseline = raw.get("baseline")
     if baseline is not None and baseline not in seen:
