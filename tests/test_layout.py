@@ -107,7 +107,8 @@ LAYERS = [
     # what a stage is, how it trains, how it is stored; the decoder's loader and exports, and its
     # fresh-process timing (it loads an artifact)
     ("train / artifacts", ["train/", "artifacts/", "stage", "decoder.stage", "decoder.lm", "decoder.genai",
-                           "decoder.grid", "decoder.bench", "decoder.int4", "decoder.export"]),
+                           "decoder.grid", "decoder.bench", "decoder.int4", "decoder.export", "decoder.gguf_export",
+                           "decoder.llamacpp"]),
     ("methods", ["methods/", "decoder.methods", "decoder.prune/", "decoder.registry"]),
     # a recipe run: the recipe, its folder's bookkeeping, exports, the report
     ("runner", ["runner", "runfolder", "recipe", "export", "report", "decoder.runner", "decoder.recipe",

@@ -86,7 +86,7 @@ class LlamaCppDecoder(Decoder):
 
 def _tokenizer(file: Path):
     """The HF tokenizer saved beside `file` (a slimtune export), else the one transformers builds from the GGUF."""
-    from ..model.folders import TOKENIZER_FILES, first_line, load_tokenizer
+    from ..model.folders import TOKENIZER_FILES, first_line, from_pretrained, load_tokenizer
 
     folder = file.parent
     if any((folder / f).is_file() for f in TOKENIZER_FILES):
@@ -95,7 +95,7 @@ def _tokenizer(file: Path):
         from transformers import AutoTokenizer
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=file.name)
+            tokenizer = from_pretrained(AutoTokenizer, str(folder), gguf_file=file.name)
         except Exception as e:  # transformers' GGUF reader raises several kinds
             raise SlimtuneError(f"{file}: cannot read its tokenizer: {first_line(e)}") from None
     if tokenizer.pad_token_id is None:
