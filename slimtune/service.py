@@ -86,10 +86,10 @@ def load(artifact: str | Path, cfg: ServeConfig, threads: int | None = None) -> 
     if fmt is not None and fmt.tasks:  # a multi-task folder: one predictor per task head
         meta = json.loads((folder / TASKS_FILE).read_text())
         primary = meta["primary"]
-        predictors = {t: load_predictor(path, max_length, task=t) for t in meta["tasks"]}
+        predictors = {t: load_predictor(path, max_length, task=t, spin=False) for t in meta["tasks"]}
     else:
         primary = None
-        predictors = {None: load_predictor(path, max_length, threads=threads)}
+        predictors = {None: load_predictor(path, max_length, threads=threads, spin=False)}
     dynamic = {task: dynamic_activations(pred) for task, pred in predictors.items()}
     for pred in predictors.values():
         pred.logits(["warm-up"])  # the first call of a session is slow; pay it before ready

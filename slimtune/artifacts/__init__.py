@@ -106,9 +106,11 @@ def load_model(name_or_path: str | Path, label_names: list[str] | None = None, t
 
 
 def load_predictor(path: str | Path, max_length: int | None = None, label_names: list[str] | None = None,
-                   task: str | None = None, threads: int | None = None, provider: str = "cpu"):
+                   task: str | None = None, threads: int | None = None, provider: str = "cpu",
+                   spin: bool = True):
     """A predictor for an artifact: ONNX Runtime for an ONNX folder (or .onnx file), the floor's own,
-    else torch over `load_model`. `threads`: ONNX Runtime's intra-op threads (default: one per core).
+    else torch over `load_model`. `threads`: ONNX Runtime's intra-op threads (default: one per core);
+    `spin`: False lets them sleep between calls instead of busy-waiting (a server's setting).
     `provider`: ONNX Runtime's execution provider for an ONNX artifact (cpu, cuda, tensorrt)."""
     from ..measure.predictors import DEFAULT_MAX_LENGTH, TorchPredictor
 
@@ -118,7 +120,7 @@ def load_predictor(path: str | Path, max_length: int | None = None, label_names:
     if fmt is None and not path.exists():
         raise SlimtuneError(f"model not found: {path}")
     if fmt is not None and fmt.name == "onnx":
-        return fmt.predictor(path, max_length, label_names, task, threads, provider=provider)
+        return fmt.predictor(path, max_length, label_names, task, threads, provider=provider, spin=spin)
     if provider != "cpu":  # hook (compute.py): the GPU execution providers are ONNX Runtime's
         what = f"a {fmt.name} artifact" if fmt is not None else "a torch model"
         raise SlimtuneError(f"--provider {provider}: applies to ONNX artifacts; {path} is {what}")

@@ -181,15 +181,16 @@ def read_export(path: Path, filename: str, what: str, labels: list[str] | None, 
 
 
 def predictor(path: Path, max_length: int, labels: list[str] | None = None, task: str | None = None,
-              threads: int | None = None, provider: str = "cpu"):
+              threads: int | None = None, provider: str = "cpu", spin: bool = True):
     """An ONNX Runtime predictor for a folder holding `model.onnx` (or the .onnx file itself);
-    `provider`: ONNX Runtime's cpu, cuda or tensorrt execution provider (`compute.onnx_providers`)."""
+    `provider`: ONNX Runtime's cpu, cuda or tensorrt execution provider (`compute.onnx_providers`);
+    `spin`: False lets idle intra-op threads sleep (a server)."""
     from ..compute import onnx_providers
     from ..measure.predictors import OnnxPredictor
     from ..model.folders import load_tokenizer
 
     onnx_file, folder, names, config = read_export(path, ONNX_FILE, "an ONNX export", labels, task)
     pred = OnnxPredictor(onnx_file, load_tokenizer(folder, config.get("vocab_size")), names, max_length, threads,
-                         onnx_providers(provider))
+                         onnx_providers(provider), spin=spin)
     pred.truncation = config.get("slimtune_truncation", "head")
     return pred

@@ -125,12 +125,17 @@ class OnnxPredictor(Predictor):
     kind = "onnx"
 
     def __init__(self, onnx_path: Path, tokenizer, label_names: list[str], max_length: int = DEFAULT_MAX_LENGTH, threads: int | None = None,
-                 providers: list[str] | None = None):
+                 providers: list[str] | None = None, spin: bool = True):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        if not spin:
+            # A server's pool threads sleep between calls instead of busy-waiting for the next one:
+            # spinning takes the cores the event loop (HTTP, JSON) needs. docs/figures.md: 2.8x
+            # served texts/s on a shared 2-core machine.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers or ["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types for a bad file
