@@ -227,7 +227,8 @@ def test_genai_exports_of_gemma3_are_refused_before_training(tiny_gemma3):
 def test_real_gemma3_converts_tokenizes_and_continues_chinese():
     """The packaged GGUF joined, checked and converted (about 4 min on a busy 2-core machine; once per cache)."""
     from slimtune.decoder.chat import prompt_ids
-    from slimtune.decoder.lm import load_causal_lm, load_decoder
+    from slimtune.decoder.lm import load_causal_lm
+    from slimtune.decoder.measure import TorchDecoder
 
     model, tok = load_causal_lm("gemma3-270m")
     cfg = model.config
@@ -236,7 +237,7 @@ def test_real_gemma3_converts_tokenizes_and_continues_chinese():
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     assert not tok.chat_template and type(tok).__name__ == "GemmaTokenizer"
     assert tok.tokenize("这部电影太好看了") == ["这部", "电影", "太", "好", "看了"]  # as ASSETS.md says
-    dec = load_decoder("gemma3-270m")
+    dec = TorchDecoder(model, tok)
     out = tok.decode(list(dec.stream(tok("中国的首都是")["input_ids"], 12)), skip_special_tokens=True)
     assert len(CJK.findall(out)) >= 3, out
     answer = tok.decode(list(dec.stream(prompt_ids(tok, "你好吗?"), 12)), skip_special_tokens=True)
