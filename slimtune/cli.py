@@ -27,7 +27,7 @@ app = typer.Typer(
          "Global flags (anywhere on the line): --quiet / -q (no progress on stderr), --debug (tracebacks).",
 )
 
-DataOpt = Annotated[str, typer.Option(help="packaged dataset (rotten_tomatoes, tweets_sentiment, chinese_reviews; chatterbot_qa for a causal LM) or a CSV/TSV/JSONL file")]
+DataOpt = Annotated[str, typer.Option(help="packaged dataset (rotten_tomatoes, tweets_sentiment, chinese_reviews; chatterbot_qa or chatterbot_qa_zh for a causal LM) or a CSV/TSV/JSONL file")]
 TextCol = Annotated[str, typer.Option(help="text column of a data file")]
 LabelCol = Annotated[str, typer.Option(help="label column of a data file")]
 Encoding = Annotated[str, typer.Option(help="text encoding of a data file (e.g. latin-1, gb18030; UTF-8 with or without a byte-order mark is the default)")]

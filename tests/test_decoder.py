@@ -477,7 +477,7 @@ def test_generate_cli_streams_an_answer(fitted, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("args, match", [
-    (["/no/such/folder", "hi"], "slimtune: error: model not found: /no/such/folder is not a folder (packaged decoders: smollm2-135m)"),
+    (["/no/such/folder", "hi"], "slimtune: error: model not found: /no/such/folder is not a folder (packaged decoders: smollm2-135m, gemma3-270m)"),
     (["MODEL", "  "], "slimtune: error: generate: the prompt is empty"),
 ])
 def test_generate_cli_errors_are_one_line(tiny_llama, monkeypatch, capsys, args, match):

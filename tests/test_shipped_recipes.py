@@ -126,7 +126,8 @@ CHECKS = {
 }
 
 
-DECODER_RECIPES = ("generate.yaml", "decoder_classify.yaml")  # run on a tiny Llama in tests/test_decoder*.py
+DECODER_RECIPES = ("generate.yaml", "decoder_classify.yaml",  # run on a tiny Llama in tests/test_decoder*.py
+                   "generate_zh.yaml")  # run on a tiny Gemma 3 below
 ENCODER_RECIPES = sorted(p for p in (REPO / "recipes").glob("*.yaml") if p.name not in DECODER_RECIPES)
 
 
@@ -155,3 +156,37 @@ def test_shipped_recipe_on_tiny_model(recipe, tiny_base6_dir, tmp_path):
         print(row["name"], {k: row["metrics"].get(k) for k in FACTS if k in row["metrics"]})
     assert [s["name"] for s in report["stages"]] == [s["name"] for s in raw["stages"]] + raw.get("export", [])
     CHECKS[recipe.name](rows(report))
+
+
+def test_generate_zh_recipe_on_tiny_gemma3(tmp_path):
+    """generate_zh.yaml as shipped (valid without converting gemma3-270m), then run with the model swapped for a
+    tiny random Gemma3ForCausalLM with a template-less tokenizer (tests/_tiny_gemma3.py) and the budgets cut."""
+    import torch
+    from _tiny_gemma3 import build_model_dir
+
+    from slimtune.recipe import parse as parse_any
+    from slimtune.runner import run as run_recipe
+
+    raw = yaml.safe_load((REPO / "recipes/generate_zh.yaml").read_text())
+    shipped = parse_any(raw, "generate_zh.yaml")
+    assert (shipped.model, shipped.data.name, shipped.export) == ("gemma3-270m", "chatterbot_qa_zh", ["hf"])
+    raw["model"] = str(build_model_dir(tmp_path / "gemma3"))
+    raw["data"] |= {"max_train_samples": 16, "max_test_samples": 6}
+    for st in raw["stages"]:
+        if st["method"] != "baseline":
+            st |= {"max_steps": 2, "batch_size": 4}
+    raw["eval"] = {"answer_prompts": 3, "max_new_tokens": 4, "parity_tokens": 4, "speed_prompts": 1,
+                   "speed_new_tokens": 2, "samples": 1, "isolate": False}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model on a shared 2-core machine (see tests/test_decoder.py)
+    try:
+        report = run_recipe(parse_any(raw, "generate_zh.yaml"), tmp_path / "run", log=lambda m: None)
+    finally:
+        torch.set_num_threads(threads)
+    m = rows(report)
+    assert list(m) == ["untuned", "lora", "hf"]
+    # r=8 on q (64->64), k and v (64->32), o (64->64) in 2 layers: 8*(128 + 96 + 96 + 128) * 2
+    assert m["lora"]["trainable_params"] == 7_168
+    assert m["hf"]["parity"]["greedy_identical"] == m["hf"]["parity"]["greedy_prompts"]  # merged = unmerged, greedily
+    assert m["hf"]["perplexity"] == pytest.approx(m["lora"]["perplexity"], rel=1e-4)
+    assert all(m[s]["perplexity"] > 1 for s in m)

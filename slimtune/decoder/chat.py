@@ -7,6 +7,10 @@ whitespace the template puts after the marker is not part of it. Prompt and comp
 tokenized separately and concatenated: that is exactly the sequence of ids the model meets when
 it generates after the prompt (tokenizing the joined text could merge tokens across the seam).
 
+A base model without a chat template (gemma3-270m) gets one plain template everywhere, training,
+perplexity, greedy answers and serving alike (`chat_prompt`): `User: ...\nAssistant:` as the prompt,
+` response<eos>` as the completion, so the model learns to stop where serving stops it.
+
 Labels are -100 on every prompt token, so the loss and the perplexity count response tokens only.
 """
 
@@ -14,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import SlimtuneError
 
 IGNORE = -100  # the label PyTorch's cross-entropy skips
 
@@ -29,29 +32,45 @@ def messages(prompt: str, system: str | None = None, response: str | None = None
 
 def prompt_text(tokenizer, prompt: str, system: str | None = None) -> str:
     """The prompt as text, the assistant turn opened (what generation continues)."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise SlimtuneError(f"{getattr(tokenizer, 'name_or_path', 'the tokenizer')}: has no chat template; "
-                            "a generate task needs an instruct model (one whose tokenizer_config.json has chat_template)")
-    return tokenizer.apply_chat_template(messages(prompt, system), tokenize=False, add_generation_prompt=True)
+    return chat_prompt(tokenizer, messages(prompt, system))
 
 
 PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 
+def has_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
 def chat_prompt(tokenizer, turns: list[dict]) -> str:
     """A conversation (`{"role", "content"}` turns) as the prompt text generation continues: the
     model's chat template with the assistant turn opened or, for a base model without one, the
-    plain template `System: ...\n\nUser: ...\nAssistant: ...\nUser: ...\nAssistant:`."""
-    if getattr(tokenizer, "chat_template", None):
+    plain template `System: ...\n\nUser: ...\nAssistant: ...\nUser: ...\nAssistant:` (after the
+    tokenizer's BOS when it starts its encodings with one: see `bos_text`)."""
+    if has_template(tokenizer):
         return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     lines = [f"{PLAIN_ROLES[t['role']]}: {t['content']}" for t in turns]
     if turns and turns[0]["role"] == "system":
         lines[0] += "\n"
-    return "\n".join([*lines, "Assistant:"])
+    return bos_text(tokenizer) + "\n".join([*lines, "Assistant:"])
+
+
+def bos_text(tokenizer) -> str:
+    """The tokenizer's BOS token as text when its own encodings start with it (Gemma, Llama), else "".
+    Prompts are tokenized without special tokens, because a chat template writes them itself; the
+    plain template has to write the BOS too (Gemma without its `<bos>` answers with nonsense)."""
+    bos, bos_id = getattr(tokenizer, "bos_token", None), getattr(tokenizer, "bos_token_id", None)
+    if not bos or bos_id is None:
+        return ""
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bos if ids and ids[0] == bos_id else ""
 
 
 def completion_text(tokenizer, prompt: str, response: str, system: str | None = None) -> str:
-    """The response and the template's end-of-turn marker, as the template writes them."""
+    """The response and the template's end-of-turn marker, as the template writes them; with the
+    plain template, ` response` and the EOS token (a space after `Assistant:`, as in earlier turns)."""
+    if not has_template(tokenizer):
+        return f" {response}{tokenizer.eos_token or ''}"
     head = prompt_text(tokenizer, prompt, system)
     full = tokenizer.apply_chat_template(messages(prompt, system, response), tokenize=False)
     if not full.startswith(head):  # a template that rewrites earlier turns: fall back to response + eos

@@ -1,4 +1,5 @@
-"""Prompt/response pairs for generative fine-tuning: a CSV/TSV/JSONL file or packaged `chatterbot_qa`.
+"""Prompt/response pairs for generative fine-tuning: a CSV/TSV/JSONL file or packaged `chatterbot_qa`
+(English) / `chatterbot_qa_zh` (Chinese).
 
 The split is by prompt: chatterbot answers many prompts several ways ("Are you sapient?" has four
 answers), and a prompt seen in training with one answer and tested with another would measure
@@ -18,7 +19,7 @@ import pandas as pd
 
 from ..errors import SlimtuneError, check_ranges
 
-PACKAGED_PAIRS = ("chatterbot_qa",)
+PACKAGED_PAIRS = {"chatterbot_qa": "english", "chatterbot_qa_zh": "chinese"}  # name -> chatterbot-corpus language
 COLUMNS_HINT = ("set data.prompt_column / data.response_column in a recipe, --prompt-column / --response-column "
                 "on the command line")
 
@@ -27,7 +28,7 @@ COLUMNS_HINT = ("set data.prompt_column / data.response_column in a recipe, --pr
 class GenDataConfig:
     """Where the prompt/response pairs come from (a `task: generate` recipe's `data:` block)."""
 
-    name: str | None = None  # packaged: chatterbot_qa
+    name: str | None = None  # packaged: chatterbot_qa, chatterbot_qa_zh
     path: str | None = None  # a CSV, TSV or JSONL file with a prompt and a response column
     prompt_column: str = "prompt"
     response_column: str = "response"
@@ -82,10 +83,10 @@ class PairSplits:
 
 
 def _frame(cfg: GenDataConfig) -> pd.DataFrame:
-    if cfg.name == "chatterbot_qa":
+    if cfg.name in PACKAGED_PAIRS:
         from .packaged import chatterbot_pairs
 
-        return pd.DataFrame(chatterbot_pairs(), columns=["prompt", "response", "category"])[["prompt", "response"]]
+        return pd.DataFrame(chatterbot_pairs(PACKAGED_PAIRS[cfg.name]), columns=["prompt", "response", "category"])[["prompt", "response"]]
     from ..data import read_table
 
     df = read_table(cfg.path, cfg.prompt_column, cfg.response_column, cfg.encoding, hint=COLUMNS_HINT)

@@ -25,6 +25,30 @@ from ..errors import SlimtuneError
 from .measure import Decoder, Sampling
 
 GENAI_FORMATS = {"genai-int4": "int4", "genai-fp32": "fp32"}
+# model types the builder lists but cannot build from a transformers 5 config: checked before any
+# training (recipe.parse) and before the builder runs, so the user gets this line, not the builder's
+UNBUILDABLE = {
+    "gemma3_text": "the ONNX Runtime GenAI builder (0.18) cannot read transformers 5's Gemma 3 config "
+                   "(rope_parameters nested by attention type: KeyError 'rope_type'); export hf instead",
+}
+PACKAGED_TYPES = {"smollm2-135m": "llama", "gemma3-270m": "gemma3_text"}  # known before the GGUF is converted
+
+
+def check_buildable(model: str | Path, fmt: str) -> None:
+    """A one-line error when `fmt` is a GenAI format that the builder cannot make from `model`
+    (a packaged name or a folder; its config.json read as JSON, no torch)."""
+    import json
+
+    if fmt not in GENAI_FORMATS:
+        return
+    model_type = PACKAGED_TYPES.get(str(model))
+    if model_type is None:
+        try:
+            model_type = json.loads((Path(model) / "config.json").read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            return  # not a readable folder: loading it says why
+    if model_type in UNBUILDABLE:
+        raise SlimtuneError(f"{fmt} export of {model}: {UNBUILDABLE[model_type]}")
 
 
 def export_genai(source: Path, fmt: str, out: Path, cache: Path, options: dict | None = None,
@@ -37,6 +61,7 @@ def export_genai(source: Path, fmt: str, out: Path, cache: Path, options: dict |
 
     if fmt not in GENAI_FORMATS:
         raise SlimtuneError(f"export format {fmt!r} is not one of {', '.join(GENAI_FORMATS)}")
+    check_buildable(source, fmt)
     cache.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out) as tmp:
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source), "-o", str(tmp),

@@ -1,4 +1,4 @@
-"""Load a causal LM (packaged `smollm2-135m` or an HF folder), a GenAI export or a GGUF (llama.cpp) as a `Decoder`."""
+"""Load a causal LM (packaged `smollm2-135m` / `gemma3-270m` or an HF folder), a GenAI export or a GGUF (llama.cpp) as a `Decoder`."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ GENAI_CONFIG = "genai_config.json"  # what the ONNX Runtime GenAI builder writes
 
 def resolve(name_or_path: str | Path) -> Path:
     key = str(name_or_path)
-    if key == "smollm2-135m":
-        from ..model.convert_smollm2 import smollm2_folder
-        from ..model.folders import cache_dir
+    if key in PACKAGED_DECODERS:
+        from ..model.folders import resolve as resolve_packaged
 
-        return smollm2_folder(cache_dir())
+        return resolve_packaged(key)
     from ..model.folders import check_model_dir, check_no_custom_code
 
     path = Path(key)

@@ -4,7 +4,8 @@
   the prompt given (labels -100 on it, chat.py); summed over every response token, not averaged
   per example, so long answers weigh by their length;
 - token_f1 / exact_match: greedy answers against the references, SQuAD-style (lower case, no
-  punctuation or articles, whitespace tokens); a prompt with several reference answers in the
+  punctuation or articles, whitespace tokens; as MLQA's evaluation does, each Chinese or Japanese
+  character is a token and Unicode punctuation such as `，。？` goes too); a prompt with several reference answers in the
   test split counts its best match, and is generated once;
 - ttft_ms / decode_tokens_per_s at batch 1: time from the prompt to the first token (prefill),
   and new tokens per second after it (decode with the KV cache), median over prompts.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import re
 import string
 import time
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
@@ -150,8 +152,13 @@ def response_perplexity(dec: Decoder, data: PairSet, system: str | None, max_len
     return {"perplexity": float(np.exp(nll / tokens)) if tokens else float("nan"), "nll": nll, "response_tokens": tokens}
 
 
+PUNCTUATION = set(string.punctuation)
+CJK = re.compile(r"([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff])")  # kana, CJK ideographs: no spaces between words
+
+
 def _normalize(text: str) -> list[str]:
-    text = "".join(c for c in text.lower() if c not in set(string.punctuation))
+    text = "".join(c for c in text.lower() if c not in PUNCTUATION and not unicodedata.category(c).startswith("P"))
+    text = CJK.sub(r" \1 ", text)
     return re.sub(r"\b(a|an|the)\b", " ", text).split()
 
 

@@ -1,5 +1,6 @@
-"""The packaged prompt/response data (chatterbot). The packaged decoder itself (SmolLM2-135M-Instruct)
-is `model/convert_smollm2.py`: resolving a model name is the model layer's job.
+"""The packaged prompt/response data (chatterbot): `chatterbot_qa` (English) and `chatterbot_qa_zh`
+(Chinese, 17 topic files, 467 conversations). The packaged decoders themselves are
+`model/convert_smollm2.py` and `model/convert_gemma3.py`: resolving a model name is the model layer's job.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from ..model import assets
 CHATTERBOT = assets.Asset("chatterbot-corpus", "1.3.3", "data/english", module="chatterbot_corpus")
 
 
-def chatterbot_pairs() -> list[tuple[str, str, str]]:
-    """(prompt, response, category) from chatterbot-corpus's English conversations: each turn
-    and the one after it (a few conversations run longer than two turns)."""
+def chatterbot_pairs(language: str = "english") -> list[tuple[str, str, str]]:
+    """(prompt, response, category) from chatterbot-corpus's conversations in `language` (a folder
+    of its `data/`): each turn and the one after it (some conversations run longer than two turns)."""
     import yaml
 
-    root = assets.locate(CHATTERBOT)
+    root = assets.locate(CHATTERBOT).parent / language
     rows = []
     for path in sorted(root.glob("*.yml")):
         try:

@@ -2,7 +2,7 @@
 
     task:   generate
     data:   {name: chatterbot_qa} | {path: pairs.jsonl, prompt_column: prompt, response_column: response}
-    model:  smollm2-135m | PATH/TO/HF_CAUSAL_LM
+    model:  smollm2-135m | gemma3-270m | PATH/TO/HF_CAUSAL_LM
     stages: [{name: untuned, method: baseline}, {name: lora, method: lora, max_minutes: 20}, ...]
     export: [genai-int4, genai-fp32]
     eval:   {answer_prompts: 32, max_new_tokens: 32, ...}
@@ -14,10 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import SlimtuneError
+from ..model.convert_smollm2 import PACKAGED_DECODERS
 from ..schema import FROM_MODEL, NAME_RE, Stage, _nondefault, build, parse_stages
 from ..text import check_positions
 from .data import GenDataConfig
 from .export import DECODER_FORMATS
+from .genai import check_buildable
 from .int4 import INT8_GROUPS, Int4Config  # noqa: F401  (also this module's API)
 from .gguf_export import check_available
 from .registry import GEN_METHODS
@@ -85,7 +87,7 @@ def parse(raw: dict, source: str = "<recipe>") -> GenRecipe:
     data = build(GenDataConfig, raw["data"], f"{source}: data")
     model = raw["model"]
     if not isinstance(model, str):
-        raise SlimtuneError(f"{source}: model must be a packaged decoder (smollm2-135m) or a folder path")
+        raise SlimtuneError(f"{source}: model must be a packaged decoder ({', '.join(PACKAGED_DECODERS)}) or a folder path")
     stages = parse_stages(raw.get("stages"), GEN_METHODS, source, "method {method!r} is not a generate method")
     seen = [st.name for st in stages]
     export = raw.get("export") or []
@@ -93,6 +95,7 @@ def parse(raw: dict, source: str = "<recipe>") -> GenRecipe:
         raise SlimtuneError(f"{source}: export of a generate recipe must be a list of formats from: {', '.join(DECODER_FORMATS)}")
     for fmt in export:
         check_available(fmt)  # before any stage trains
+        check_buildable(model, fmt)
     ev = build(GenEvalConfig, raw.get("eval") or {}, f"{source}: eval")
     baseline = raw.get("baseline")
     if baseline is not None and baseline not in seen:

