@@ -114,7 +114,7 @@ def pruned_vs_tuned_in_genai(out: Path, report: dict, data, rounds: int) -> dict
     from slimtune.decoder.bench import speed_in_subprocess
     from slimtune.decoder.data import load_pairs
     from slimtune.decoder.genai import export_genai
-    from slimtune.decoder.recipe import Int4Config
+    from slimtune.decoder.int4 import Int4Config
     from slimtune.measure.alternate import alternate, compact
 
     splits = load_pairs(data)

@@ -57,7 +57,11 @@ def check_run(recipe_path: str | Path, out: str | Path, device: str | None = Non
     from .recipe import load
     from .runfolder import RunFolder
 
+    from .tasks import get as get_task
+
     recipe = load(recipe_path)
+    if nproc > 1 and not get_task(recipe.task).compute:
+        raise SlimtuneError(f"{recipe.source}: a {recipe.task} recipe runs in one process; start it without torchrun or --nproc")
     resolve_device(device or recipe.device, f"{recipe.source}: device" if device is None else "--device")
     for st in recipe.stages:
         if hasattr(st.config, "batch_size"):
@@ -113,8 +117,7 @@ def evaluate_generative(model: str | Path, data, max_length: int = 256, answer_p
     LM (torch folder or GenAI export) on `data`'s test pairs: what `task: generate` runs report."""
     from .decoder.data import load_pairs
     from .decoder.lm import load_decoder
-    from .decoder.recipe import GenEvalConfig
-    from .decoder.runner import evaluate as evaluate_decoder
+    from .tasks.generate import GenEvalConfig, evaluate as evaluate_decoder
 
     check_max_length(model, max_length)
     ev = GenEvalConfig(max_length=max_length, answer_prompts=answer_prompts, max_new_tokens=max_new_tokens)
@@ -171,7 +174,7 @@ def check_export_target(model: str | Path, fmt: str, out: str | Path, overwrite:
     holding it, or inside it), or a non-empty folder that is not a finished export of the same
     format (unless `overwrite`). Checked before any work; nothing is touched."""
     from .artifacts.atomic import check_writable
-    from .export import check_format
+    from .tasks import check_format
 
     check_format(model, fmt)
     out, src = Path(out).resolve(), Path(model).resolve()
@@ -192,7 +195,7 @@ def export(model: str | Path, fmt: str, out: str | Path, data: DataConfig | None
            task: str | None = None, overwrite: bool = False) -> dict:
     """Export a model folder to `fmt` at `out`, then check parity with the source.
 
-    A classifier: hf, onnx, onnx-int8, tflite, tflite-int8. A causal LM (see `export.formats_for`):
+    A classifier: hf, onnx, onnx-int8, tflite, tflite-int8. A causal LM (see `tasks.formats_for`):
     hf, genai-fp32, genai-int4, checked on `data`'s held-out pairs (a GenDataConfig, default
     chatterbot_qa): greedy first tokens agreeing with the source's, and response perplexity.
 

@@ -6,6 +6,9 @@ it back, and compare its logits with the source model's on the same texts (parit
     onnx-int8   the same, dynamic int8 (per-channel, reduce_range)
     tflite      model.tflite for LiteRT (phones, edge), static 1 x max_length input
     tflite-int8 the same, int8 weights (ai-edge-quantizer's dynamic recipe); both need slimtune[tflite]
+
+These are the classify task's formats; which formats a model takes is its task's
+(`tasks.formats_for`, `tasks.check_format`; a causal LM's are decoder/export.py's).
 """
 
 from __future__ import annotations
@@ -17,35 +20,6 @@ from .stage import Artifact
 
 FORMATS = {"hf": Artifact("hf"), "onnx": Artifact("onnx"), "onnx-int8": Artifact("onnx", {"int8": True}),
            "tflite": Artifact("tflite"), "tflite-int8": Artifact("tflite", {"int8": True})}
-
-
-def task_of(model: str | Path) -> str:
-    """`generate` for a causal LM (packaged decoder, HF folder, GenAI export), else `classify`:
-    read from config.json alone, so a bad format is refused before anything loads."""
-    from .decoder.lm import is_generative
-
-    return "generate" if is_generative(model) else "classify"
-
-
-def formats_for(task: str) -> list[str]:
-    """The export formats registered for a task (what `--format` accepts for such a model)."""
-    from .decoder.export import DECODER_FORMATS
-
-    return list(DECODER_FORMATS) if task == "generate" else list(FORMATS)
-
-
-def check_format(model: str | Path, fmt: str) -> str:
-    """The model's task, after checking that `fmt` is one of its formats (one line naming them)."""
-    task = task_of(model)
-    allowed = formats_for(task)
-    if fmt not in allowed:
-        what = "causal LMs" if task == "generate" else "classifiers"
-        raise SlimtuneError(f"export format {fmt!r} is not one for {what} ({model}); formats for {what}: {', '.join(allowed)}")
-    if task == "generate":
-        from .decoder.gguf_export import check_available
-
-        check_available(fmt)  # gguf-q4_k_m without llama.cpp: said before any data is read
-    return task
 
 
 def write(model, tokenizer, fmt: str, out: Path, max_length: int | None = None) -> Path:

@@ -1,4 +1,5 @@
-"""The run report: report.json, report.md (table with ratios to the baseline) and two plots."""
+"""The run report: report.json, report.md (classify: a table with ratios to the baseline) and two plots;
+`write_report` writes any task's report (its Markdown from the task: tasks/)."""
 
 from __future__ import annotations
 
@@ -210,10 +211,8 @@ def plot(report: dict, x_key: str, x_label: str, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(report: dict, rf) -> None:
-    """report.json, report.md and the plots into the run folder `rf` (a `RunFolder`), each atomically."""
-    out = rf.root
-    rf.write_report(report, markdown(report))
-    if report["stages"]:
-        plot(report, "latency_ms_p50", "batch-1 latency p50 (ms)", out / "accuracy_vs_latency.png")
-        plot(report, "size_bytes", "size on disk (MiB)", out / "accuracy_vs_size.png")
+def write_report(report: dict, rf, task) -> None:
+    """report.json and the task's report.md (and its plots) into the run folder `rf` (a
+    `RunFolder`), each atomically: the one report writer of every task."""
+    rf.write_report(report, task.markdown(report))
+    task.plot(report, rf.root)

@@ -1,5 +1,5 @@
-"""The run folder, shared by the classification runner (runner.py) and the generation runner
-(decoder/runner.py): its layout, who may write into it, and how things are written. No torch.
+"""The run folder of the one runner (runner.py), whatever the task: its layout, who may write into
+it, and how things are written. No torch.
 
     OUT/.slimtune-run        marker: slimtune made (or was allowed to take) this folder
     OUT/.slimtune-lock       held (flock) by the one run that owns OUT now; its pid inside

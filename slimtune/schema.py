@@ -4,8 +4,8 @@
 where)` instantiates a config dataclass, rejecting unknown keys and wrong types (nested blocks
 recurse); `check_positions` holds every token length of a recipe against the model's position
 table; `_nondefault` turns a config back into what a user wrote. Kept apart from `recipe.py` so
-that another task's recipe parser (decoder/recipe.py) uses them without importing the
-classification recipe module that dispatches to it (no import cycle). No torch.
+that the pieces a recipe is built from (the task plug-ins' configs) use them without importing
+the parser. No torch.
 """
 
 from __future__ import annotations

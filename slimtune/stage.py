@@ -1,5 +1,8 @@
 """What a stage is: a small config dataclass plus `apply(model, tokenizer, cfg, ctx) -> StageResult`,
-registered by name (`@register("lora", LoraConfig)`; the modules in `methods/` fill METHODS).
+registered by task and name in the one registry METHODS (`@register("lora", LoraConfig)` for the
+default task, classify; `@register("lora", GenLoraConfig, task=GENERATE)` for another). The modules
+in `methods/` fill classify's methods, decoder/methods.py and decoder/prune/ generate's; a task
+loads its method modules (slimtune/tasks/).
 
 `apply` takes the model coming out of the previous stage and returns a `StageResult`: the next
 model, its tokenizer (a distilled student may bring its own), facts for the report (e.g.
@@ -15,18 +18,20 @@ from pathlib import Path
 from typing import Callable
 
 from .data import Splits
+from .tasks.names import CLASSIFY
 from .profile import EVAL_MAX_LENGTH  # how a run evaluates unless a stage trains on longer texts
 
 
 @dataclass
 class StageContext:
-    splits: Splits
+    splits: Splits  # the task's splits (a generate stage gets decoder.data.PairSplits)
     work_dir: Path  # scratch space inside the stage's temp folder, gone when the stage ends
     log: Callable[[str], None] = print
     cache_dir: Path | None = None  # run-wide cache that survives stages and reruns (teacher outputs)
     checkpoint_dir: Path | None = None  # this stage's resumable training checkpoints
     callbacks: list = field(default_factory=list)  # extra Trainer callbacks
     max_length: int = EVAL_MAX_LENGTH  # how the run evaluates: a stage's own checks use the same
+    teacher: Path | None = None  # the stage's source folder (what a pruned decoder distils from)
 
 
 @dataclass
@@ -53,14 +58,24 @@ class Method:
     doc: str = ""
 
 
-METHODS: dict[str, Method] = {}
+# task -> {method name -> Method}: same-named methods of two tasks (lora) coexist
+METHODS: dict[str, dict[str, Method]] = {}
 
 
-def register(name: str, config_cls: type):
-    """Decorator: make `apply` available in recipes as `method: name`."""
+def methods_for(task: str) -> dict[str, Method]:
+    """The methods registered for `task` (the live dict: what a recipe of that task may name)."""
+    return METHODS.setdefault(task, {})
+
+
+def method(task: str, name: str) -> Method:
+    return METHODS[task][name]
+
+
+def register(name: str, config_cls: type, task: str = CLASSIFY):
+    """Decorator: make `apply` available in recipes of `task` as `method: name`."""
 
     def wrap(fn):
-        METHODS[name] = Method(name, config_cls, fn, (fn.__doc__ or "").strip().splitlines()[0])
+        methods_for(task)[name] = Method(name, config_cls, fn, (fn.__doc__ or "").strip().splitlines()[0])
         return fn
 
     return wrap

@@ -101,13 +101,12 @@ def test_a_jsonl_text_holding_a_unicode_line_separator_is_one_row(tmp_path):
 
 
 def test_recipes_take_drop_missing():
-    from slimtune.decoder.recipe import parse as parse_generate
     from slimtune.recipe import parse
 
     r = parse({"data": {"path": "d.csv", "drop_missing": True}, "model": "minilm-l6", "stages": []}, "r.yaml")
     assert r.data.drop_missing is True
-    g = parse_generate({"task": "generate", "data": {"path": "qa.jsonl", "drop_missing": True}, "model": "smollm2-135m",
-                        "stages": []}, "g.yaml")
+    g = parse({"task": "generate", "data": {"path": "qa.jsonl", "drop_missing": True}, "model": "smollm2-135m",
+               "stages": []}, "g.yaml")
     assert g.data.drop_missing is True
     with pytest.raises(SlimtuneError, match=r"data.drop_missing: expected bool, got 'yes'"):
         parse({"data": {"path": "d.csv", "drop_missing": "yes"}, "model": "minilm-l6", "stages": []}, "r.yaml")

@@ -172,10 +172,10 @@ def test_missing_model_package_names_the_fix(monkeypatch, tmp_path):
 
 def _ctx(tmp_path, pairs_file):
     from slimtune.decoder.data import GenDataConfig, load_pairs
-    from slimtune.decoder.methods import GenContext
+    from slimtune.stage import StageContext
 
-    return GenContext(load_pairs(GenDataConfig(path=str(pairs_file))), tmp_path / "work", log=lambda m: None,
-                      cache_dir=tmp_path / "cache")
+    return StageContext(load_pairs(GenDataConfig(path=str(pairs_file))), tmp_path / "work", log=lambda m: None,
+                        cache_dir=tmp_path / "cache")
 
 
 def test_lora_trains_exactly_the_adapter_and_merges(tiny_llama, pairs_file, tmp_path):

@@ -39,7 +39,7 @@ def one_thread():
 
 def test_formats_are_listed_by_the_models_task(llama, tiny_clf_dir, tmp_path):
     from slimtune import api
-    from slimtune.export import formats_for, task_of
+    from slimtune.tasks import formats_for, task_of
 
     assert task_of(llama) == "generate" and task_of(tiny_clf_dir) == "classify"
     assert formats_for("generate") == ["hf", "genai-fp32", "genai-int4", "gguf-f32", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m"]

@@ -204,7 +204,7 @@ def test_gguf_folder_and_file_are_generative_and_not_trainable(exports):
 def test_without_llama_cpp_q4_k_m_and_running_name_the_extra(llama, exports, tmp_path, monkeypatch):
     from slimtune import api
     from slimtune.decoder import gguf_export
-    from slimtune.decoder.recipe import parse
+    from slimtune.recipe import parse
 
     monkeypatch.setattr(gguf_export, "has_llama_cpp", lambda: False)
     with pytest.raises(SlimtuneError, match=r"^export format gguf-q4_k_m needs llama.cpp's quantizer: pip install 'slimtune\[gguf\]'$"):

@@ -91,16 +91,20 @@ def test_validating_every_shipped_recipe_imports_no_torch():
 # The layers of shared/DESIGN.md, bottom to top; a module imports only from its own layer or below.
 # Each module is named relative to `slimtune` ("" is the package itself); a name ending in "/" is a
 # whole package, and the longest name that matches a module decides its layer. Every module must
-# have one, so a new module is placed on purpose. `decoder/` is the generate task, placed module by
-# module by what it does until it becomes a task plug-in.
+# have one, so a new module is placed on purpose. `decoder/` holds the generate task's building
+# blocks, placed module by module by what they do.
+# The task plug-ins (tasks/) sit at the runner layer: a task says how a stage's artifact is measured
+# and exported and how its report reads, so it imports measure, artifacts, methods (to register
+# them) and the report; the runner, the recipe parser and the CLI ask it. Only the task names
+# (tasks.names) sit low, for a method registering under its task.
 LAYERS = [
     # errors / console, and what the whole package runs on: validated dataclasses from YAML
     # (schema), the device and processes (compute, distributed)
     ("errors / console", ["errors", "console", "schema", "compute", "distributed"]),
     ("model", ["model/"]),
     # data and text: datasets and their splits, token lengths (profile), the decoder's pairs and chat format
-    ("tasks / data / text", ["data", "profile", "text", "decoder.pieces", "decoder", "decoder.chat", "decoder.data", "decoder.packaged",
-                             "decoder.profile"]),
+    ("tasks / data / text", ["tasks.names", "data", "profile", "text", "decoder.pieces", "decoder", "decoder.chat",
+                             "decoder.data", "decoder.packaged", "decoder.profile"]),
     # texts in, logits out, torch or ONNX Runtime: below both measure and artifacts
     ("predictor", ["measure.predictors"]),
     ("measure", ["measure/", "decoder.measure"]),
@@ -109,10 +113,9 @@ LAYERS = [
     ("train / artifacts", ["train/", "artifacts/", "stage", "decoder.stage", "decoder.lm", "decoder.genai",
                            "decoder.grid", "decoder.bench", "decoder.int4", "decoder.export", "decoder.gguf_export",
                            "decoder.llamacpp"]),
-    ("methods", ["methods/", "decoder.methods", "decoder.prune/", "decoder.registry"]),
-    # a recipe run: the recipe, its folder's bookkeeping, exports, the report
-    ("runner", ["runner", "runfolder", "recipe", "export", "report", "decoder.runner", "decoder.recipe",
-                "decoder.report"]),
+    ("methods", ["methods/", "decoder.methods", "decoder.prune/"]),
+    # a recipe run: the recipe, the task plug-ins, its folder's bookkeeping, exports, the report
+    ("runner", ["runner", "runfolder", "recipe", "tasks/", "export", "report", "decoder.report"]),
     ("auto", ["auto/"]),
     ("cli / api", ["", "cli", "api", "server", "service", "batching", "openai_service", "openai_request",
                    "decoder.worker"]),
@@ -165,22 +168,25 @@ def test_a_module_imports_only_its_own_layer_or_below():
 
 
 # ---- every task's methods -------------------------------------------------------------------------
-# Each task's method registry and the package its method modules live in (a method is one module, or
-# one sub-package, of that package). A new task adds its line.
+# The package each task's method modules live in (a method is one module, or one sub-package, of
+# that package); the methods themselves are read from the one registry, `slimtune.stage.METHODS`.
+# A new task adds its line.
 TASK_METHODS = {
-    "classify": ("slimtune.methods", "METHODS", "slimtune.methods"),
-    "generate": ("slimtune.decoder.registry", "GEN_METHODS", "slimtune.decoder"),
+    "classify": "slimtune.methods",
+    "generate": "slimtune.decoder",
 }
 
 
 def method_units() -> dict[str, dict[str, str]]:
-    """{task: {method name: the module or sub-package that defines it}}, read from the registries
-    (importing them imports no torch)."""
-    import importlib
+    """{task: {method name: the module or sub-package that defines it}}, read from the one registry
+    once every task is loaded (that imports no torch)."""
+    from slimtune import tasks
+    from slimtune.stage import METHODS
 
+    assert set(tasks.names()) == set(TASK_METHODS) == set(METHODS)  # every task has its line here
     out = {}
-    for task, (module, registry, root) in TASK_METHODS.items():
-        methods = getattr(importlib.import_module(module), registry)
+    for task, root in TASK_METHODS.items():
+        methods = METHODS[task]
         units = {}
         for name, m in methods.items():
             defined = m.apply.__module__

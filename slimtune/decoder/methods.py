@@ -1,9 +1,10 @@
 """Stage methods of a `task: generate` recipe: baseline, full, lora, weight_only (pruning: prune/).
 
 Each is a config dataclass plus `apply(model, tokenizer, cfg, ctx) -> StageResult`, like the
-encoder methods (slimtune/stage.py), registered in `GEN_METHODS` (stage.py, with the context, the
-shared training config and `train_pairs`, the one training path). Nothing here imports torch at
-import time: recipes are validated with the configs alone. `registry.py` imports every method module.
+encoder methods, registered in the one registry (slimtune/stage.py) under the generate task
+(decoder/stage.py: `register`, the shared training config and `train_pairs`, the one training path).
+Nothing here imports torch at import time: recipes are validated with the configs alone. The
+generate task (slimtune/tasks/generate.py) imports every method module.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SlimtuneError, check_ranges
-from ..stage import Artifact, StageResult
-from .stage import GenContext, GenTrainConfig, register, train_pairs
+from ..stage import Artifact, StageContext, StageResult
+from .stage import GenTrainConfig, register, train_pairs
 
 
 @dataclass
@@ -37,7 +38,7 @@ class GenBaselineConfig:
 
 
 @register("baseline", GenBaselineConfig)
-def baseline(model, tokenizer, cfg: GenBaselineConfig, ctx: GenContext):
+def baseline(model, tokenizer, cfg: GenBaselineConfig, ctx: StageContext):
     """The model as it comes in (e.g. the untuned instruct model): a row of the report. A merged
     LoRA's adapter record comes along (genai-int4 builds from it: grid.py)."""
     from ..artifacts.peft_adapter import ADAPTER_DIR, record
@@ -48,14 +49,14 @@ def baseline(model, tokenizer, cfg: GenBaselineConfig, ctx: GenContext):
 
 
 @register("full", GenTrainConfig)
-def full(model, tokenizer, cfg: GenTrainConfig, ctx: GenContext):
+def full(model, tokenizer, cfg: GenTrainConfig, ctx: StageContext):
     """Fine-tune every parameter on the response tokens."""
     model.requires_grad_(True)
     return StageResult(model, tokenizer, train_pairs(model, tokenizer, cfg, ctx))
 
 
 @register("lora", GenLoraConfig)
-def lora(model, tokenizer, cfg: GenLoraConfig, ctx: GenContext):
+def lora(model, tokenizer, cfg: GenLoraConfig, ctx: StageContext):
     """LoRA (PEFT) on the attention projections, merged into the weights after training."""
     import peft
 
@@ -92,7 +93,7 @@ class GenWeightOnlyConfig:
 
 
 @register("weight_only", GenWeightOnlyConfig)
-def weight_only(model, tokenizer, cfg: GenWeightOnlyConfig, ctx: GenContext):
+def weight_only(model, tokenizer, cfg: GenWeightOnlyConfig, ctx: StageContext):
     """Weight-only int8 / int4 storage of every matrix (the compact format's codecs): smaller on
     disk, dequantized to fp32 when loaded, so torch decodes no faster ("size-only"); the speed comes
     from `export: [genai-int4]`, whose kernels run int4 weights."""

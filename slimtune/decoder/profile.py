@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..errors import SlimtuneError
 from ..profile import UNK_WARN, length_percentiles as _pct
+from ..tasks.names import GENERATE
 from .chat import encode_pair
 from .data import PairSplits
 
@@ -89,4 +90,4 @@ def profile(data, model: str, max_length: int = 256, log=print) -> dict:
     from .data import load_pairs
 
     splits = load_pairs(data)
-    return profile_data(splits, model, max_length, log) | {"source": splits.source, "task": "generate"}
+    return profile_data(splits, model, max_length, log) | {"source": splits.source, "task": GENERATE}

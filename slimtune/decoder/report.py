@@ -1,4 +1,4 @@
-"""The report of a generate run: report.json + report.md (one table, every artifact measured alike)."""
+"""The report.md of a generate run (one table, every artifact measured alike); report.py writes it."""
 
 from __future__ import annotations
 
@@ -86,8 +86,3 @@ def markdown(report: dict) -> str:
             lines += ["", f"### Samples: {s['name']}", "", "| prompt | answer | reference |", "|---|---|---|"]
             lines += [f"| {_md(x['prompt'])} | {_md(x['answer'])} | {_md(x['reference'])} |" for x in shown]
     return "\n".join(lines) + "\n"
-
-
-def write_report(report: dict, rf) -> None:
-    """report.json and report.md into the run folder `rf` (a `RunFolder`), each atomically."""
-    rf.write_report(report, markdown(report))

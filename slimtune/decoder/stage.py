@@ -1,7 +1,8 @@
-"""What a stage of a `task: generate` recipe is, and how it trains: the context it gets
-(`GenContext`), the method registry (`GEN_METHODS`, filled by `@register`), the training config every
-generate method shares (`GenTrainConfig`) and the one way to train on prompt/response pairs
-(`train_pairs`). The methods themselves (methods.py, prune/) import this module, never each other.
+"""How a stage of a `task: generate` recipe trains: the training config every generate method
+shares (`GenTrainConfig`) and the one way to train on prompt/response pairs (`train_pairs`). A
+generate method gets the one `StageContext` (slimtune/stage.py; its splits are `PairSplits`, its
+`teacher` the stage's source folder) and registers in the one registry (`register(name, cfg,
+task=GENERATE)`). The methods themselves (methods.py, prune/) import this module, never each other.
 
 Training goes through the one training path (`slimtune.train.loop.train`, the Trainer) with the
 prompt/response dataset, its collator and `causal_lm_loss` passed in: the causal-LM loss the model
@@ -11,44 +12,17 @@ here imports torch at import time: recipes are validated with the configs alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
+from dataclasses import dataclass
+from functools import partial
 
 from ..errors import SlimtuneError
+from ..stage import StageContext, register as register_method
+from ..tasks.names import GENERATE
 from ..train.config import TrainConfig
 from ..train.loop import count_trainable
 from .chat import PairDataset, collate
-from .data import PairSplits
 
-
-@dataclass
-class GenContext:
-    splits: PairSplits
-    work_dir: Path
-    log: Callable[[str], None] = print
-    cache_dir: Path | None = None
-    checkpoint_dir: Path | None = None
-    callbacks: list = field(default_factory=list)
-    teacher: Path | None = None  # the stage's source folder (what a pruned model distils from)
-
-
-@dataclass(frozen=True)
-class GenMethod:
-    name: str
-    config_cls: type
-    apply: Callable
-
-
-GEN_METHODS: dict[str, GenMethod] = {}
-
-
-def register(name: str, config_cls: type):
-    def wrap(fn):
-        GEN_METHODS[name] = GenMethod(name, config_cls, fn)
-        return fn
-
-    return wrap
+register = partial(register_method, task=GENERATE)  # `@register("lora", GenLoraConfig)`: a generate method
 
 
 @dataclass
@@ -75,19 +49,18 @@ def causal_lm_loss(model, inputs):
     return out.loss, out
 
 
-def training_context(ctx: GenContext):
+def training_context(ctx: StageContext):
     """A StageContext for `train.loop.train`: the run's work and checkpoint folders, log and
     callbacks, and no classification splits (validation runs as perplexity after the stage, not
     inside the Trainer)."""
     from ..data import Splits, TextSet
-    from ..stage import StageContext
 
     nothing = TextSet([], [])
     return StageContext(Splits(nothing, nothing, nothing, [], ctx.splits.source), ctx.work_dir, ctx.log,
                         cache_dir=ctx.cache_dir, checkpoint_dir=ctx.checkpoint_dir, callbacks=list(ctx.callbacks))
 
 
-def train_pairs(model, tokenizer, cfg: GenTrainConfig, ctx: GenContext) -> dict:
+def train_pairs(model, tokenizer, cfg: GenTrainConfig, ctx: StageContext) -> dict:
     """Train `model` in place on the train pairs through slimtune's one training path."""
     from ..train.loop import train
 

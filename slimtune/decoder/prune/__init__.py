@@ -31,8 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import SlimtuneError, check_ranges
-from ...stage import StageResult
-from ..stage import GenContext, GenTrainConfig, register
+from ...stage import StageContext, StageResult
+from ..stage import GenTrainConfig, register
 from .recovery import _prune_and_recover
 from .scores import _batches, block_distances, cosine_scores, loss_scores, width_scores
 from .surgery import decoder_layers, remove_layers, remove_width
@@ -65,7 +65,7 @@ class PruneLayersConfig(GenTrainConfig):
 
 
 @register("prune_layers", PruneLayersConfig)
-def prune_layers(model, tokenizer, cfg: PruneLayersConfig, ctx: GenContext):
+def prune_layers(model, tokenizer, cfg: PruneLayersConfig, ctx: StageContext):
     """Remove the least important whole layers; recover with distillation from the unpruned model."""
     layers = decoder_layers(model)
     before = len(layers)
@@ -115,7 +115,7 @@ class PruneWidthConfig(GenTrainConfig):
 
 
 @register("prune_width", PruneWidthConfig)
-def prune_width(model, tokenizer, cfg: PruneWidthConfig, ctx: GenContext):
+def prune_width(model, tokenizer, cfg: PruneWidthConfig, ctx: StageContext):
     """Remove the least important FFN neurons and KV groups of every layer; recover by distillation."""
     decoder_layers(model)  # a Llama-style decoder, or a one-line error
     mc = model.config

@@ -7,7 +7,8 @@ import hashlib
 import json
 
 from ..chat import IGNORE, PairDataset, collate
-from ..stage import GenContext, train_pairs, training_context
+from ...stage import StageContext
+from ..stage import train_pairs, training_context
 
 
 def teacher_topk(model, data: PairDataset, k: int, batch_size: int = 8) -> dict:
@@ -32,7 +33,7 @@ def teacher_topk(model, data: PairDataset, k: int, batch_size: int = 8) -> dict:
     return {"values": torch.cat(vals), "indices": torch.cat(idx), "offsets": offsets}
 
 
-def _cached_teacher(model, tokenizer, cfg, ctx: GenContext, data: PairDataset):
+def _cached_teacher(model, tokenizer, cfg, ctx: StageContext, data: PairDataset):
     """The teacher's top-k logits over `data` (cfg: a prune config, its max_length and top_k), cached once."""
     from safetensors.torch import load_file, save_file
 
@@ -82,7 +83,7 @@ class _Indexed(PairDataset):
 
 
 
-def _prune_and_recover(model, tokenizer, cfg, ctx: GenContext, surgery) -> dict:
+def _prune_and_recover(model, tokenizer, cfg, ctx: StageContext, surgery) -> dict:
     """The unpruned model's top-k logits first (when recovery distils, alpha < 1), then
     `surgery()` (removes structure in place, returns its facts), then recovery training."""
     distil = cfg.recover and cfg.alpha < 1

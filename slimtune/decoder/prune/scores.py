@@ -4,11 +4,11 @@ calibration pairs (`calibration_pairs` training pairs)."""
 from __future__ import annotations
 
 from ..chat import PairDataset, collate
-from ..stage import GenContext
+from ...stage import StageContext
 from .surgery import decoder_layers
 
 
-def _batches(tokenizer, ctx: GenContext, n: int, max_length: int | None, size: int = 8):
+def _batches(tokenizer, ctx: StageContext, n: int, max_length: int | None, size: int = 8):
     data = PairDataset(tokenizer, ctx.splits.train.prompts[:n], ctx.splits.train.responses[:n], ctx.splits.system, max_length)
     fn = collate(tokenizer.pad_token_id)
     return [fn(data.rows[i : i + size]) for i in range(0, len(data), size)]

@@ -1,0 +1,168 @@
+"""The generate task: prompt/response pairs -> a causal LM, measured by response perplexity, greedy
+answers and generation speed; exported as ONNX Runtime GenAI folders (slimtune/decoder/).
+
+    task:   generate
+    data:   {name: chatterbot_qa} | {path: pairs.jsonl, prompt_column: prompt, response_column: response}
+    model:  smollm2-135m | PATH/TO/HF_CAUSAL_LM
+    stages: [{name: untuned, method: baseline}, {name: lora, method: lora, max_minutes: 20}, ...]
+    export: [genai-int4, genai-fp32]
+    eval:   {answer_prompts: 32, max_new_tokens: 32, ...}
+    int4:   {algo: k_quant, block_size: 32, accuracy_level: 4, int8: [], grid: keep}   # how genai-int4 quantizes
+
+A stage folder holds the HF folder, metrics.json and `greedy.json` (the greedy token ids of each
+answered prompt: what an export's parity compares). Every artifact is measured the same way on
+the held-out test pairs (`measure`): response perplexity, greedy answers (token F1, exact match,
+samples), time to first token and decode tokens/s at batch 1 in a fresh process, peak RSS, size.
+An export's parity is its first `parity_tokens` greedy tokens against those of its source stage.
+`device:` and `trainer:` are not taken yet (a generate run trains on the CPU, in one process).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..decoder import methods, prune  # noqa: F401  (register baseline, full, lora, weight_only; prune_layers, prune_width)
+from ..decoder.data import GenDataConfig, PairSplits, load_pairs
+from ..decoder.export import DECODER_FORMATS
+from ..decoder.int4 import Int4Config
+from ..errors import SlimtuneError
+from ..measure.bench import artifact_size
+from .base import Task
+from .names import GENERATE
+
+GREEDY_FILE = "greedy.json"  # the greedy token ids of each answered prompt (what an export's parity compares)
+
+
+@dataclass
+class GenEvalConfig:
+    """How every generative artifact is measured (the same for all stages of a run)."""
+
+    max_length: int = 256  # prompt + response tokens scored for perplexity
+    answer_prompts: int = 32  # distinct test prompts answered greedily (token F1 / exact match, parity)
+    max_new_tokens: int = 32  # tokens generated per answer, at most
+    parity_tokens: int = 32  # an export's first N greedy tokens compared with its source's
+    speed_prompts: int = 8  # test prompts timed at batch 1 (median TTFT and decode tokens/s)
+    speed_new_tokens: int = 32  # tokens generated per timed prompt (all of them: end-of-sequence does not stop the timing)
+    samples: int = 5  # prompt -> answer examples shown in report.md
+    isolate: bool = True  # time each artifact in a fresh process (its own peak RSS)
+
+    def __post_init__(self) -> None:
+        for name in ("max_length", "answer_prompts", "max_new_tokens", "parity_tokens", "speed_prompts", "speed_new_tokens"):
+            if getattr(self, name) < 1:
+                raise SlimtuneError(f"{name} must be >= 1, not {getattr(self, name)!r}")
+        if self.samples < 0:
+            raise SlimtuneError("samples must be >= 0")
+
+
+class Generate(Task):
+    name = GENERATE
+    data_config = GenDataConfig
+    eval_config = GenEvalConfig
+    length_keys = ("max_length", "max_new_tokens", "parity_tokens", "speed_new_tokens")
+    extras = {"int4": Int4Config}  # how genai-int4 quantizes
+    formats = tuple(DECODER_FORMATS)
+    models_word = "causal LMs"
+
+    def model_help(self) -> str:
+        from ..model.convert_smollm2 import PACKAGED_DECODERS
+
+        return f"a packaged decoder ({', '.join(PACKAGED_DECODERS)}) or a folder path"
+
+    def check_export(self, model: str, fmt: str) -> None:
+        from ..decoder.genai import check_buildable
+        from ..decoder.gguf_export import check_available
+
+        check_available(fmt)  # gguf-q4_k_m without llama.cpp: before any stage trains
+        check_buildable(model, fmt)  # a GenAI export of an architecture its builder does not take
+
+    def extras_to_dict(self, extras: dict) -> dict:
+        # always written out: a genai-int4 export's fingerprint holds the options it was built with
+        return {"int4": extras["int4"].as_dict()}
+
+    def load_splits(self, data) -> PairSplits:
+        return load_pairs(data)
+
+    def prepare(self, recipe, splits, log):
+        from ..decoder.profile import profile_data
+
+        return profile_data(splits, recipe.model, recipe.eval.max_length, log), list(recipe.stages), recipe.eval
+
+    def load_model(self, source, splits):
+        from ..decoder.lm import load_causal_lm
+
+        return load_causal_lm(source)
+
+    def measure_stage(self, folder, splits, ev, log, device="cpu", against=None) -> dict:
+        metrics, greedy = measure(folder, splits, ev, log)
+        (folder / GREEDY_FILE).write_text(json.dumps(greedy))
+        return metrics
+
+    def export_reference(self, recipe, source, staged, splits, ev):
+        if not staged:
+            raise SlimtuneError(f"{recipe.source}: export needs a stage (e.g. `method: baseline`) whose greedy answers it is compared with")
+        return json.loads((Path(source) / GREEDY_FILE).read_text())
+
+    def export(self, source, reference, fmt, folder, splits, recipe, ev, rf, log, against=None) -> dict:
+        from ..decoder.export import write as write_export
+
+        facts = write_export(Path(source), fmt, folder, rf.cache / "genai", recipe.int4, log)
+        metrics, _ = measure(folder, splits, ev, log, reference)
+        return metrics | facts
+
+    def report_fields(self, recipe, splits, ev, rf, log, baseline, rows, compute) -> dict:
+        return {"task": GENERATE,
+                "eval": recipe.to_dict()["eval"] | {"answer_prompts": ev.answer_prompts, "speed_prompts": ev.speed_prompts,
+                                                     "speed_new_tokens": ev.speed_new_tokens}}
+
+    def markdown(self, report: dict) -> str:
+        from ..decoder.report import markdown
+
+        return markdown(report)
+
+
+def evaluate(dec, splits: PairSplits, ev: GenEvalConfig) -> tuple[dict, dict]:
+    """Response perplexity and greedy answers (token F1, exact match, samples) of a loaded decoder
+    on the test pairs, and its greedy ids per prompt: the quality half of `measure`."""
+    from ..decoder.measure import answer_quality, response_perplexity
+
+    start = time.perf_counter()
+    metrics = response_perplexity(dec, splits.test, splits.system, ev.max_length)
+    quality = answer_quality(dec, splits.test, splits.system, ev.answer_prompts, ev.max_new_tokens, ev.samples)
+    greedy = quality.pop("_greedy_ids")
+    metrics |= quality | {"eval_seconds": time.perf_counter() - start, "runtime": dec.kind,
+                          "n_examples": len(splits.test)}
+    return metrics, greedy
+
+
+def measure(artifact: Path, splits: PairSplits, ev: GenEvalConfig, log: Callable[[str], None],
+            source_greedy: dict | None = None) -> tuple[dict, dict]:
+    """Metrics of one generative artifact, and its greedy ids per prompt."""
+    from ..decoder.bench import speed_in_subprocess
+    from ..decoder.lm import load_decoder
+    from ..decoder.measure import first_token_agreement, generation_speed
+
+    dec = load_decoder(artifact)
+    metrics, greedy = evaluate(dec, splits, ev)
+    if source_greedy is not None:
+        metrics["parity"] = first_token_agreement(source_greedy, greedy, ev.parity_tokens)
+    if hasattr(dec, "num_params"):
+        metrics["params"] = int(dec.num_params())
+    log(f"  perplexity {metrics['perplexity']:.3f}  token F1 {metrics['token_f1']:.4f}  "
+        f"exact {metrics['exact_match']:.4f}; timing {ev.speed_prompts} prompts x {ev.speed_new_tokens} tokens")
+    prompts = list(dict.fromkeys(splits.test.prompts))[: ev.speed_prompts]
+    if ev.isolate:
+        del dec
+        metrics |= speed_in_subprocess(artifact, prompts, splits.system, ev.speed_new_tokens)
+    else:
+        from ..measure.bench import peak_rss_mb
+
+        metrics |= generation_speed(dec, prompts, splits.system, ev.speed_new_tokens) | {
+            "peak_rss_mb": peak_rss_mb(), "peak_rss_note": "in-process"}
+    metrics["size_bytes"] = artifact_size(artifact)
+    log(f"  TTFT {metrics['ttft_ms']:.1f} ms  decode {metrics['decode_tokens_per_s']:.1f} tokens/s  "
+        f"size {metrics['size_bytes'] / 2**20:.1f} MiB")
+    return metrics, greedy
