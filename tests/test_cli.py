@@ -65,13 +65,13 @@ def test_eval_prints_metrics(tiny_clf_dir, tiny_csv):
         (["predict", "{root}/empty", "hi"], "not a model folder (no config.json)"),
         (["predict", "{root}/noweights", "hi"], "no weights"),
         (["predict", "{root}/corrupt", "hi"], "cannot load weights"),
-        (["export", "{clf}", "--format", "coreml", "--out", "{root}/x"], "export format 'coreml' is not one of hf, onnx, onnx-int8, tflite, tflite-int8"),
+        (["export", "{clf}", "--format", "coreml", "--out", "{root}/x"], "export format 'coreml' is not one for classifiers ({clf}); formats for classifiers: hf, onnx, onnx-int8, tflite, tflite-int8"),
     ],
     ids=["missing-recipe", "unknown-method", "missing-data", "missing-model", "no-config", "no-weights", "corrupt-weights", "bad-format"],
 )
 def test_bad_input_exits_2_with_one_line(args, expected, bad_dirs, tiny_clf_dir):
     proc = slimtune(*[a.format(root=bad_dirs, clf=tiny_clf_dir) for a in args])
-    assert_one_line_error(proc, expected)
+    assert_one_line_error(proc, expected.format(root=bad_dirs, clf=tiny_clf_dir))
 
 
 def test_missing_asset_package_names_the_install():

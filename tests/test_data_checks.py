@@ -183,10 +183,14 @@ def test_paths_that_are_the_wrong_kind_say_so(tmp_path):
         check_file("/dev/null", "data file")
     with pytest.raises(SlimtuneError, match="^data file not found: "):
         check_file(tmp_path / "nope.csv", "data file")
-    a_file = tmp_path / "model.bin"
+    a_file = tmp_path / "model.onnx"
     a_file.write_bytes(b"")
     with pytest.raises(SlimtuneError, match=f"^model {re.escape(str(a_file))} is a file, not a model folder"):
         resolve(a_file)
+    pickled = tmp_path / "model.bin"  # a pickle-suffixed file says what is wrong with it first (issue 25, case 9)
+    pickled.write_bytes(b"")
+    with pytest.raises(SlimtuneError, match=f"^{re.escape(str(pickled))}: pickled weights"):
+        resolve(pickled)
 
 
 def test_cli_nan_label_and_wrong_kind_of_data_path(tmp_path):
