@@ -122,13 +122,13 @@ def check_quantize(m):
 
 
 def check_chinese(m):
-    zh = dict(layer=4 * 32 * 32 + 4 * 32 + 32 * 64 + 64 + 64 * 32 + 32 + 2 * 2 * 32, head=32 * 32 + 32 + 32 * 2 + 2)
-    vocab = m["trim"]["vocab_before"]
-    assert m["trim"]["vocab_characters"] == "all" and m["trim"]["vocab_after"] == vocab  # the tokenizer's own corpus
-    emb = vocab * 32 + 128 * 32 + 2 * 32 + 64
-    assert m["finetune"]["total_params"] == m["finetune"]["trainable_params"] == emb + 12 * zh["layer"] + zh["head"]
+    # the tiny tokenizer's 390 pieces; the 64 training + validation texts (seeded subsample) use 255 of
+    # them with the specials and every 1-character piece; layers and head as the 6-layer model's above
+    assert m["trim"]["vocab_characters"] == "all" and (m["trim"]["vocab_before"], m["trim"]["vocab_after"]) == (390, 255)
+    emb = 255 * 32 + 128 * 32 + 2 * 32 + 64
+    assert m["finetune"]["total_params"] == m["finetune"]["trainable_params"] == emb + 12 * LAYER + HEAD == 116_034
     assert m["student"]["teacher_params"] == m["finetune"]["total_params"]
-    assert m["student"]["total_params"] == emb + 4 * zh["layer"] + zh["head"]  # layers 0, 3, 6, 9 kept
+    assert m["student"]["total_params"] == emb + 4 * LAYER + HEAD  # layers 0, 3, 6, 9 kept
     assert m["slim"]["ffn_after"] == [32] * 4 and m["slim"]["params_removed"] == 4 * 32 * (32 + 1 + 32)
     assert m["compact"]["onnx_quantization"].startswith("ONNX matmul int8, embeddings int4")
     assert size_ratio(m, "compact", "slim") < 0.35
