@@ -1,5 +1,9 @@
 """Every shipped recipe, run end to end on a tiny model, with its deterministic facts checked.
 
+recipes/chinese.yaml gets its own stand-ins: a tiny random 12-layer BERT (it names layers 0, 3, 6, 9)
+over a tiny XLM-R-style SentencePiece Unigram tokenizer (tests/test_vocab_unigram.py's builder,
+trained on the CSV's texts) and a small unbalanced Chinese CSV (2:1, so `class_weight: auto` weighs).
+
 The model is swapped for a tiny random encoder of MiniLM-L6's depth (recipes name layers: 6
 layers, hidden 32, 2 heads, FFN 64, the real 30,522-token vocabulary) and the budgets are cut to
 a few steps; everything else is the recipe as shipped. What does not depend on training luck is
@@ -20,7 +24,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_chinese import NEG, POS, chinese_rows
 from test_runner import FAST_EVAL, run
+from test_vocab_unigram import build_tokenizer
 
 from slimtune.methods import METHODS
 from slimtune.recipe import parse
@@ -115,7 +121,22 @@ def check_quantize(m):
     assert size_ratio(m, "trim-vocab-fp16", "trim-vocab") < 0.54  # the per-tensor codec index weighs more here
 
 
+def check_chinese(m):
+    # the tiny tokenizer's 390 pieces; the 64 training + validation texts (seeded subsample) use 255 of
+    # them with the specials and every 1-character piece; layers and head as the 6-layer model's above
+    assert m["trim"]["vocab_characters"] == "all" and (m["trim"]["vocab_before"], m["trim"]["vocab_after"]) == (390, 255)
+    emb = 255 * 32 + 128 * 32 + 2 * 32 + 64
+    assert m["finetune"]["total_params"] == m["finetune"]["trainable_params"] == emb + 12 * LAYER + HEAD == 116_034
+    assert m["student"]["teacher_params"] == m["finetune"]["total_params"]
+    assert m["student"]["total_params"] == emb + 4 * LAYER + HEAD  # layers 0, 3, 6, 9 kept
+    assert m["slim"]["ffn_after"] == [32] * 4 and m["slim"]["params_removed"] == 4 * 32 * (32 + 1 + 32)
+    assert m["compact"]["onnx_quantization"].startswith("ONNX matmul int8, embeddings int4")
+    # measured 0.535: with 255 x 32 words the table is small here, and the graph's fixed bytes weigh
+    assert size_ratio(m, "compact", "slim") < 0.6
+
+
 CHECKS = {
+    "chinese.yaml": check_chinese,
     "default.yaml": check_default,
     "distill.yaml": check_distill,
     "distill_truncate.yaml": check_distill_truncate,
@@ -136,26 +157,59 @@ def test_every_shipped_recipe_has_a_check():
     assert all((REPO / "recipes" / name).is_file() for name in DECODER_RECIPES)
 
 
+@pytest.fixture(scope="module")
+def chinese_stand_ins(tmp_path_factory):
+    """(model folder, CSV): a tiny 12-layer BERT over a tiny Unigram tokenizer, and 169 Chinese rows:
+    正面 113, 负面 56 (2:1)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    root = tmp_path_factory.mktemp("zh")
+    rows = [(t, label) for i, (t, label) in enumerate(chinese_rows(225)) if label == POS or i % 4 == 1]
+    csv = root / "评论.csv"
+    csv.write_text("text,label\n" + "".join(f"{t},{label}\n" for t, label in rows), encoding="utf-8")
+    tok = build_tokenizer(root / "model", [t for t, _ in rows])
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=12, num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=128, pad_token_id=tok.pad_token_id)).save_pretrained(root / "model")
+    return root / "model", csv
+
+
 @pytest.mark.parametrize("recipe", ENCODER_RECIPES, ids=lambda p: p.name)
-def test_shipped_recipe_on_tiny_model(recipe, tiny_base6_dir, tmp_path):
+def test_shipped_recipe_on_tiny_model(recipe, tiny_base6_dir, tmp_path, request):
     raw = yaml.safe_load(recipe.read_text())
     parse(raw, str(recipe))  # valid as shipped
     raw["model"] = str(tiny_base6_dir)
+    keep_length = recipe.name == "chinese.yaml"  # its stages leave max_length to the data's profile: keep it so
+    if keep_length:
+        model, csv = request.getfixturevalue("chinese_stand_ins")
+        raw["model"], raw["data"] = str(model), {"path": str(csv)}
     raw["data"] |= {"max_train_samples": 64, "max_test_samples": 48, "val_size": 0.01}
     for st in raw["stages"]:
         fields = {f.name for f in dataclasses.fields(METHODS[st["method"]].config_cls)}
-        st |= {k: v for k, v in {"max_steps": 2, "epochs": 1, "max_length": 32}.items() if k in fields}  # training stages only
+        cut = {"max_steps": 2, "epochs": 1} | ({} if keep_length else {"max_length": 32})
+        st |= {k: v for k, v in cut.items() if k in fields}  # training stages only
         st.pop("early_stopping_patience", None)
         if "extra_texts" in st:
             st["max_extra_texts"] = 16
         if st["method"] == "prune":  # the cubic schedule reaches its sparsity at 70% of the steps
             st["max_steps"] = 10
     raw["eval"] = FAST_EVAL
-    report, _ = run(raw, tmp_path)
+    report, logs = run(raw, tmp_path)
     for row in report["stages"]:  # shown when a check fails
         print(row["name"], {k: row["metrics"].get(k) for k in FACTS if k in row["metrics"]})
     assert [s["name"] for s in report["stages"]] == [s["name"] for s in raw["stages"]] + raw.get("export", [])
     CHECKS[recipe.name](rows(report))
+    if keep_length:  # the lengths and the class weights came from the data
+        n = report["profile"]["suggested_max_length"]
+        assert sum(line.startswith(f"stage {s}: max_length not set; using {n} ") for line in logs for s in ("finetune", "student", "slim")) == 3
+        train = report["profile"]["splits"]["train"]["classes"]
+        assert train[POS] > 1.5 * train[NEG]
+        total = sum(train.values())
+        want = [total / (2 * train[name]) for name in report["data"]["labels"]]
+        assert rows(report)["finetune"]["class_weights"] == rows(report)["student"]["class_weights"] == pytest.approx(want)
+        weighted = [line for line in logs if line.startswith("class weights (auto): ")]
+        assert len(weighted) == 3 and weighted[0].endswith(", ".join(f"{n} {w:.3f}" for n, w in zip(report["data"]["labels"], want)))
 
 
 def test_generate_zh_recipe_on_tiny_gemma3(tmp_path):

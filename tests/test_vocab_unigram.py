@@ -47,10 +47,10 @@ UNSEEN = [
 ]
 
 
-def build_tokenizer(folder):
-    """Trained, wrapped, saved in `folder` and loaded back as a model folder's tokenizer is (transformers
-    5's XLMRobertaTokenizer rebuilds its pipeline on load: no normalizer unless a SentencePiece
-    charsmap, WhitespaceSplit + Metaspace, its own <s> ... </s> template)."""
+def build_tokenizer(folder, sentences=SENTENCES):
+    """Trained on `sentences`, wrapped, saved in `folder` and loaded back as a model folder's tokenizer
+    is (transformers 5's XLMRobertaTokenizer rebuilds its pipeline on load: no normalizer unless a
+    SentencePiece charsmap, WhitespaceSplit + Metaspace, its own <s> ... </s> template)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import AutoTokenizer, XLMRobertaTokenizerFast
 
@@ -59,7 +59,7 @@ def build_tokenizer(folder):
     tok.decoder = decoders.Metaspace()
     trainer = trainers.UnigramTrainer(vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>"], unk_token="<unk>",
                                       max_piece_length=6)
-    tok.train_from_iterator(SENTENCES * 10, trainer)  # repeated: frequent words become whole pieces
+    tok.train_from_iterator(list(sentences) * 10, trainer)  # repeated: frequent words become whole pieces
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
     tok.add_special_tokens(["<mask>"])

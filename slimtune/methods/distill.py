@@ -138,7 +138,7 @@ def distill(model, tokenizer, cfg: DistillConfig, ctx: StageContext):
     """Distil the incoming model (teacher) into a smaller student."""
     import torch.nn as nn
 
-    from ..train.loop import EncodedDataset, train
+    from ..train.loop import EncodedDataset, class_weights_for, train
     from ..train.losses import IGNORE, objective, uniform_layer_map
     from ..train.teacher import attach, teacher_logits
 
@@ -179,7 +179,8 @@ def distill(model, tokenizer, cfg: DistillConfig, ctx: StageContext):
     student.requires_grad_(True)
     ctx.log(f"distilling into {sum(p.numel() for p in student.parameters()):,} parameters ({len(texts)} texts, {len(extra)} unlabelled)")
     loss = objective({"ce": cfg.alpha, "kd": 1 - cfg.alpha, "hidden": cfg.hidden_weight, "attention": cfg.attention_weight},
-                     temperature=cfg.temperature, teacher=teacher, layer_map=layer_map)
+                     temperature=cfg.temperature, teacher=teacher, layer_map=layer_map,
+                     class_weights=class_weights_for(cfg, ctx))
     info = train(student, s_tok, cfg, ctx, loss=loss, train_set=data, extra_columns=("teacher_logits",))
     if hasattr(student, "distill_projection"):
         del student.distill_projection

@@ -81,5 +81,5 @@ def share_layers(model, tokenizer, cfg: ShareConfig, ctx: StageContext):
             "params_removed": params_before - params_after}
     if cfg.recover:
         model.requires_grad_(True)
-        info |= train(model, tokenizer, cfg, ctx, loss=recovery_objective(cfg), train_set=data, extra_columns=("teacher_logits",))
+        info |= train(model, tokenizer, cfg, ctx, loss=recovery_objective(cfg, ctx), train_set=data, extra_columns=("teacher_logits",))
     return StageResult(model, tokenizer, info)

@@ -13,6 +13,8 @@ from ..errors import SlimtuneError, one_of
 from ..profile import check_truncation
 
 OPTIMIZERS = ("adamw", "sgd")
+CLASS_WEIGHTS = ("none", "balanced", "auto")
+AUTO_IMBALANCE = 1.5  # class_weight: auto weighs the classes when majority / minority (train) exceeds this
 
 
 @dataclass
@@ -35,9 +37,13 @@ class TrainConfig:
     group_by_length: bool = True
     checkpoint_steps: int = 0  # > 0: keep a resumable checkpoint every N steps (interrupted runs continue)
     max_minutes: float = 0  # > 0: stop training after this much wall time (methods compared on one budget)
+    # the CE term's class weights: none | balanced (n / (K * count) per class, counted in train) |
+    # auto (balanced when the largest class of train is over AUTO_IMBALANCE times the smallest, else none)
+    class_weight: str = "none"
 
     def __post_init__(self) -> None:
         one_of("optimizer", self.optimizer, OPTIMIZERS)
+        one_of("class_weight", self.class_weight, CLASS_WEIGHTS)
         if self.batch_size < 1 or self.learning_rate <= 0 or (self.epochs <= 0 and self.max_steps <= 0):
             raise SlimtuneError("training: batch_size >= 1, learning_rate > 0 and epochs or max_steps > 0 are required")
         for name, ok, rule in [("epochs", self.epochs > 0, "> 0"),
@@ -54,6 +60,25 @@ class TrainConfig:
             if not ok:
                 raise SlimtuneError(f"{name} must be {rule}, not {getattr(self, name)!r}")
         check_truncation(self.truncation)
+
+
+def class_weights(mode: str, labels: list[int], n_classes: int) -> list[float] | None:
+    """The CE term's per-class weights for `mode` (TrainConfig.class_weight) from the training labels
+    (negative ids, unlabelled rows, left out): balanced is n / (K * count_k), scikit-learn's
+    `class_weight="balanced"`, so a balanced set gets 1.0 everywhere; None means unweighted."""
+    if mode == "none":
+        return None
+    counts = [0] * n_classes
+    for y in labels:
+        if y >= 0:
+            counts[y] += 1
+    present = [c for c in counts if c]
+    if not present:
+        return None
+    if mode == "auto" and max(present) <= AUTO_IMBALANCE * min(present):
+        return None
+    n, k = sum(present), len(present)
+    return [n / (k * c) if c else 0.0 for c in counts]  # a class absent from train never appears as a label
 
 
 @dataclass

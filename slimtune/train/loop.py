@@ -16,7 +16,7 @@ from .. import compute, distributed
 from ..data import TextSet
 from ..errors import SlimtuneError
 from ..profile import encode
-from .config import TrainConfig
+from .config import TrainConfig, class_weights
 
 
 class EncodedDataset:
@@ -99,13 +99,19 @@ def _loss_trainer():
     return LossTrainer
 
 
+def class_weights_for(cfg: TrainConfig, ctx) -> list[float] | None:
+    """The CE term's class weights for this training (cfg.class_weight over the training labels)."""
+    return class_weights(cfg.class_weight, ctx.splits.train.labels, len(ctx.splits.label_names))
+
+
 def train(model, tokenizer, cfg: TrainConfig, ctx, loss=None, train_set=None, extra_columns: tuple[str, ...] = (),
           callbacks=(), work_name: str = "trainer", checkpoints: bool = True, collator=None) -> dict:
     """Train `model` in place on `ctx.splits.train` (or a prepared `train_set`); returns a summary
     with the trainable and total parameter counts.
 
-    `loss` (default: cross-entropy on the labels) is a plain function `(model, inputs) -> (loss,
-    outputs)`, built by `losses.objective`; `extra_columns` are row fields it reads besides the
+    `loss` (default: cross-entropy on the labels, weighted by `cfg.class_weight`) is a plain function
+    `(model, inputs) -> (loss, outputs)`, built by `losses.objective` (a method that builds its own
+    passes `class_weights_for(cfg, ctx)` to it); `extra_columns` are row fields it reads besides the
     tokens and labels (e.g. `teacher_logits`). `callbacks` come before the context's (progress).
     With `cfg.checkpoint_steps`, a context `checkpoint_dir` and `checkpoints`, a rerun resumes from
     the last checkpoint (weights, optimizer, scheduler, RNG) instead of starting over.
@@ -122,6 +128,9 @@ def train(model, tokenizer, cfg: TrainConfig, ctx, loss=None, train_set=None, ex
     checkpoint_dir = ctx.checkpoint_dir if checkpoints else None
     trainable, total = count_trainable(model)
     ctx.log(f"training {trainable:,} of {total:,} parameters ({trainable / total:.2%})")
+    weights = class_weights_for(cfg, ctx)
+    if weights is not None:
+        ctx.log(f"class weights ({cfg.class_weight}): " + ", ".join(f"{n} {w:.3f}" for n, w in zip(ctx.splits.label_names, weights)))
     train_set = train_set if train_set is not None else EncodedDataset(tokenizer, splits.train, cfg.max_length, cfg.truncation)
     val_set = EncodedDataset(tokenizer, splits.val, cfg.max_length, cfg.truncation) if len(splits.val) else None
     early = cfg.early_stopping_patience > 0 and val_set is not None
@@ -174,7 +183,7 @@ def train(model, tokenizer, cfg: TrainConfig, ctx, loss=None, train_set=None, ex
 
     trainer = _loss_trainer()(
         model=model,
-        loss=loss or objective(),
+        loss=loss or objective(class_weights=weights),
         args=args,
         train_dataset=train_set,
         eval_dataset=val_set,
@@ -205,6 +214,7 @@ def train(model, tokenizer, cfg: TrainConfig, ctx, loss=None, train_set=None, ex
         "train_seconds": float(result.metrics.get("train_runtime", 0.0)),
         "train_loss": float(result.training_loss),
         "train_examples": len(train_set),
+        "class_weights": weights,
         "val_accuracy": val_acc,
         "resumed_from_step": int(last.name.split("-")[-1]) if last else 0,
         "seconds_per_step": float(result.metrics.get("train_runtime", 0.0)) / max(1, trainer.state.global_step),

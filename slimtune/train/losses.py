@@ -32,8 +32,10 @@ def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * t * t
 
 
-def hard_ce(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(student_logits, labels)
+def hard_ce(student_logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy; with `class_weights` (K,), each row counts w[y] and the mean is over the summed
+    weights: sum_i w[y_i] * CE_i / sum_i w[y_i] (torch's weighted mean)."""
+    return F.cross_entropy(student_logits, labels, weight=class_weights)
 
 
 def hidden_mse(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -83,6 +85,7 @@ class Batch:
     temperature: float = 1.0
     l1_weights: list | None = None
     task_ids: torch.Tensor | None = None
+    class_weights: torch.Tensor | None = None  # (K,) for the CE term (TrainConfig.class_weight)
 
 
 def ce_term(b: Batch):
@@ -90,8 +93,10 @@ def ce_term(b: Batch):
     labelled = b.labels != IGNORE
     if not labelled.any():
         return None
-    logits = b.out["logits"]
-    return hard_ce(logits, b.labels) if labelled.all() else hard_ce(logits[labelled], b.labels[labelled])
+    logits, w = b.out["logits"], b.class_weights
+    if w is not None:
+        w = w.to(logits.device, logits.dtype)
+    return hard_ce(logits, b.labels, w) if labelled.all() else hard_ce(logits[labelled], b.labels[labelled], w)
 
 
 def kd_term(b: Batch):
@@ -146,15 +151,18 @@ NEEDS_TEACHER_OUTPUTS = {"hidden": "output_hidden_states", "attention": "output_
 
 
 def objective(weights: dict[str, float] | None = None, without_teacher: dict[str, float] | None = None,
-              temperature: float = 1.0, teacher=None, layer_map: list[int] | None = None, l1_weights: list | None = None):
+              temperature: float = 1.0, teacher=None, layer_map: list[int] | None = None, l1_weights: list | None = None,
+              class_weights: list[float] | None = None):
     """The loss the Trainer minimises: sum of weight * LOSSES[name] over `weights` for rows with
     teacher logits, over `without_teacher` (default {"ce": 1}) for rows without. `teacher` is run
-    (no grad) only when a hidden or attention term is weighted."""
+    (no grad) only when a hidden or attention term is weighted. `class_weights` (one per label,
+    `config.class_weights`) weigh the CE term's rows by their label."""
     weights = {k: v for k, v in (weights or {}).items() if v > 0}
     without = {k: v for k, v in (without_teacher or {"ce": 1.0}).items() if v > 0}
     unknown = sorted((set(weights) | set(without)) - set(LOSSES))
     if unknown:
         raise ValueError(f"unknown loss {unknown[0]!r}; known: {', '.join(LOSSES)}")
+    cw = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
 
     def loss_fn(model, inputs):
         inputs = dict(inputs)
@@ -168,7 +176,7 @@ def objective(weights: dict[str, float] | None = None, without_teacher: dict[str
             with torch.no_grad():
                 teacher_out = teacher(**{k: v for k, v in inputs.items() if k != "task_ids"}, **flags)
         b = Batch(model, out, labels, inputs.get("attention_mask"), t_logits, teacher_out, layer_map, temperature,
-                  l1_weights, inputs.get("task_ids"))
+                  l1_weights, inputs.get("task_ids"), cw)
         loss = None
         for name, w in terms.items():
             value = LOSSES[name](b)

@@ -70,9 +70,11 @@ def recovery_set(model, tokenizer, cfg: RecoveryConfig, ctx) -> EncodedDataset:
     return data
 
 
-def recovery_objective(cfg: RecoveryConfig, l1: float = 0.0, l1_weights: list | None = None):
-    """CE, plus T^2 KL to the unchanged model's logits (1 - alpha), plus an optional L1 term."""
+def recovery_objective(cfg: RecoveryConfig, ctx, l1: float = 0.0, l1_weights: list | None = None):
+    """CE (weighted by cfg.class_weight), plus T^2 KL to the unchanged model's logits (1 - alpha),
+    plus an optional L1 term."""
+    from .loop import class_weights_for
     from .losses import objective
 
     return objective({"ce": cfg.alpha, "kd": 1 - cfg.alpha, "l1": l1}, {"ce": 1.0, "l1": l1},
-                     temperature=cfg.temperature, l1_weights=l1_weights)
+                     temperature=cfg.temperature, l1_weights=l1_weights, class_weights=class_weights_for(cfg, ctx))

@@ -159,7 +159,7 @@ def prune(model, tokenizer, cfg: PruneConfig, ctx: StageContext):
         data = recovery_set(model, tokenizer, cfg, ctx)
         trainable, _ = count_trainable(model)
         ctx.log(f"pruning {sum(w.numel() for w in weights.values()):,} weights to {cfg.sparsity:.0%} ({cfg.schedule}, {cfg.score}) while training {trainable:,}")
-        info = train(model, tokenizer, cfg, ctx, loss=recovery_objective(cfg, cfg.l1, list(weights.values())), train_set=data,
+        info = train(model, tokenizer, cfg, ctx, loss=recovery_objective(cfg, ctx, cfg.l1, list(weights.values())), train_set=data,
                      extra_columns=("teacher_logits",), callbacks=[cb])
     report = P.sparsity_report(weights)
     ctx.log(f"sparsity {report['sparsity']:.4f} over {report['prunable_weights']:,} prunable weights")
@@ -240,7 +240,7 @@ def prune_structured(model, tokenizer, cfg: StructuredConfig, ctx: StageContext)
         if cfg.recover:
             model.requires_grad_(True)
             rcfg = _round_config(cfg, cfg.rounds)
-            out = train(model, tokenizer, rcfg, ctx, loss=recovery_objective(cfg), train_set=data,
+            out = train(model, tokenizer, rcfg, ctx, loss=recovery_objective(cfg, ctx), train_set=data,
                         extra_columns=("teacher_logits",), work_name=f"trainer-{r}", checkpoints=cfg.rounds == 1)
             step |= {k: out[k] for k in ("train_steps", "train_seconds", "val_accuracy")}
         history.append(step)
