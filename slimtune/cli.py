@@ -214,7 +214,7 @@ def serve(
 @app.command("profile")
 def profile_(
     data: DataOpt,
-    model: Annotated[str, typer.Option(help="whose tokenizer counts the tokens: minilm-l6, minilm-l3, multilingual-e5-small, smollm2-135m or a folder")] = "minilm-l6",
+    model: Annotated[str, typer.Option(help="whose tokenizer counts the tokens: minilm-l6, minilm-l3, multilingual-e5-small, smollm2-135m, gemma3-270m or a folder")] = "minilm-l6",
     text_column: TextCol = "text",
     label_column: LabelCol = "label",
     prompt_column: PromptCol = "prompt",
