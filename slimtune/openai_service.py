@@ -37,7 +37,7 @@ from pathlib import Path
 from .decoder.measure import Decoder
 from .decoder.worker import GenerationWorker, Job, QueueFull
 from .openai_request import EXAMPLE, BadRequest, Request, RequestChecker
-from .service import ApiError, ServeConfig, _first_line, _json_body, _model_id, _read_body
+from .service import ApiError, Probes, ServeConfig, _first_line, _json_body, _model_id, _read_body
 
 @dataclass
 class LoadedLM:
@@ -61,7 +61,7 @@ def load_lm(artifact: str | Path) -> LoadedLM:
     return LoadedLM(path, name, _model_id(path), decoder, time.perf_counter() - start)
 
 
-class LMService:
+class LMService(Probes):
     """OpenAI's endpoints over a `LoadedLM` and one `GenerationWorker`; `app` is the ASGI application."""
 
     def __init__(self, loaded: LoadedLM, cfg: ServeConfig):
@@ -223,24 +223,6 @@ class LMService:
             raise BadRequest(f"the model {name[:100]!r} does not exist; this server serves {self.loaded.name!r}",
                              "model", status=404, code="model_not_found")
         return JSONResponse(self._card())
-
-    async def health(self, request):
-        from starlette.responses import JSONResponse
-
-        return JSONResponse({"status": "ok"})
-
-    async def ready(self, request):
-        from starlette.responses import JSONResponse
-
-        if self.draining:
-            return JSONResponse({"status": "draining"}, 503)
-        return JSONResponse({"status": "ready", "model": self.loaded.model_id})
-
-    async def metrics(self, request):
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-        from starlette.responses import Response
-
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def _choice(kind: str, text: str, finish: str) -> dict:

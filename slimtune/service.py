@@ -131,7 +131,30 @@ class ApiError(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
-class Service:
+class Probes:
+    """/health, /ready and /metrics, the same for every served model: a subclass has `draining`,
+    `loaded.model_id` and its own prometheus `registry`."""
+
+    async def health(self, request):
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"status": "ok"})
+
+    async def ready(self, request):
+        from starlette.responses import JSONResponse
+
+        if self.draining:
+            return JSONResponse({"status": "draining"}, 503)
+        return JSONResponse({"status": "ready", "model": self.loaded.model_id})
+
+    async def metrics(self, request):
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from starlette.responses import Response
+
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class Service(Probes):
     """The HTTP endpoints over a `Loaded` model and a `Batcher`; `app` is the ASGI application."""
 
     def __init__(self, loaded: Loaded, cfg: ServeConfig):
@@ -274,24 +297,6 @@ class Service:
                 raise ApiError(404, f"unknown task {task!r}: this model has one task; drop \"task\"")
             raise ApiError(404, f"unknown task {task!r}; tasks: {', '.join(tasks)}")
         return task
-
-    async def health(self, request):
-        from starlette.responses import JSONResponse
-
-        return JSONResponse({"status": "ok"})
-
-    async def ready(self, request):
-        from starlette.responses import JSONResponse
-
-        if self.draining:
-            return JSONResponse({"status": "draining"}, 503)
-        return JSONResponse({"status": "ready", "model": self.loaded.model_id})
-
-    async def metrics(self, request):
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-        from starlette.responses import Response
-
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def info(self, request):
         from starlette.responses import JSONResponse
