@@ -128,3 +128,16 @@ def tiny_csv(tmp_path_factory):
         w.writerow(["text", "label"])
         w.writerows(synthetic_rows(240))
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny models: they gain nothing from a second, and on a shared
+    2-core machine OpenMP's spinning threads made a training step 40x slower (2.5 s instead of 0.06 s,
+    load average 7). A module asks for it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

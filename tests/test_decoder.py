@@ -20,17 +20,7 @@ FAST_EVAL = {"answer_prompts": 4, "max_new_tokens": 6, "parity_tokens": 6, "spee
              "samples": 2, "isolate": False}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared 2-core machine OpenMP's spinning
-    threads made a training step 40x slower (2.5 s instead of 0.06 s, load average 7)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="session")
 def tiny_tok():

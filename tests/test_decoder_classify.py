@@ -20,16 +20,7 @@ REPO = Path(__file__).parents[1]
 FAST_EVAL = {"latency_runs": 5, "warmup": 1, "bench_texts": 8, "max_length": 32, "isolate": False, "floor": False}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread for tiny models (see tests/test_decoder.py: two spin on a shared 2-core machine)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory):

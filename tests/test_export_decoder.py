@@ -17,6 +17,8 @@ from test_cli import assert_one_line_error, slimtune  # noqa: E402
 from slimtune.errors import SlimtuneError  # noqa: E402
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
     return build_model_dir(tmp_path_factory.mktemp("llama-export") / "m")
@@ -25,16 +27,6 @@ def llama(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
     return write_pairs(tmp_path_factory.mktemp("pairs-export") / "qa.jsonl", n_copies=3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_formats_are_listed_by_the_models_task(llama, tiny_clf_dir, tmp_path):
