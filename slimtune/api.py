@@ -240,10 +240,11 @@ def predict(model: str | Path, texts: list[str], max_length: int | None = None, 
 
 def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 32, max_wait_ms: float = 5.0,
           workers: int = 1, max_queue: int = 1024, max_texts: int = 64, max_length: int = 128, per_row: str = "auto",
-          log: Callable[[str], None] = print) -> None:
+          log: Callable[[str], None] = print, max_new_tokens: int = 256) -> None:
     """Serve `artifact` over HTTP (POST /predict, GET /health /ready /metrics /info) with dynamic
     micro-batching, until SIGTERM or Ctrl-C; in-flight requests are answered before it returns.
     A causal LM is served with OpenAI's API instead (/v1/chat/completions, /v1/completions, /v1/models)."""
     from .server import serve as run_server
 
-    run_server(artifact, host, port, max_batch, max_wait_ms, workers, max_queue, max_texts, max_length, per_row, log)
+    run_server(artifact, host, port, max_batch, max_wait_ms, workers, max_queue, max_texts, max_length, per_row, log,
+               max_new_tokens)

@@ -204,11 +204,13 @@ def serve(
     max_length: MaxLen = 128,
     per_row: Annotated[str, typer.Option(help="auto: one text per model call for dynamic-int8 models (whose answers "
                                               "would depend on batch-mates), batched otherwise; on; off")] = "auto",
+    max_new_tokens: Annotated[int, typer.Option(help="causal LM: tokens per answer at most (a larger max_tokens is a 400), "
+                                                     "and the default when a request gives none")] = 256,
 ):
     """Serve a model over HTTP: POST /predict, GET /health /ready /metrics /info (micro-batched); a causal LM:
     POST /v1/chat/completions /v1/completions, GET /v1/models (OpenAI-compatible)."""
     api.serve(model, host, port, max_batch, max_wait_ms, workers, max_queue, max_texts, max_length, per_row,
-              log=lambda msg: typer.echo(msg, err=True))  # unwrapped: scripts read the address from it
+              log=lambda msg: typer.echo(msg, err=True), max_new_tokens=max_new_tokens)  # unwrapped: scripts read the address from it
 
 
 @app.command("profile")

@@ -95,6 +95,9 @@ class RequestChecker:
         if max_tokens > room:
             raise BadRequest(f"{key}={max_tokens} is too large: the prompt has {len(ids)} tokens and this model reads "
                              f"at most {self.max_positions} positions ({room} left for the answer)", key)
+        if max_tokens > self.max_new_tokens:  # the server's own cap (slimtune serve --max-new-tokens)
+            raise BadRequest(f"{key}={max_tokens} is above this server's limit of {self.max_new_tokens} tokens per answer "
+                             "(slimtune serve --max-new-tokens)", key)
         temperature = _number(body, "temperature", 1.0)
         if not 0 <= temperature <= 2:
             raise BadRequest(f"temperature must be from 0 to 2, not {temperature}", "temperature")

@@ -16,7 +16,10 @@ OpenAI: temperature defaults to 1.0 (sampled), temperature 0 is greedy decoding 
 eval` measures, exactly); top_p defaults to 1.0; a seed makes a sampled answer reproducible.
 Requests are checked and their prompts tokenized off the event loop (openai_request.py);
 generation runs on one worker thread, requests in turn (decoder/worker.py); more than
-`max_queue` requests waiting or running get 503 + Retry-After. Streamed answers are server-sent
+`max_queue` requests waiting or running get 503 + Retry-After. `max_new_tokens` (`slimtune serve
+--max-new-tokens`) caps every answer: a larger max_tokens is a 400, none given means that many. A
+client that goes away mid-answer (a closed stream, a cancelled request) stops its generation at the
+next token; /metrics counts such generations and every token made. Streamed answers are server-sent
 events (`data: {chunk}\\n\\n` ... `data: [DONE]\\n\\n`), UTF-8 JSON, characters never split.
 
 Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`: a client's mistake
@@ -82,6 +85,10 @@ class LMService(Probes):
         self.prompt_tokens = Counter("slimtune_prompt_tokens", "prompt tokens read", registry=reg)
         self.completion_tokens = Counter("slimtune_completion_tokens", "tokens generated", registry=reg)
         Gauge("slimtune_queue_depth", "requests waiting or generating", registry=reg).set_function(lambda: self.worker.pending)
+        Gauge("slimtune_generations_cancelled", "generations stopped because the client went away (a counter)",
+              registry=reg).set_function(lambda: self.worker.cancelled)
+        Gauge("slimtune_generated_tokens", "tokens the model generated, cancelled answers included (a counter)",
+              registry=reg).set_function(lambda: self.worker.generated)
         routes = [
             Route("/v1/chat/completions", self._endpoint("chat", self.chat), methods=["POST"]),
             Route("/v1/completions", self._endpoint("completions", self.completions), methods=["POST"]),

@@ -110,7 +110,7 @@ def parse(raw: dict, source: str = "<recipe>") -> Recipe:
     if not isinstance(export, list) or any(f not in task.formats for f in export):
         raise SlimtuneError(f"{source}: export{of} must be a list of formats from: {', '.join(task.formats)}")
     for fmt in export:
-        task.check_export(model, fmt)
+        task.check_export(model, fmt, recipe=True)
     ev = build(task.eval_config, raw.get("eval") or {}, f"{source}: eval")
     baseline = raw.get("baseline")
     if baseline is not None and baseline not in seen:

@@ -61,11 +61,12 @@ def network_warning(address: str, port: int) -> str | None:
 
 def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 32, max_wait_ms: float = 5.0,
           workers: int = 1, max_queue: int = 1024, max_texts: int = 64, max_length: int = 128, per_row: str = "auto",
-          log: Callable[[str], None] = print) -> None:
+          log: Callable[[str], None] = print, max_new_tokens: int = 256) -> None:
     """Serve `artifact` over HTTP until SIGTERM or Ctrl-C; in-flight requests are answered first."""
     import uvicorn
 
-    cfg = ServeConfig(max_batch, max_wait_ms, workers, max_queue, max_texts, max_length, per_row=per_row)
+    cfg = ServeConfig(max_batch, max_wait_ms, workers, max_queue, max_texts, max_length, per_row=per_row,
+                      max_new_tokens=max_new_tokens)
     sock = bind(host, port)
     if warning := network_warning(*sock.getsockname()[:2]):
         print(warning, file=sys.stderr, flush=True)  # not `log`: the library's log is stdout, and this is never quiet

@@ -45,7 +45,7 @@ class ServeConfig:
     max_body_bytes: int = 1 << 20  # request body; beyond it 413
     per_row: str = "auto"  # auto: one text per model call only where the model needs it; on; off
     drain_seconds: float = 30.0  # on SIGTERM, how long in-flight requests may still take
-    max_new_tokens: int = 256  # causal LM: tokens per answer when a request gives no max_tokens
+    max_new_tokens: int = 256  # causal LM: tokens per answer at most (400 above), and when a request gives no max_tokens
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "workers", "max_queue", "max_texts", "max_length", "max_body_bytes", "max_new_tokens"):

@@ -194,23 +194,6 @@ def test_a_template_less_model_answers_through_the_plain_template(tiny_gemma3):
     assert response_perplexity(dec, PairSet(["你好"], ["嗨"]), None)["response_tokens"] == len(completion)
 
 
-def test_genai_exports_of_gemma3_are_refused_before_training(tiny_gemma3):
-    import yaml
-
-    from slimtune.recipe import parse
-
-    raw = {"task": "generate", "data": {"name": "chatterbot_qa_zh"}, "model": str(tiny_gemma3),
-           "stages": [{"name": "untuned", "method": "baseline"}], "export": ["hf", "genai-int4"]}
-    with pytest.raises(SlimtuneError) as e:
-        parse(yaml.safe_load(yaml.safe_dump(raw)), "zh.yaml")
-    assert one_line(e) == (f"genai-int4 export of {tiny_gemma3}: the ONNX Runtime GenAI builder (0.18) cannot read "
-                           "transformers 5's Gemma 3 config (rope_parameters nested by attention type: KeyError "
-                           "'rope_type'); export hf instead")
-    raw["model"] = "gemma3-270m"  # known without converting it
-    with pytest.raises(SlimtuneError, match="^genai-int4 export of gemma3-270m: the ONNX Runtime GenAI builder"):
-        parse(raw, "zh.yaml")
-
-
 # --- the real model ----------------------------------------------------------------------------
 
 

@@ -210,9 +210,9 @@ def test_without_llama_cpp_q4_k_m_and_running_name_the_extra(llama, exports, tmp
     with pytest.raises(SlimtuneError, match=r"^export format gguf-q4_k_m needs llama.cpp's quantizer: pip install 'slimtune\[gguf\]'$"):
         api.check_export_target(llama, "gguf-q4_k_m", tmp_path / "q4")
     assert not (tmp_path / "q4").exists()
-    with pytest.raises(SlimtuneError, match=r"gguf-q4_k_m needs llama.cpp's quantizer"):
-        parse({"task": "generate", "data": {"name": "chatterbot_qa"}, "model": str(llama),
-                          "stages": [{"name": "base", "method": "baseline"}], "export": ["gguf-q4_k_m"]}, "r.yaml")
+    # a recipe is read all the same: its run writes what it can and the row says why (tests/test_gguf_report.py)
+    assert parse({"task": "generate", "data": {"name": "chatterbot_qa"}, "model": str(llama),
+                  "stages": [{"name": "base", "method": "baseline"}], "export": ["gguf-q4_k_m"]}, "r.yaml").export == ["gguf-q4_k_m"]
     if gguf_export.importlib.util.find_spec("llama_cpp") is None:
         from slimtune.decoder.lm import load_decoder
 

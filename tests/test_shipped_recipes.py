@@ -223,7 +223,7 @@ def test_generate_zh_recipe_on_tiny_gemma3(tmp_path):
 
     raw = yaml.safe_load((REPO / "recipes/generate_zh.yaml").read_text())
     shipped = parse_any(raw, "generate_zh.yaml")
-    assert (shipped.model, shipped.data.name, shipped.export) == ("gemma3-270m", "chatterbot_qa_zh", ["hf"])
+    assert (shipped.model, shipped.data.name, shipped.export) == ("gemma3-270m", "chatterbot_qa_zh", ["hf", "genai-int4"])
     raw["model"] = str(build_model_dir(tmp_path / "gemma3"))
     raw["data"] |= {"max_train_samples": 16, "max_test_samples": 6}
     for st in raw["stages"]:
@@ -238,9 +238,10 @@ def test_generate_zh_recipe_on_tiny_gemma3(tmp_path):
     finally:
         torch.set_num_threads(threads)
     m = rows(report)
-    assert list(m) == ["untuned", "lora", "hf"]
+    assert list(m) == ["untuned", "lora", "hf", "genai-int4"]
     # r=8 on q (64->64), k and v (64->32), o (64->64) in 2 layers: 8*(128 + 96 + 96 + 128) * 2
     assert m["lora"]["trainable_params"] == 7_168
     assert m["hf"]["parity"]["greedy_identical"] == m["hf"]["parity"]["greedy_prompts"]  # merged = unmerged, greedily
     assert m["hf"]["perplexity"] == pytest.approx(m["lora"]["perplexity"], rel=1e-4)
     assert all(m[s]["perplexity"] > 1 for s in m)
+    assert 0.5 < m["genai-int4"]["perplexity"] / m["lora"]["perplexity"] < 2  # random tiny weights at 4 bits: sane

@@ -23,7 +23,8 @@ from typing import Callable
 
 from ..errors import SlimtuneError
 from .genai import GENAI_FORMATS, export_genai
-from .gguf_export import GGUF_FORMATS, export_gguf
+from . import gguf_export
+from .gguf_export import GGUF_FORMATS, export_gguf, not_runnable, tensor_types
 
 DECODER_FORMATS = {
     "hf": "a Hugging Face causal-LM folder (safetensors; LoRA merged, weight-only dequantized)",
@@ -83,7 +84,13 @@ def export_checked(model: str | Path, fmt: str, out: Path, data=None, parity_tok
     asked = list(dict.fromkeys(test.prompts))[:prompts]
     with tempfile.TemporaryDirectory(prefix="slimtune-genai-cache-") as cache:
         facts = write(src, fmt, Path(out), Path(cache), log=log)
+    if fmt in GGUF_FORMATS:
+        facts["gguf"] |= tensor_types(Path(out), fmt)
     result: dict = {"format": fmt, "source": str(model), "artifact": str(out), "data": splits.source, **facts}
+    if fmt in GGUF_FORMATS and not gguf_export.has_llama_cpp():  # written by gguf-py; only llama.cpp runs it
+        result["not_measured"] = not_runnable(fmt)
+        (Path(out) / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+        return result
     side = {}
     for name, path in (("source", src), ("export", Path(out))):
         dec = load_decoder(path)

@@ -6,6 +6,17 @@ weights, plus `genai_config.json` and the tokenizer. It runs in a child process:
 hundreds of progress lines and, on a model it cannot convert, fails deep inside; the user gets one
 line. (`-m` is not passed with `-i`, and `--help` crashes in 0.18.0.)
 
+Gemma 3: the builder (0.18) reads a flat `rope_parameters` ({"rope_type", ...}) and
+`rope_local_base_freq`; transformers 5 writes Gemma 3's rope settings nested by attention type
+({"full_attention": {...}, "sliding_attention": {...}}) and drops `rope_local_base_freq`, so the
+builder failed on `KeyError: 'rope_type'`. `builder_input` gives it a scratch folder of our own
+(the weights and tokenizer linked, never a file written into the model's folder) whose config.json
+carries both: the nested entries as they are (what transformers builds the model from) plus the flat
+keys the builder reads (rope_type, rope_theta = the global layers', rope_local_base_freq = the
+sliding layers'). Only plain rope on both kinds of layers is taken (Gemma 3 270M's). The sliding
+layers get a full-length KV cache (`windowed_kv_cache=false`): with the windowed one, the plain
+ONNX Runtime session that scores perplexity cannot start from an empty past.
+
 Generation goes through `onnxruntime_genai` (the KV cache handled by its generator). Perplexity
 needs the logits of every position, which the generator does not hand out for a whole sequence,
 so it runs the same `model.onnx` in a plain ONNX Runtime session with an empty past.
@@ -13,6 +24,7 @@ so it runs the same `model.onnx` in a plain ONNX Runtime session with an empty p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -27,11 +39,9 @@ from .measure import Decoder, Sampling
 GENAI_FORMATS = {"genai-int4": "int4", "genai-fp32": "fp32"}
 # model types the builder lists but cannot build from a transformers 5 config: checked before any
 # training (recipe.parse) and before the builder runs, so the user gets this line, not the builder's
-UNBUILDABLE = {
-    "gemma3_text": "the ONNX Runtime GenAI builder (0.18) cannot read transformers 5's Gemma 3 config "
-                   "(rope_parameters nested by attention type: KeyError 'rope_type'); export hf instead",
-}
+UNBUILDABLE: dict[str, str] = {}
 PACKAGED_TYPES = {"smollm2-135m": "llama", "gemma3-270m": "gemma3_text"}  # known before the GGUF is converted
+NESTED_ROPE = "gemma3_text"  # rope_parameters nested by attention type (builder_input flattens a copy)
 
 
 def check_buildable(model: str | Path, fmt: str) -> None:
@@ -63,10 +73,10 @@ def export_genai(source: Path, fmt: str, out: Path, cache: Path, options: dict |
         raise SlimtuneError(f"export format {fmt!r} is not one of {', '.join(GENAI_FORMATS)}")
     check_buildable(source, fmt)
     cache.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(out) as tmp:
-        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source), "-o", str(tmp),
+    with atomic_dir(out) as tmp, builder_input(Path(source)) as (given, extra):
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(given), "-o", str(tmp),
                "-p", GENAI_FORMATS[fmt], "-e", "cpu", "-c", str(cache)]
-        options = (options or {}) | {"hf_remote": False}  # the builder's trust_remote_code (False is its default too)
+        options = (options or {}) | extra | {"hf_remote": False}  # the builder's trust_remote_code (False is its default too)
         cmd += ["--extra_options", *(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items())]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
         if proc.returncode != 0 or not (tmp / "genai_config.json").is_file():
@@ -75,6 +85,37 @@ def export_genai(source: Path, fmt: str, out: Path, cache: Path, options: dict |
         if finish is not None:
             finish(tmp)
     return out
+
+
+@contextlib.contextmanager
+def builder_input(source: Path):
+    """(the folder the builder reads, builder options it needs): `source` itself, or for Gemma 3 a
+    scratch folder with a config.json the builder reads (see the module's docstring); removed after."""
+    import json
+    import shutil
+    import tempfile
+
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    rope = config.get("rope_parameters") or {}
+    if config.get("model_type") != NESTED_ROPE or "rope_type" in rope:
+        yield source, {}
+        return
+    full, sliding = rope.get("full_attention") or {}, rope.get("sliding_attention") or {}
+    kinds = {full.get("rope_type"), sliding.get("rope_type")}
+    if kinds != {"default"}:
+        raise SlimtuneError(f"{source}/config.json: Gemma 3 rope {sorted(map(str, kinds))} (full, sliding attention): "
+                            "the GenAI export takes plain (default) rope on both")
+    scratch = Path(tempfile.mkdtemp(prefix="slimtune-genai-input-"))
+    try:
+        for f in source.iterdir():
+            if f.name != "config.json":
+                (scratch / f.name).symlink_to(f.resolve())
+        config["rope_parameters"] = rope | {"rope_type": "default", "rope_theta": full["rope_theta"],
+                                            "rope_local_base_freq": sliding["rope_theta"]}
+        (scratch / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        yield scratch, {"windowed_kv_cache": False}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 class GenAIDecoder(Decoder):

@@ -58,6 +58,44 @@ def has_llama_cpp() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
+def not_runnable(fmt: str) -> str:
+    """Why a GGUF export has no measurements here (llama.cpp missing): one line naming the extra."""
+    if fmt == "gguf-q4_k_m":
+        return f"not written: llama.cpp's quantizer (llama-cpp-python) not installed — {INSTALL}"
+    return f"not measured: llama-cpp-python not installed — {INSTALL}"
+
+
+# the tensor types a format means for its 2-D weights; another type in the file is a fallback (norms stay F32)
+INTENDED = {"gguf-f32": {"F32"}, "gguf-f16": {"F16"}, "gguf-q8_0": {"Q8_0"}, "gguf-q4_k_m": {"Q4_K", "Q6_K"}}
+
+
+def tensor_types(folder: Path, fmt: str) -> dict:
+    """What the written GGUF holds, read back with gguf-py: {"tensor_types": {type: count of 2-D
+    weights}, "fallback": one line naming the weights stored in another type than `fmt` means, or
+    None}. llama.cpp's k-quants pack rows in blocks of 256 values: a row of another width (SmolLM2's
+    576) falls back to a type whose blocks fit (Q5_0, Q8_0); gguf-py's Q8_0 to F16 likewise."""
+    from collections import Counter
+
+    import gguf
+
+    reader = gguf.GGUFReader(str(Path(folder) / GGUF_FILE))
+    counts: Counter = Counter()
+    fell: dict[str, Counter] = {}
+    for t in reader.tensors:
+        if len(t.shape) < 2:
+            continue
+        kind = t.tensor_type.name
+        counts[kind] += 1
+        if kind not in INTENDED[fmt]:
+            role = ".".join(t.name.split(".")[2:]) if t.name.startswith("blk.") else t.name
+            fell.setdefault(kind, Counter())[f"{role} ({int(t.shape[0])} wide)"] += 1
+    line = "; ".join(f"{kind}: " + ", ".join(f"{role}" + (f" x{n}" if n > 1 else "") for role, n in sorted(roles.items()))
+                     for kind, roles in sorted(fell.items()))
+    return {"tensor_types": dict(sorted(counts.items())),
+            "fallback": f"{sum(sum(r.values()) for r in fell.values())} of {sum(counts.values())} weights not "
+                        f"{'/'.join(sorted(INTENDED[fmt]))}: {line}" if fell else None}
+
+
 def check_available(fmt: str) -> None:
     """A format that needs llama.cpp's quantizer, asked for without it: one line naming the extra."""
     if fmt == "gguf-q4_k_m" and not has_llama_cpp():

@@ -5,7 +5,8 @@ Text is tokenized by the HF tokenizer saved beside the GGUF (an export folder), 
 so the chat template and the response masking are the same as for torch and GenAI.
 
 Generation evaluates the prompt, then one token at a time with llama.cpp's KV cache, taking the
-argmax of the last position's logits (greedy, as TorchDecoder). Perplexity needs the logits of
+argmax of the last position's logits (greedy, as TorchDecoder), or drawing from them with the torch
+decoder's sampler when `slimtune serve` asks for a temperature. Perplexity needs the logits of
 every position: a second context built with `logits_all=True` on first use (as GenAI's runs a
 plain ONNX Runtime session), so timing runs never pay for logits they do not read.
 """
@@ -18,7 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import SlimtuneError
-from .measure import Decoder
+from .measure import Decoder, Sampling, _sampler
 
 N_CTX = 2048  # tokens of context (prompt + answer, or a scored sequence) at most
 
@@ -35,7 +36,7 @@ class LlamaCppDecoder(Decoder):
         self.file = Path(file)
         self.tokenizer = _tokenizer(self.file)
         self.llm = self._open(n_ctx, logits_all=False)
-        self.n_ctx = self.llm.n_ctx()
+        self.n_ctx = self.max_positions = self.llm.n_ctx()
         self._stop = self.eos_ids() | {self.llm.token_eos()}
         self._scorer = None
 
@@ -55,7 +56,7 @@ class LlamaCppDecoder(Decoder):
         if n > self.n_ctx:
             raise SlimtuneError(f"{self.file}: {n} tokens exceed the llama.cpp context of {self.n_ctx}")
 
-    def stream(self, ids: list[int], max_new_tokens: int, stop: bool = True) -> Iterator[int]:
+    def stream(self, ids: list[int], max_new_tokens: int, stop: bool = True, sampling: Sampling | None = None) -> Iterator[int]:
         import llama_cpp
 
         self._check_length(len(ids))
@@ -63,9 +64,10 @@ class LlamaCppDecoder(Decoder):
         llm.reset()
         llm.eval(ids)
         n_vocab = llm.n_vocab()
+        pick = _argmax if sampling is None or sampling.greedy else _torch_pick(_sampler(sampling))
         for _ in range(max_new_tokens):
             logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
-            nxt = int(logits.argmax())
+            nxt = pick(logits)
             yield nxt
             if (stop and nxt in self._stop) or llm.n_tokens >= self.n_ctx:
                 return
@@ -82,6 +84,18 @@ class LlamaCppDecoder(Decoder):
         z = logits - logits.max(-1, keepdims=True)
         lse = np.log(np.exp(z).sum(-1))
         return z[np.arange(len(ids) - 1), ids[1:]] - lse
+
+
+def _argmax(logits: np.ndarray) -> int:
+    return int(logits.argmax())
+
+
+def _torch_pick(pick):
+    """The torch decoder's sampler (measure._sampler: temperature, top_p, seed) over llama.cpp's logits, so
+    a seeded request draws alike whichever runtime serves it."""
+    import torch
+
+    return lambda logits: pick(torch.from_numpy(np.array(logits, dtype=np.float32)))
 
 
 def _tokenizer(file: Path):

@@ -7,8 +7,10 @@
   punctuation or articles, whitespace tokens; as MLQA's evaluation does, each Chinese or Japanese
   character is a token and Unicode punctuation such as `，。？` goes too); a prompt with several reference answers in the
   test split counts its best match, and is generated once;
-- ttft_ms / decode_tokens_per_s at batch 1: time from the prompt to the first token (prefill),
-  and new tokens per second after it (decode with the KV cache), median over prompts.
+- ttft_ms / prefill_tokens_per_s / decode_tokens_per_s at batch 1: time from the prompt to the
+  first token (prefill), prompt tokens per second of it, and new tokens per second after it
+  (decode with the KV cache), median over prompts; `decode_block` gives the per-token times an
+  alternated decode speed-up against the baseline is taken from.
 
 A `Decoder` is one small interface over a torch causal LM and a GenAI folder: stream token ids
 after a prompt (greedy, or sampled when given a `Sampling` with a temperature above 0: what
@@ -202,27 +204,38 @@ def answer_quality(dec: Decoder, data: PairSet, system: str | None, max_prompts:
 
 
 def generation_speed(dec: Decoder, prompts: list[str], system: str | None, new_tokens: int, warmup: int = 1) -> dict:
-    """Batch-1 time to first token and decode tokens/s (after the first), median over `prompts`."""
+    """Batch-1 time to first token, prefill tokens/s (prompt tokens / TTFT) and decode tokens/s
+    (after the first), median over `prompts`."""
     import os
 
-    ttft, rate = [], []
+    ttft, prefill, rate = [], [], []
     for i, p in enumerate([*prompts[:warmup], *prompts]):
         ids = prompt_ids(dec.tokenizer, p, system)
-        start = time.perf_counter()
-        first, n = None, 0
-        for _ in dec.stream(ids, new_tokens, stop=False):
-            n += 1
-            if first is None:
-                first = time.perf_counter()
-        end = time.perf_counter()
+        first, times = _timed_stream(dec, ids, new_tokens)
         if i < warmup or first is None:
             continue
-        ttft.append((first - start) * 1000)
-        if n > 1:
-            rate.append((n - 1) / (end - first))
-    return {"ttft_ms": float(np.median(ttft)), "decode_tokens_per_s": float(np.median(rate)) if rate else float("nan"),
+        ttft.append(first * 1000)
+        prefill.append(len(ids) / first)
+        if len(times) > 1:
+            rate.append((len(times) - 1) / (times[-1] - times[0]))
+    return {"ttft_ms": float(np.median(ttft)), "prefill_tokens_per_s": float(np.median(prefill)),
+            "decode_tokens_per_s": float(np.median(rate)) if rate else float("nan"),
             "speed_prompts": len(ttft), "speed_new_tokens": new_tokens, "load_avg_1m": float(os.getloadavg()[0]),
             "threads": _threads()}
+
+
+def _timed_stream(dec: Decoder, ids: list[int], new_tokens: int) -> tuple[float | None, list[float]]:
+    """(seconds to the first token, the clock at each token since the start) of one greedy run of `new_tokens`."""
+    start = time.perf_counter()
+    times = [time.perf_counter() - start for _ in dec.stream(ids, new_tokens, stop=False)]
+    return (times[0] if times else None), times
+
+
+def decode_block(dec: Decoder, ids: list[int], new_tokens: int) -> list[float]:
+    """Seconds per decoded token (after the first) of one greedy run: one block of an alternated
+    decode speed-up (measure/alternate.py)."""
+    _, times = _timed_stream(dec, ids, new_tokens)
+    return [b - a for a, b in zip(times, times[1:])]
 
 
 def _threads() -> int:

@@ -46,6 +46,8 @@ class GenerationWorker:
         self._lock = threading.Lock()
         self._pending = 0
         self._thread: threading.Thread | None = None
+        self.cancelled = 0  # jobs stopped (or never started) because their client went away
+        self.generated = 0  # tokens the model made, answered or not (a cancelled job's too)
 
     @property
     def pending(self) -> int:
@@ -73,7 +75,9 @@ class GenerationWorker:
     def _work(self) -> None:
         while (job := self._queue.get()) is not _STOP:
             try:
-                if not job.cancelled.is_set():
+                if job.cancelled.is_set():
+                    self.cancelled += 1
+                else:
                     self._generate(job)
             except Exception as e:  # a model failure ends this request, not the server
                 job.emit(("error", f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"))
@@ -89,6 +93,7 @@ class GenerationWorker:
             nonlocal made, last
             for tok in dec.stream(job.ids, job.max_tokens, sampling=job.sampling):
                 made, last = made + 1, tok
+                self.generated += 1
                 yield tok
                 if job.cancelled.is_set():
                     return
@@ -99,6 +104,9 @@ class GenerationWorker:
                 job.emit(("text", shown))
             if cut.stopped:
                 break  # closes the token stream: no more tokens are generated
+        if job.cancelled.is_set() and not cut.stopped and made < job.max_tokens and last not in dec.stop_ids():
+            self.cancelled += 1  # the client left mid-answer: nobody reads the rest
+            return
         if rest := cut.flush():
             job.emit(("text", rest))
         ended = cut.stopped or last in dec.stop_ids() or made < job.max_tokens

@@ -31,7 +31,7 @@ import numpy as np
 from . import alternate
 from .predictors import Predictor
 
-WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx.data", ".bin", ".data", ".tflite")
+WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx.data", ".bin", ".data", ".tflite", ".gguf")
 
 
 def artifact_size(path: str | Path) -> int:

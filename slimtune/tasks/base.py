@@ -49,9 +49,9 @@ class Task:
     def check(self, recipe) -> None:
         """Checks across keys, once the recipe is parsed."""
 
-    def check_export(self, model: str, fmt: str) -> None:
+    def check_export(self, model: str, fmt: str, recipe: bool = False) -> None:
         """Whether `fmt` can be written for `model` here (a tool it needs, an architecture its
-        builder takes): said when the recipe is read or `export` starts, before any work."""
+        builder takes): said when the recipe is read (`recipe`) or `export` starts, before any work."""
 
     # ---- a run --------------------------------------------------------------------------------
 

@@ -1,19 +1,22 @@
 """The generate task: prompt/response pairs -> a causal LM, measured by response perplexity, greedy
-answers and generation speed; exported as ONNX Runtime GenAI folders (slimtune/decoder/).
+answers and generation speed; exported as ONNX Runtime GenAI folders and GGUF files (slimtune/decoder/).
 
     task:   generate
     data:   {name: chatterbot_qa} | {path: pairs.jsonl, prompt_column: prompt, response_column: response}
     model:  smollm2-135m | PATH/TO/HF_CAUSAL_LM
     stages: [{name: untuned, method: baseline}, {name: lora, method: lora, max_minutes: 20}, ...]
-    export: [genai-int4, genai-fp32]
+    export: [genai-int4, genai-fp32, gguf-q4_k_m, gguf-q8_0, gguf-f16]
     eval:   {answer_prompts: 32, max_new_tokens: 32, ...}
     int4:   {algo: k_quant, block_size: 32, accuracy_level: 4, int8: [], grid: keep}   # how genai-int4 quantizes
 
 A stage folder holds the HF folder, metrics.json and `greedy.json` (the greedy token ids of each
 answered prompt: what an export's parity compares). Every artifact is measured the same way on
 the held-out test pairs (`measure`): response perplexity, greedy answers (token F1, exact match,
-samples), time to first token and decode tokens/s at batch 1 in a fresh process, peak RSS, size.
-An export's parity is its first `parity_tokens` greedy tokens against those of its source stage.
+samples), time to first token, prefill and decode tokens/s at batch 1 in a fresh process, peak RSS,
+size; the decode speed-up over the baseline timed alternately in that process. An export's parity is
+its first `parity_tokens` greedy tokens against those of its source stage. Without llama.cpp
+(`slimtune[gguf]`), a GGUF export is written where gguf-py can write it, and its row says it was
+not measured (one line: the extra to install) rather than failing the run.
 `device:` and `trainer:` are not taken yet (a generate run trains on the CPU, in one process).
 """
 
@@ -72,11 +75,12 @@ class Generate(Task):
 
         return f"a packaged decoder ({', '.join(PACKAGED_DECODERS)}) or a folder path"
 
-    def check_export(self, model: str, fmt: str) -> None:
+    def check_export(self, model: str, fmt: str, recipe: bool = False) -> None:
         from ..decoder.genai import check_buildable
         from ..decoder.gguf_export import check_available
 
-        check_available(fmt)  # gguf-q4_k_m without llama.cpp: before any stage trains
+        if not recipe:  # `slimtune export --format gguf-q4_k_m` without llama.cpp: before any work
+            check_available(fmt)  # (in a recipe the run goes on: that export's row says why it is missing)
         check_buildable(model, fmt)  # a GenAI export of an architecture its builder does not take
 
     def extras_to_dict(self, extras: dict) -> dict:
@@ -97,7 +101,7 @@ class Generate(Task):
         return load_causal_lm(source)
 
     def measure_stage(self, folder, splits, ev, log, device="cpu", against=None) -> dict:
-        metrics, greedy = measure(folder, splits, ev, log)
+        metrics, greedy = measure(folder, splits, ev, log, against=against)
         (folder / GREEDY_FILE).write_text(json.dumps(greedy))
         return metrics
 
@@ -108,9 +112,24 @@ class Generate(Task):
 
     def export(self, source, reference, fmt, folder, splits, recipe, ev, rf, log, against=None) -> dict:
         from ..decoder.export import write as write_export
+        from ..decoder.gguf_export import GGUF_FORMATS, has_llama_cpp, not_runnable, tensor_types
 
+        if fmt in GGUF_FORMATS and not has_llama_cpp():  # written where gguf-py can; measured only by llama.cpp
+            reason = not_runnable(fmt)
+            log(f"  {fmt}: {reason}")
+            if reason.startswith("not written"):
+                Path(folder).mkdir(parents=True, exist_ok=True)  # the run's export folder: its metrics.json says why
+                return {"not_measured": reason, "runtime": "llama.cpp"}
+            facts = write_export(Path(source), fmt, folder, rf.cache / "genai", recipe.int4, log)
+            facts["gguf"] |= tensor_types(folder, fmt)
+            return {"not_measured": reason, "runtime": "llama.cpp", "size_bytes": artifact_size(folder)} | facts
         facts = write_export(Path(source), fmt, folder, rf.cache / "genai", recipe.int4, log)
-        metrics, _ = measure(folder, splits, ev, log, reference)
+        if fmt in GGUF_FORMATS:
+            facts["gguf"] |= tensor_types(folder, fmt)
+        metrics, _ = measure(folder, splits, ev, log, reference, against=against)
+        source_ppl = _stage_metrics(source).get("perplexity")
+        if source_ppl:
+            metrics["perplexity_vs_source"] = metrics["perplexity"] / source_ppl
         return metrics | facts
 
     def report_fields(self, recipe, splits, ev, rf, log, baseline, rows, compute) -> dict:
@@ -122,6 +141,14 @@ class Generate(Task):
         from ..decoder.report import markdown
 
         return markdown(report)
+
+
+def _stage_metrics(folder) -> dict:
+    """The metrics a finished stage folder holds ({} when it has none: a model folder as the source)."""
+    try:
+        return json.loads((Path(folder) / "metrics.json").read_text(encoding="utf-8"))["metrics"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def evaluate(dec, splits: PairSplits, ev: GenEvalConfig) -> tuple[dict, dict]:
@@ -139,9 +166,11 @@ def evaluate(dec, splits: PairSplits, ev: GenEvalConfig) -> tuple[dict, dict]:
 
 
 def measure(artifact: Path, splits: PairSplits, ev: GenEvalConfig, log: Callable[[str], None],
-            source_greedy: dict | None = None) -> tuple[dict, dict]:
-    """Metrics of one generative artifact, and its greedy ids per prompt."""
-    from ..decoder.bench import speed_in_subprocess
+            source_greedy: dict | None = None, against: tuple[str, Path] | None = None) -> tuple[dict, dict]:
+    """Metrics of one generative artifact, and its greedy ids per prompt. `against` (the baseline's
+    name and folder): its decode speed-up over the baseline, timed alternately in the same process
+    (the baseline's own row has none: 1x by definition)."""
+    from ..decoder.bench import decode_speedup, speed_in_subprocess
     from ..decoder.lm import load_decoder
     from ..decoder.measure import first_token_agreement, generation_speed
 
@@ -154,15 +183,20 @@ def measure(artifact: Path, splits: PairSplits, ev: GenEvalConfig, log: Callable
     log(f"  perplexity {metrics['perplexity']:.3f}  token F1 {metrics['token_f1']:.4f}  "
         f"exact {metrics['exact_match']:.4f}; timing {ev.speed_prompts} prompts x {ev.speed_new_tokens} tokens")
     prompts = list(dict.fromkeys(splits.test.prompts))[: ev.speed_prompts]
+    base = against[1] if against and Path(against[1]).resolve() != Path(artifact).resolve() else None
     if ev.isolate:
         del dec
-        metrics |= speed_in_subprocess(artifact, prompts, splits.system, ev.speed_new_tokens)
+        metrics |= speed_in_subprocess(artifact, prompts, splits.system, ev.speed_new_tokens, base)
     else:
         from ..measure.bench import peak_rss_mb
 
         metrics |= generation_speed(dec, prompts, splits.system, ev.speed_new_tokens) | {
             "peak_rss_mb": peak_rss_mb(), "peak_rss_note": "in-process"}
+        if base is not None:
+            metrics["decode_speedup"] = decode_speedup(load_decoder(base), dec, prompts, splits.system, ev.speed_new_tokens)
+    if "decode_speedup" in metrics:
+        metrics["decode_speedup"]["against"] = against[0]
     metrics["size_bytes"] = artifact_size(artifact)
-    log(f"  TTFT {metrics['ttft_ms']:.1f} ms  decode {metrics['decode_tokens_per_s']:.1f} tokens/s  "
-        f"size {metrics['size_bytes'] / 2**20:.1f} MiB")
+    log(f"  TTFT {metrics['ttft_ms']:.1f} ms  prefill {metrics['prefill_tokens_per_s']:.0f} tokens/s  decode "
+        f"{metrics['decode_tokens_per_s']:.1f} tokens/s  size {metrics['size_bytes'] / 2**20:.1f} MiB")
     return metrics, greedy
