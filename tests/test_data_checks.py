@@ -9,7 +9,7 @@ import pytest
 
 from slimtune.data import COLUMNS_HINT, DROP_HINT, DataConfig, load_splits, read_table
 from slimtune.errors import SlimtuneError, check_file
-from test_cli import assert_one_line_error, slimtune
+from test_cli import assert_one_line_error
 
 
 def rows(n: int = 40) -> str:
@@ -193,7 +193,8 @@ def test_paths_that_are_the_wrong_kind_say_so(tmp_path):
         resolve(pickled)
 
 
-def test_cli_nan_label_and_wrong_kind_of_data_path(tmp_path):
+def test_cli_nan_label_and_wrong_kind_of_data_path(tmp_path, slimtune_in_process):
+    slimtune = slimtune_in_process
     path = tmp_path / "d.csv"
     path.write_text("text,label\n" + rows() + "a NaN label,NaN\n")
     assert_one_line_error(slimtune("profile", "--data", path), f"{path} line 42: 'label' is NaN (a missing value)")
@@ -201,7 +202,8 @@ def test_cli_nan_label_and_wrong_kind_of_data_path(tmp_path):
     assert_one_line_error(slimtune("profile", "--data", "/dev/null"), "/dev/null is not a regular file")
 
 
-def test_cli_drop_missing_shows_the_count(tmp_path):
+def test_cli_drop_missing_shows_the_count(tmp_path, slimtune_in_process):
+    slimtune = slimtune_in_process
     path = tmp_path / "d.csv"
     path.write_text("text,label\n" + rows() + "a NaN label,NaN\n")
     proc = slimtune("profile", "--data", path, "--drop-missing", "--encoding", "utf-8")
