@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _tiny_llama import build_model_dir, write_pairs  # noqa: E402
-from test_cli import assert_one_line_error, slimtune  # noqa: E402
+from test_cli import assert_one_line_error  # noqa: E402
 
 from slimtune.errors import SlimtuneError  # noqa: E402
 
@@ -55,7 +55,8 @@ def test_lossless_decoder_exports_answer_as_their_source(llama, pairs, tmp_path,
     api.check_export_target(llama, fmt, out)
 
 
-def test_cli_exports_a_decoder_to_genai_int4_and_refuses_a_classifier(llama, pairs, tiny_clf_dir, tmp_path):
+def test_cli_exports_a_decoder_to_genai_int4_and_refuses_a_classifier(llama, pairs, tiny_clf_dir, tmp_path, slimtune_in_process):
+    slimtune = slimtune_in_process
     proc = slimtune("export", llama, "--format", "genai-int4", "--out", tmp_path / "int4", "--data", pairs)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(proc.stdout)
