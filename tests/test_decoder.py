@@ -365,18 +365,12 @@ def test_pairs_profile_counts_what_training_scores(tiny_tok):
     assert f"| longer than {cut_at} |" in md and "| test | 1 | 1 |" in md
 
 
-def test_profile_command_on_pairs(tiny_llama, pairs_file):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    exe = str(Path(sys.executable).parent / "slimtune")
-    proc = subprocess.run([exe, "profile", "--data", str(pairs_file), "--model", str(tiny_llama), "--max-length", "8"],
-                          capture_output=True, text=True, timeout=300)
+def test_profile_command_on_pairs(tiny_llama, pairs_file, slimtune_in_process):
+    proc = slimtune_in_process("profile", "--data", pairs_file, "--model", tiny_llama, "--max-length", "8")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "response tokens p50 / p95" in proc.stdout and "longer than 8" in proc.stdout
     assert "warning:" in proc.stdout + proc.stderr  # every pair is longer than 8 tokens
-    proc = subprocess.run([exe, "profile", "--data", "chatterbot_qa"], capture_output=True, text=True, timeout=300)
+    proc = slimtune_in_process("profile", "--data", "chatterbot_qa")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "chatterbot_qa is prompt/response data: profile it with a causal LM's tokenizer (--model smollm2-135m)" in proc.stderr
 
