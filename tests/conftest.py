@@ -151,12 +151,39 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@contextlib.contextmanager
+def _fd_captured(fd: int, holder: list):
+    """File descriptor `fd` (1 or 2) and its sys stream, written to a temporary file meanwhile: what a
+    subprocess's pipe would get, C libraries' writes and child processes' output included. The text
+    is appended to `holder` on the way out."""
+    import tempfile
+
+    name = "stdout" if fd == 1 else "stderr"
+    stream = getattr(sys, name)
+    stream.flush()
+    saved_fd = os.dup(fd)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), fd)
+        text = io.TextIOWrapper(os.fdopen(os.dup(fd), "wb"), encoding="utf-8", errors="replace", line_buffering=True)
+        setattr(sys, name, text)
+        try:
+            yield
+        finally:
+            text.close()  # flushes
+            setattr(sys, name, stream)
+            os.dup2(saved_fd, fd)
+            os.close(saved_fd)
+            tmp.seek(0)
+            holder.append(tmp.read().decode("utf-8", errors="replace"))
+
+
 def run_cli_in_process(*args, cwd=None) -> subprocess.CompletedProcess:
     """`slimtune ARGS` through `slimtune.cli.main` in this process: a subprocess's (returncode, stdout,
-    stderr) without its 3-5 s of python + torch + transformers start-up. What main changes for the
-    process (argv, cwd, environment, logging levels, warning filters) is put back afterwards; an
-    uncaught exception becomes a traceback on stderr and exit code 1, as in a subprocess. Keep a real
-    subprocess where the process boundary is the point (kill, lock, signal, the installed entry point)."""
+    stderr), file-descriptor level, without its 3-5 s of python + torch + transformers start-up. What
+    main changes for the process (argv, cwd, environment, logging levels, warning filters) is put back
+    afterwards; an uncaught exception becomes a traceback on stderr and exit code 1, as in a
+    subprocess. Keep a real subprocess where the process boundary is the point (kill, lock, signal,
+    the installed entry point)."""
     import logging
     import traceback
     import warnings
@@ -166,7 +193,7 @@ def run_cli_in_process(*args, cwd=None) -> subprocess.CompletedProcess:
     from slimtune import cli
 
     argv = ["slimtune", *map(str, args)]
-    out, err = io.StringIO(), io.StringIO()
+    out, err = [], []
     saved_argv, saved_cwd, saved_env = sys.argv, os.getcwd(), dict(os.environ)
     root_level, hf_level, hf_bars = logging.getLogger().level, hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     code = 0
@@ -175,7 +202,7 @@ def run_cli_in_process(*args, cwd=None) -> subprocess.CompletedProcess:
         os.environ["COLUMNS"] = "80"  # rich's and click's width on a pipe: help text wraps the same on any terminal
         if cwd is not None:
             os.chdir(cwd)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with warnings.catch_warnings(), _fd_captured(1, out), _fd_captured(2, err):
             try:
                 cli.main()
             except SystemExit as e:
@@ -193,7 +220,7 @@ def run_cli_in_process(*args, cwd=None) -> subprocess.CompletedProcess:
         logging.getLogger().setLevel(root_level)
         hf_logging.set_verbosity(hf_level)
         (hf_logging.enable_progress_bar if hf_bars else hf_logging.disable_progress_bar)()
-    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(argv, code, out[0], err[0])
 
 
 @pytest.fixture

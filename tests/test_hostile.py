@@ -1,5 +1,7 @@
-"""Issue 10, case by case, through the real `slimtune` command (subprocesses): the exit code, the
-one-line message, and that no user file changed. Numbers in the test names follow the issue."""
+"""Issue 10, case by case, through the `slimtune` command: the exit code, the one-line message, and
+that no user file changed. Numbers in the test names follow the issue. The run examined in
+finished_cli_run and Ctrl-C are real subprocesses (what stdout holds, a signal); the other cases
+run the command in this process (conftest.run_cli_in_process)."""
 
 from __future__ import annotations
 
@@ -48,36 +50,36 @@ def finished_cli_run(tmp_path_factory, tiny_clf_dir, tiny_csv):
 
 # -- data loss and silent wrong answers -------------------------------------------------------
 
-def test_01_export_never_deletes_a_users_folder_or_the_source(tiny_clf_dir, tmp_path):
+def test_01_export_never_deletes_a_users_folder_or_the_source(tiny_clf_dir, tmp_path, slimtune_in_process):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("my thesis")
     before, source = tree_digest(mine), tree_digest(tiny_clf_dir)
-    assert_one_line_error(slimtune("export", tiny_clf_dir, "--format", "hf", "--out", mine),
+    assert_one_line_error(slimtune_in_process("export", tiny_clf_dir, "--format", "hf", "--out", mine),
                           "is not empty and is not a finished hf export")
-    assert_one_line_error(slimtune("export", tiny_clf_dir, "--format", "hf", "--out", tiny_clf_dir),
+    assert_one_line_error(slimtune_in_process("export", tiny_clf_dir, "--format", "hf", "--out", tiny_clf_dir),
                           "is the source model's folder")
-    assert_one_line_error(slimtune("export", tiny_clf_dir, "--format", "onnx", "--out", tiny_clf_dir / "sub"),
+    assert_one_line_error(slimtune_in_process("export", tiny_clf_dir, "--format", "onnx", "--out", tiny_clf_dir / "sub"),
                           "is the source model's folder")
     assert tree_digest(mine) == before and tree_digest(tiny_clf_dir) == source
 
 
-def test_02_a_model_folder_without_its_tokenizer_is_an_error(tiny_clf_dir, tmp_path):
+def test_02_a_model_folder_without_its_tokenizer_is_an_error(tiny_clf_dir, tmp_path, slimtune_in_process):
     bare = tmp_path / "bare"
     bare.mkdir()
     for f in ("config.json", "model.safetensors"):
         shutil.copy(tiny_clf_dir / f, bare)
-    assert_one_line_error(slimtune("predict", bare, "a wonderful film"), "no tokenizer files")
+    assert_one_line_error(slimtune_in_process("predict", bare, "a wonderful film"), "no tokenizer files")
 
 
-def test_03_08_edited_data_is_not_reused_and_a_rejected_run_writes_nothing(finished_cli_run):
+def test_03_08_edited_data_is_not_reused_and_a_rejected_run_writes_nothing(finished_cli_run, slimtune_in_process):
     root, recipe, data, _ = finished_cli_run
     out = root / "out"
     before, original = tree_digest(out), data.read_text()
     flipped = original.replace(",pos", ",tmp").replace(",neg", ",pos").replace(",tmp", ",neg")
     try:
         data.write_text(flipped)
-        assert_one_line_error(slimtune("run", recipe, "--out", out), "was made by a different recipe or data")
+        assert_one_line_error(slimtune_in_process("run", recipe, "--out", out), "was made by a different recipe or data")
         assert tree_digest(out) == before  # recipe.yaml and every stage untouched
     finally:
         data.write_text(original)
@@ -115,16 +117,16 @@ def test_04_ctrl_c_exits_130_and_names_the_resume_command(tiny_base_dir, tiny_cs
     (["predict", "{clf}", "hi", "--max-length", "-1"], "Invalid value for '--max-length'"),
     (["nosuch"], "No such command 'nosuch'"),
 ], ids=["no-text", "runs-abc", "runs-0", "max-length-negative", "unknown-command"])
-def test_05_07_usage_errors_are_one_line(args, expected, tiny_clf_dir):
-    assert_one_line_error(slimtune(*[a.format(clf=tiny_clf_dir) for a in args]), expected)
+def test_05_07_usage_errors_are_one_line(args, expected, tiny_clf_dir, slimtune_in_process):
+    assert_one_line_error(slimtune_in_process(*[a.format(clf=tiny_clf_dir) for a in args]), expected)
 
 
-def test_05_bare_command_shows_help_and_exits_2():
-    proc = slimtune()
+def test_05_bare_command_shows_help_and_exits_2(slimtune_in_process):
+    proc = slimtune_in_process()
     assert proc.returncode == 2 and "Usage: slimtune" in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
 
 
-def test_06_unwritable_out_is_refused_before_any_work(tiny_clf_dir, tiny_csv, tmp_path):
+def test_06_unwritable_out_is_refused_before_any_work(tiny_clf_dir, tiny_csv, tmp_path, slimtune_in_process):
     a_file = tmp_path / "taken"
     a_file.write_text("x")
     recipe = write_recipe(tmp_path / "r.yaml", tiny_csv, tiny_clf_dir)
@@ -132,7 +134,7 @@ def test_06_unwritable_out_is_refused_before_any_work(tiny_clf_dir, tiny_csv, tm
                            (["run", recipe, "--out", "/proc/slimtune-out"], "cannot write in /proc"),
                            (["export", tiny_clf_dir, "--out", a_file], "is a file, not a folder"),
                            (["export", tiny_clf_dir, "--out", "/proc/slimtune-out"], "cannot write in /proc")]:
-        proc = slimtune(*args)
+        proc = slimtune_in_process(*args)
         assert_one_line_error(proc, expected)
         # found out before any training or export: nothing but the error was printed (a run logs
         # its data and stages on stderr as it goes); not a bound on time, which a busy machine stretches
@@ -146,37 +148,37 @@ def test_06_unwritable_out_is_refused_before_any_work(tiny_clf_dir, tiny_csv, tm
     ({"eval": FAST_EVAL | {"warmup": -3}}, "eval: warmup must be >= 0, not -3"),
     ({"stage": {"name": "s", "method": "full", "max_length": 0}}, "max_length must be >= 2"),
 ], ids=["eval-batch-0", "latency-runs-0", "warmup-negative", "stage-max-length-0"])
-def test_07_08_bad_numbers_are_refused_when_the_recipe_is_read(change, expected, tiny_clf_dir, tiny_csv, tmp_path):
+def test_07_08_bad_numbers_are_refused_when_the_recipe_is_read(change, expected, tiny_clf_dir, tiny_csv, tmp_path, slimtune_in_process):
     recipe = write_recipe(tmp_path / "r.yaml", tiny_csv, tiny_clf_dir, change.get("stage"),
                           **{k: v for k, v in change.items() if k != "stage"})
-    assert_one_line_error(slimtune("run", recipe, "--out", tmp_path / "out"), expected)
+    assert_one_line_error(slimtune_in_process("run", recipe, "--out", tmp_path / "out"), expected)
     assert not (tmp_path / "out").exists()  # nothing written
 
 
-def test_08_a_data_error_leaves_no_output_folder(tiny_clf_dir, tmp_path):
+def test_08_a_data_error_leaves_no_output_folder(tiny_clf_dir, tmp_path, slimtune_in_process):
     recipe = write_recipe(tmp_path / "r.yaml", tmp_path / "missing.csv", tiny_clf_dir)
-    assert_one_line_error(slimtune("run", recipe, "--out", tmp_path / "out"), "data file not found")
+    assert_one_line_error(slimtune_in_process("run", recipe, "--out", tmp_path / "out"), "data file not found")
     assert not (tmp_path / "out").exists()
 
 
 # -- quiet data mistakes ----------------------------------------------------------------------
 
-def test_09_numeric_labels_written_two_ways_are_one_class(tiny_clf_dir, tmp_path):
+def test_09_numeric_labels_written_two_ways_are_one_class(tiny_clf_dir, tmp_path, slimtune_in_process):
     data = tmp_path / "d.csv"
     data.write_text("text,label\n" + "".join(f"text number {i},{['0', '1', '1.0', '0.0'][i % 4]}\n" for i in range(40)))
     # the tiny model knows neg/pos: the error lists the data's classes, which must be two, not four
-    assert_one_line_error(slimtune("eval", tiny_clf_dir, "--data", data), "but the data has ['0', '1']")
+    assert_one_line_error(slimtune_in_process("eval", tiny_clf_dir, "--data", data), "but the data has ['0', '1']")
 
 
-def test_09_broken_jsonl_line_and_bad_bytes_are_located(tiny_clf_dir, tmp_path):
+def test_09_broken_jsonl_line_and_bad_bytes_are_located(tiny_clf_dir, tmp_path, slimtune_in_process):
     jsonl = tmp_path / "d.jsonl"
     jsonl.write_text('{"text": "a", "label": "pos"}\n{"text": "b", "label": "neg"}\n{"text": "c", "label": \n')
-    assert_one_line_error(slimtune("eval", tiny_clf_dir, "--data", jsonl), "d.jsonl line 3: not valid JSON")
+    assert_one_line_error(slimtune_in_process("eval", tiny_clf_dir, "--data", jsonl), "d.jsonl line 3: not valid JSON")
     latin = tmp_path / "d.csv"
     latin.write_bytes(b"text,label\n" + b"".join(f"t{i} caf\xe9,{'pos' if i % 2 else 'neg'}\n".encode("latin-1")
                                                  for i in range(20)))
-    assert_one_line_error(slimtune("eval", tiny_clf_dir, "--data", latin), "line 2 (byte 17) is not valid utf-8")
-    proc = slimtune("eval", tiny_clf_dir, "--data", latin, "--encoding", "latin-1", "--split", "all")
+    assert_one_line_error(slimtune_in_process("eval", tiny_clf_dir, "--data", latin), "line 2 (byte 17) is not valid utf-8")
+    proc = slimtune_in_process("eval", tiny_clf_dir, "--data", latin, "--encoding", "latin-1", "--split", "all")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["n_examples"] == 20
 
@@ -191,12 +193,12 @@ def test_09_tsv_keeps_quotes_as_text(tmp_path):
 
 # -- output a person can read -----------------------------------------------------------------
 
-def test_11_stdout_holds_only_the_result(finished_cli_run, tiny_clf_dir):
+def test_11_stdout_holds_only_the_result(finished_cli_run, tiny_clf_dir, slimtune_in_process):
     _, _, _, proc = finished_cli_run
     report = json.loads(proc.stdout)  # the whole of stdout is the report: no log lines mixed in
     assert [s["name"] for s in report["stages"]] == ["head", "onnx-int8"]
     assert "{'loss'" not in proc.stdout + proc.stderr and "'loss':" not in proc.stdout
-    pred = slimtune("predict", tiny_clf_dir, "a wonderful film", "--json")
+    pred = slimtune_in_process("predict", tiny_clf_dir, "a wonderful film", "--json")  # file descriptor 1 whole
     row = json.loads(pred.stdout)
     assert row["label"] in ("neg", "pos") and set(row["probabilities"]) == {"neg", "pos"}
 
