@@ -223,7 +223,7 @@ def run_cli_in_process(*args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(argv, code, out[0], err[0])
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def slimtune_in_process():
     """`run_cli_in_process` as a fixture: `proc = slimtune_in_process("predict", folder, "a film")`."""
     return run_cli_in_process

@@ -1,7 +1,7 @@
 """Issue 10, case by case, through the `slimtune` command: the exit code, the one-line message, and
-that no user file changed. Numbers in the test names follow the issue. The run examined in
-finished_cli_run and Ctrl-C are real subprocesses (what stdout holds, a signal); the other cases
-run the command in this process (conftest.run_cli_in_process)."""
+that no user file changed. Numbers in the test names follow the issue. Ctrl-C is sent to a
+real subprocess; the other cases run the command in this process (conftest.run_cli_in_process,
+which captures file descriptors 1 and 2 as a subprocess's pipes would)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_cli import assert_one_line_error, slimtune
+from test_cli import assert_one_line_error
 
 FAST_EVAL = {"latency_runs": 3, "warmup": 1, "bench_texts": 8, "max_length": 32, "isolate": False}
 
@@ -37,13 +37,13 @@ def write_recipe(path: Path, data: Path, model: Path, stage: dict | None = None,
 
 
 @pytest.fixture(scope="module")
-def finished_cli_run(tmp_path_factory, tiny_clf_dir, tiny_csv):
+def finished_cli_run(tmp_path_factory, tiny_clf_dir, tiny_csv, slimtune_in_process):
     """A run made through the CLI (with an int8 export, benchmarked in-process) to examine."""
     root = tmp_path_factory.mktemp("hostile")
     data = root / "reviews.csv"
     shutil.copy(tiny_csv, data)
     recipe = write_recipe(root / "r.yaml", data, tiny_clf_dir, export=["onnx-int8"])
-    proc = slimtune("run", recipe, "--out", root / "out", "--json")
+    proc = slimtune_in_process("run", recipe, "--out", root / "out", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root, recipe, data, proc
 
