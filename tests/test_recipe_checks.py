@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_cli import assert_one_line_error, slimtune
+from test_cli import assert_one_line_error
 
 from slimtune import api
 from slimtune.errors import SlimtuneError
@@ -268,13 +268,13 @@ def test_command_line_max_length_against_the_model(tmp_path):
     (BASE | {"stages": [{"name": "finetune", "method": "full", "max_length": 100000}]},
      "recipe.yaml: stages[0] (finetune) max_length 100000 is more than the model's 512 positions (minilm-l6)"),
 ], ids=["duplicate-key", "max-length"])
-def test_run_refuses_the_recipe_before_any_work(text, expected, tmp_path):
+def test_run_refuses_the_recipe_before_any_work(text, expected, tmp_path, slimtune_in_process):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(text if isinstance(text, str) else yaml.safe_dump(text))
-    assert_one_line_error(slimtune("run", recipe.name, "--out", "out", cwd=tmp_path), expected)
+    assert_one_line_error(slimtune_in_process("run", recipe.name, "--out", "out", cwd=tmp_path), expected)
     assert not (tmp_path / "out").exists()  # nothing written
 
 
-def test_predict_max_length_beyond_the_model_is_one_line(tiny_clf_dir):
-    assert_one_line_error(slimtune("predict", tiny_clf_dir, "a film", "--max-length", "4096"),
+def test_predict_max_length_beyond_the_model_is_one_line(tiny_clf_dir, slimtune_in_process):
+    assert_one_line_error(slimtune_in_process("predict", tiny_clf_dir, "a film", "--max-length", "4096"),
                           f"max_length 4096 is more than the model's 128 positions ({tiny_clf_dir})")

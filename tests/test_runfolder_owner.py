@@ -20,7 +20,7 @@ import pytest
 from slimtune.errors import SlimtuneError
 from slimtune.recipe import load
 from slimtune.runfolder import LOCK, MARKER, RunFolder
-from test_cli import assert_one_line_error, slimtune
+from test_cli import assert_one_line_error, slimtune  # a lock held by another process: real subprocesses
 from test_hostile import tree_digest, write_recipe
 
 OTHER = {"fingerprint": {"stages": [{"name": "head", "method": "full"}]}, "metrics": {"accuracy": 0.5}}
@@ -36,7 +36,7 @@ def hold_lock(out: Path) -> int:
     return fd
 
 
-def test_a_users_folder_is_refused_untouched_then_taken_with_overwrite(tiny_clf_dir, tiny_csv, tmp_path):
+def test_a_users_folder_is_refused_untouched_then_taken_with_overwrite(tiny_clf_dir, tiny_csv, tmp_path, slimtune_in_process):
     recipe = write_recipe(tmp_path / "r.yaml", tiny_csv, tiny_clf_dir)
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -44,12 +44,12 @@ def test_a_users_folder_is_refused_untouched_then_taken_with_overwrite(tiny_clf_
     (mine / "stages").mkdir()
     (mine / "stages" / "keep.txt").write_text("mine too")
     before = tree_digest(mine)
-    assert_one_line_error(slimtune("run", recipe, "--out", mine),
+    assert_one_line_error(slimtune_in_process("run", recipe, "--out", mine),
                           f"--out {mine} is not empty and is not a slimtune run folder; choose a new or empty folder, "
                           "or pass --overwrite")
     assert tree_digest(mine) == before and sorted(p.name for p in mine.iterdir()) == ["report.md", "stages"]
 
-    proc = slimtune("run", recipe, "--out", mine, "--overwrite")
+    proc = slimtune_in_process("run", recipe, "--out", mine, "--overwrite")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (mine / MARKER).is_file() and not (mine / LOCK).exists()  # marked as slimtune's; the lock went with the run
     assert (mine / "stages" / "keep.txt").read_text() == "mine too" and (mine / "stages" / "01-head" / "metrics.json").is_file()
@@ -59,14 +59,14 @@ def test_a_users_folder_is_refused_untouched_then_taken_with_overwrite(tiny_clf_
     after = tree_digest(mine)
     other = write_recipe(tmp_path / "other.yaml", tiny_csv, tiny_clf_dir,
                          {"name": "head", "method": "head_only", "max_steps": 3, "max_length": 32})
-    assert_one_line_error(slimtune("run", other, "--out", mine), "was made by a different recipe or data")
+    assert_one_line_error(slimtune_in_process("run", other, "--out", mine), "was made by a different recipe or data")
     assert tree_digest(mine) == after
 
 
-def test_the_model_folder_is_refused_even_with_overwrite(tiny_clf_dir, tiny_csv, tmp_path):
+def test_the_model_folder_is_refused_even_with_overwrite(tiny_clf_dir, tiny_csv, tmp_path, slimtune_in_process):
     recipe = write_recipe(tmp_path / "r.yaml", tiny_csv, tiny_clf_dir)
     before = tree_digest(tiny_clf_dir)
-    assert_one_line_error(slimtune("run", recipe, "--out", tiny_clf_dir, "--overwrite"),
+    assert_one_line_error(slimtune_in_process("run", recipe, "--out", tiny_clf_dir, "--overwrite"),
                           f"--out {tiny_clf_dir} is {tiny_clf_dir.resolve()} (the model's folder); choose another folder "
                           "(--overwrite does not allow this)")
     assert tree_digest(tiny_clf_dir) == before and not (tiny_clf_dir / MARKER).exists()

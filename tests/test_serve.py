@@ -26,7 +26,7 @@ from slimtune.errors import SlimtuneError
 from slimtune.server import ServeConfig, Service, load
 
 from conftest import synthetic_rows
-from test_cli import assert_one_line_error, slimtune
+from test_cli import assert_one_line_error
 
 TEXTS = [t for t, _ in synthetic_rows(24, seed=3)]
 TEXTS = [" ".join([t] * (1 + i % 4)) for i, t in enumerate(TEXTS)]  # mixed lengths: padding differs per batch
@@ -317,13 +317,13 @@ def test_config_is_checked():
 # -- the command ----------------------------------------------------------------------------------
 
 
-def test_serve_bad_input_exits_2_with_one_line(tmp_path, int8_dir):
-    assert_one_line_error(slimtune("serve", tmp_path / "nowhere", "--port", "0"), "model not found")
+def test_serve_bad_input_exits_2_with_one_line(tmp_path, int8_dir, slimtune_in_process):
+    assert_one_line_error(slimtune_in_process("serve", tmp_path / "nowhere", "--port", "0"), "model not found")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert_one_line_error(slimtune("serve", int8_dir, "--port", port), f"cannot listen on 127.0.0.1:{port}")
+        assert_one_line_error(slimtune_in_process("serve", int8_dir, "--port", port), f"cannot listen on 127.0.0.1:{port}")
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(int8_dir):

@@ -14,7 +14,7 @@ import slimtune
 from slimtune.errors import SlimtuneError
 from slimtune.server import ServeConfig, bind, load, network_warning
 
-from test_cli import assert_one_line_error, slimtune as slimtune_cli
+from test_cli import assert_one_line_error
 from test_serve import post, serving
 
 
@@ -27,8 +27,8 @@ def clf(tiny_clf_dir):
 
 
 @pytest.mark.parametrize("port", ["70000", "-1"])
-def test_05_port_out_of_range_exits_2_naming_it(port, tiny_clf_dir):
-    proc = slimtune_cli("serve", tiny_clf_dir, "--port", port)
+def test_05_port_out_of_range_exits_2_naming_it(port, tiny_clf_dir, slimtune_in_process):
+    proc = slimtune_in_process("serve", tiny_clf_dir, "--port", port)
     assert_one_line_error(proc, f"serve: port {port} is not in 1-65535 (or 0: any free port)")
 
 
@@ -79,8 +79,8 @@ def test_09_library_warns_on_stderr_when_it_binds_0_0_0_0_and_not_on_loopback(tm
         assert capsys.readouterr() == ("", "")
 
 
-def test_09_command_warns_once_on_stderr(tmp_path):
-    proc = slimtune_cli("serve", tmp_path / "nowhere", "--host", "0.0.0.0", "--port", "0")
+def test_09_command_warns_once_on_stderr(tmp_path, slimtune_in_process):
+    proc = slimtune_in_process("serve", tmp_path / "nowhere", "--host", "0.0.0.0", "--port", "0")
     assert_one_line_error(proc, "model not found")
     assert sum("warning: listening on 0.0.0.0:" in line for line in proc.stderr.splitlines()) == 1, proc.stderr
 
