@@ -222,7 +222,7 @@ def test_serve_caps_max_tokens_and_a_closed_stream_cancels_its_generation(long_l
     proc = subprocess.Popen([*cmd, "serve", str(long_llama), "--port", "0", "--max-new-tokens", "4000"],
                             stderr=subprocess.PIPE, text=True)
     try:
-        line, deadline = "", time.monotonic() + 120
+        line, deadline = "", time.monotonic() + 600  # a bound for a hung start on a busy machine
         while "ready on" not in line and time.monotonic() < deadline and proc.poll() is None:
             line = proc.stderr.readline()
         assert "ready on http://127.0.0.1:" in line, line
@@ -255,7 +255,7 @@ def test_serve_caps_max_tokens_and_a_closed_stream_cancels_its_generation(long_l
         made = _metric(metrics, "slimtune_generated_tokens")
         assert 5 < made < 4000 + 5  # the abandoned answer stopped early; had it run on, 4005 tokens
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        assert proc.wait(300) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

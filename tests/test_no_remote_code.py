@@ -25,7 +25,7 @@ def slimtune_with_stdin(*args, stdin: str = "y\n"):
     """The CLI with an answer waiting on stdin: a prompt that read it would run the folder's code."""
     exe = shutil.which("slimtune", path=str(Path(sys.executable).parent))
     cmd = [exe] if exe else [sys.executable, "-m", "slimtune.cli"]
-    return subprocess.run([*cmd, *map(str, args)], input=stdin, capture_output=True, text=True, timeout=300)
+    return subprocess.run([*cmd, *map(str, args)], input=stdin, capture_output=True, text=True, timeout=1800)
 
 
 def edit_json(path: Path, **changes) -> None:
