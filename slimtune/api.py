@@ -8,9 +8,10 @@ from typing import Callable
 
 from .data import PACKAGED, DataConfig, TextSet, load_splits
 from .errors import SlimtuneError
-from .profile import EVAL_MAX_LENGTH
 from .artifacts import load_predictor
-from .measure.predictors import DEFAULT_MAX_LENGTH, Prediction
+from .measure.predictors import Prediction
+from .tasks import for_model
+from .text import length_for
 
 
 def data_config(data: str, text_column: str = "text", label_column: str = "label", **kw) -> DataConfig:
@@ -69,37 +70,24 @@ def check_run(recipe_path: str | Path, out: str | Path, device: str | None = Non
     RunFolder(out).check_target(recipe, overwrite)
 
 
-def check_max_length(model: str | Path, max_length: int | None, default: int = DEFAULT_MAX_LENGTH) -> int:
-    """`max_length` within the model's position table (its config.json; nothing is loaded): a longer
-    one would fail only on the first long text, deep inside the model. Unset (None): `default`, or
-    the model's limit if that is shorter."""
-    from .model.folders import positions
-
-    limit = positions(model)
-    if max_length is None:
-        return min(default, limit or default)
-    if limit is not None and max_length > limit:
-        raise SlimtuneError(f"max_length {max_length} is more than the model's {limit} positions ({model})")
-    return max_length
+def max_length_for(model: str | Path, max_length: int | None = None) -> int:
+    """The token length eval, bench, export, predict and serve read `model`'s texts with: `max_length`
+    checked against the model's positions, or unset (None) its task's default cut to them
+    (text.length_for; nothing is loaded), so each command reads the same model the same way."""
+    return length_for(for_model(model), model, max_length)
 
 
-def evaluate(model: str | Path, data: DataConfig, split: str = "test", max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 32,
+def evaluate(model: str | Path, data: DataConfig, split: str = "test", max_length: int | None = None, batch_size: int = 32,
              task: str | None = None) -> dict:
-    """Accuracy, macro F1/precision/recall and confusion matrix of `model` on `data`'s test split (or all of it)."""
+    """Accuracy, macro F1/precision/recall and confusion matrix of `model` on `data`'s test split (or
+    all of it), and the max_length it was read with (unset: `max_length_for`)."""
     from .measure.metrics import evaluate as evaluate_predictor
 
-    check_max_length(model, max_length)
+    max_length = max_length_for(model, max_length)
     texts, label_names = _eval_set(data, split)
     pred = load_predictor(model, max_length, label_names, task)
     metrics, _ = evaluate_predictor(pred, texts, batch_size, progress="evaluating")
-    return metrics | {"labels": label_names, "split": split}
-
-
-def is_generative(model: str | Path) -> bool:
-    """A causal LM (packaged decoder, HF folder, GenAI export): eval and bench measure generation."""
-    from .decoder.lm import is_generative as check
-
-    return check(model)
+    return metrics | {"labels": label_names, "split": split, "max_length": max_length}
 
 
 def pair_config(data: str, prompt_column: str = "prompt", response_column: str = "response", **kw):
@@ -111,7 +99,7 @@ def pair_config(data: str, prompt_column: str = "prompt", response_column: str =
     return GenDataConfig(path=data, prompt_column=prompt_column, response_column=response_column, **kw)
 
 
-def evaluate_generative(model: str | Path, data, max_length: int = 256, answer_prompts: int = 32,
+def evaluate_generative(model: str | Path, data, max_length: int | None = None, answer_prompts: int = 32,
                         max_new_tokens: int = 32) -> dict:
     """Response perplexity, token F1 / exact match of greedy answers and a few samples of a causal
     LM (torch folder or GenAI export) on `data`'s test pairs: what `task: generate` runs report."""
@@ -119,11 +107,11 @@ def evaluate_generative(model: str | Path, data, max_length: int = 256, answer_p
     from .decoder.lm import load_decoder
     from .tasks.generate import GenEvalConfig, evaluate as evaluate_decoder
 
-    check_max_length(model, max_length)
+    max_length = max_length_for(model, max_length)
     ev = GenEvalConfig(max_length=max_length, answer_prompts=answer_prompts, max_new_tokens=max_new_tokens)
     splits = load_pairs(data)
     metrics, _ = evaluate_decoder(load_decoder(model), splits, ev)
-    return metrics | {"split": "test", "data": splits.source}
+    return metrics | {"split": "test", "data": splits.source, "max_length": max_length}
 
 
 def bench_generative(model: str | Path, data=None, prompts: int = 8, new_tokens: int = 32) -> dict:
@@ -148,7 +136,7 @@ def default_texts(n: int = 200) -> list[str]:
     return load_splits(DataConfig(name="rotten_tomatoes")).test.texts[:n]
 
 
-def bench(model: str | Path, texts: list[str] | None = None, runs: int = 100, warmup: int = 10, max_length: int = EVAL_MAX_LENGTH,
+def bench(model: str | Path, texts: list[str] | None = None, runs: int = 100, warmup: int = 10, max_length: int | None = None,
           batch_size: int = 32, provider: str = "cpu", against: str | Path | None = None) -> dict:
     """Latency p50/p95 (batch 1), throughput, peak RSS, params, size on disk and hardware of `model`
     (`provider`: ONNX Runtime's cpu, cuda or tensorrt execution provider for an ONNX artifact);
@@ -158,7 +146,7 @@ def bench(model: str | Path, texts: list[str] | None = None, runs: int = 100, wa
 
     if against is not None and not Path(against).exists():  # said before any timing, not after it
         raise SlimtuneError(f"--against: model not found: {against}")
-    check_max_length(model, max_length)
+    max_length = max_length_for(model, max_length)
     pred = load_predictor(model, max_length, provider=provider)
     loader = None if against is None else (lambda: load_predictor(against, max_length, provider=provider))
     result = benchmark(pred, texts or default_texts(), runs, warmup, batch_size, against=loader)
@@ -166,7 +154,7 @@ def bench(model: str | Path, texts: list[str] | None = None, runs: int = 100, wa
         result["speedup"]["against"] = str(against)
     target = Path(model)
     result["size_bytes"] = artifact_size(target / "model.onnx" if (target / "model.onnx").is_file() else target)
-    return result | {"hardware": hardware(), "provider": provider}
+    return result | {"hardware": hardware(), "provider": provider, "max_length": max_length}
 
 
 def check_export_target(model: str | Path, fmt: str, out: str | Path, overwrite: bool = False) -> None:
@@ -191,7 +179,7 @@ def check_export_target(model: str | Path, fmt: str, out: str | Path, overwrite:
                                 "choose an empty or new folder, or pass --overwrite to replace what it holds")
 
 
-def export(model: str | Path, fmt: str, out: str | Path, data: DataConfig | None = None, max_length: int = EVAL_MAX_LENGTH,
+def export(model: str | Path, fmt: str, out: str | Path, data: DataConfig | None = None, max_length: int | None = None,
            task: str | None = None, overwrite: bool = False) -> dict:
     """Export a model folder to `fmt` at `out`, then check parity with the source.
 
@@ -210,10 +198,11 @@ def export(model: str | Path, fmt: str, out: str | Path, data: DataConfig | None
 
     check_export_target(model, fmt, out, overwrite)
     out = Path(out)
-    if is_generative(model):
+    if for_model(model).data_kind == "pairs":  # a causal LM: checked on prompt/response pairs (decoder/export.py)
         from .decoder.export import export_checked as export_decoder
 
         return export_decoder(model, fmt, out, data)
+    max_length = max_length_for(model, max_length)
     torch_model, tokenizer = load_model(model, task=task)
     if data is not None:
         test, _ = _eval_set(data, "test")
@@ -221,7 +210,8 @@ def export(model: str | Path, fmt: str, out: str | Path, data: DataConfig | None
     else:
         test, texts = None, default_texts()
     exported, logits, check = export_checked(torch_model, tokenizer, fmt, out, texts, max_length)
-    result = {"format": fmt, "source": str(model), "artifact": str(out), "parity": check, "n_texts": len(texts)}
+    result = {"format": fmt, "source": str(model), "artifact": str(out), "parity": check, "n_texts": len(texts),
+              "max_length": max_length}
     if test is not None:
         result |= classification_metrics(test.labels, logits.argmax(1), len(exported.label_names))
     (out / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -229,17 +219,19 @@ def export(model: str | Path, fmt: str, out: str | Path, data: DataConfig | None
 
 
 def predict(model: str | Path, texts: list[str], max_length: int | None = None, task: str | None = None) -> list[Prediction]:
-    """Label and probability for each text (`max_length` unset: 256, or the model's limit if shorter)."""
+    """Label and probability for each text (`max_length` unset: `max_length_for`, the task's default
+    cut to the model's positions). A causal LM is refused in one line naming `generate`."""
     from .measure.predictors import predict as predict_texts
 
     if not texts:
         raise SlimtuneError("predict: give at least one text")
-    max_length = check_max_length(model, max_length)
+    for_model(model).check_predict(str(model))
+    max_length = max_length_for(model, max_length)
     return predict_texts(load_predictor(model, max_length, task=task), texts)
 
 
 def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 32, max_wait_ms: float = 5.0,
-          workers: int = 1, max_queue: int = 1024, max_texts: int = 64, max_length: int = 128, per_row: str = "auto",
+          workers: int = 1, max_queue: int = 1024, max_texts: int = 64, max_length: int | None = None, per_row: str = "auto",
           log: Callable[[str], None] = print, max_new_tokens: int = 256) -> None:
     """Serve `artifact` over HTTP (POST /predict, GET /health /ready /metrics /info) with dynamic
     micro-batching, until SIGTERM or Ctrl-C; in-flight requests are answered before it returns.

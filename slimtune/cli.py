@@ -35,12 +35,20 @@ DropMissing = Annotated[bool, typer.Option(help="drop (and count) rows whose tex
                                                 "or NaN; without it such a row is an error naming its line")]
 PromptCol = Annotated[str, typer.Option(help="prompt column of a prompt/response file (causal LMs)")]
 ResponseCol = Annotated[str, typer.Option(help="response column of a prompt/response file (causal LMs)")]
-MaxLen = Annotated[int, typer.Option(min=2, help="tokens per text (longer texts are truncated)")]
+MaxLen = Annotated[Optional[int], typer.Option(min=2, help="tokens per text (longer texts are truncated); default: the "
+                                                            "model's task's (classifier 128, causal LM 256), cut to its positions")]
 Task = Annotated[Optional[str], typer.Option(help="one task of a multi-task model (default: its primary task)")]
 
 
 def _print_json(obj) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
+
+
+def _pairs(model: str) -> bool:
+    """Whether `model`'s task reads prompt/response pairs (a causal LM), as its task plug-in says."""
+    from .tasks import for_model
+
+    return for_model(model).data_kind == "pairs"
 
 
 @app.command()
@@ -92,7 +100,7 @@ def eval_(
     label_column: LabelCol = "label",
     encoding: Encoding = "utf-8",
     split: Annotated[str, typer.Option(help="test (the same split `run` uses) or all")] = "test",
-    max_length: MaxLen = 128,
+    max_length: MaxLen = None,
     batch_size: Annotated[int, typer.Option(min=1, help="texts per batch (dynamic int8 results can depend on it)")] = 32,
     task: Task = None,
     prompt_column: PromptCol = "prompt",
@@ -101,7 +109,7 @@ def eval_(
 ):
     """Accuracy, macro F1/precision/recall and confusion matrix on held-out data; for a causal LM
     (a decoder folder or GenAI export, with prompt/response data): response perplexity and token F1."""
-    if api.is_generative(model):
+    if _pairs(model):
         cfg = api.pair_config(data, prompt_column, response_column, encoding=encoding, drop_missing=drop_missing)
         _print_json(api.evaluate_generative(model, cfg, max_length=max_length))
         return
@@ -117,7 +125,7 @@ def bench(
     text_column: TextCol = "text",
     label_column: LabelCol = "label",
     encoding: Encoding = "utf-8",
-    max_length: MaxLen = 128,
+    max_length: MaxLen = None,
     provider: Annotated[str, typer.Option(help="ONNX Runtime execution provider for an ONNX artifact: cpu, cuda, tensorrt "
                                                "(GPU ones need onnxruntime-gpu)")] = "cpu",
     against: Annotated[Optional[str], typer.Option(help="baseline model folder: speed-up of MODEL over it, the two "
@@ -128,7 +136,7 @@ def bench(
 ):
     """Latency p50/p95 at batch 1, throughput at batch 32, peak RSS, params, size, hardware; for a
     causal LM: time to first token and decode tokens/s at batch 1 on prompts of --data (default chatterbot_qa)."""
-    if api.is_generative(model):
+    if _pairs(model):
         if against:
             raise SlimtuneError("bench --against: applies to classifiers; for a causal LM, time each artifact alone")
         pairs = api.pair_config(data, prompt_column, response_column, encoding=encoding, drop_missing=drop_missing) if data else None
@@ -155,7 +163,7 @@ def export(
     text_column: TextCol = "text",
     label_column: LabelCol = "label",
     encoding: Encoding = "utf-8",
-    max_length: MaxLen = 128,
+    max_length: MaxLen = None,
     task: Task = None,
     prompt_column: PromptCol = "prompt",
     response_column: ResponseCol = "response",
@@ -165,7 +173,7 @@ def export(
     GenAI fp32 or GenAI int4 (a causal LM), and check parity with the source."""
     target = out or Path(f"{str(model).rstrip('/')}-{format}")
     api.check_export_target(model, format, target, overwrite)  # before reading any data
-    if api.is_generative(model):
+    if _pairs(model):
         cfg = api.pair_config(data, prompt_column, response_column, encoding=encoding, drop_missing=drop_missing) if data else None
     else:
         cfg = api.data_config(data, text_column, label_column, encoding=encoding, drop_missing=drop_missing) if data else None
@@ -176,16 +184,17 @@ def export(
 def predict(
     model: Annotated[str, typer.Argument(help="model folder (HF, or holding model.onnx or model.tflite)")],
     texts: Annotated[list[str], typer.Argument(help="one or more texts")],
-    max_length: Annotated[Optional[int], typer.Option(min=2, help="tokens per text (longer texts are truncated); "
-                                                                  "default 256, or the model's limit if shorter")] = None,
+    max_length: MaxLen = None,
     task: Task = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per text, with every label's probability")] = False,
 ):
-    """Predicted label and its probability for each text."""
-    for text, p in zip(texts, api.predict(model, texts, max_length, task)):
+    """Predicted label and its probability for each text (a classifier; a causal LM: `slimtune generate`)."""
+    predictions = api.predict(model, texts, max_length, task)
+    used = api.max_length_for(model, max_length)
+    for text, p in zip(texts, predictions):
         if as_json:
             typer.echo(json.dumps({"text": text, "label": p.label, "probability": p.probability,
-                                   "probabilities": p.probabilities}, ensure_ascii=False))
+                                   "probabilities": p.probabilities, "max_length": used}, ensure_ascii=False))
         else:
             typer.echo(f"{p.label}\t{p.probability:.4f}\t{text}")
 
@@ -201,7 +210,7 @@ def serve(
     workers: Annotated[int, typer.Option(help="inference threads sharing one model")] = 1,
     max_queue: Annotated[int, typer.Option(help="texts (a causal LM: requests) waiting at most; beyond it requests get 503 + Retry-After")] = 1024,
     max_texts: Annotated[int, typer.Option(help="texts per request, at most (413 beyond)")] = 64,
-    max_length: MaxLen = 128,
+    max_length: MaxLen = None,
     per_row: Annotated[str, typer.Option(help="auto: one text per model call for dynamic-int8 models (whose answers "
                                               "would depend on batch-mates), batched otherwise; on; off")] = "auto",
     max_new_tokens: Annotated[int, typer.Option(help="causal LM: tokens per answer at most (a larger max_tokens is a 400), "
@@ -221,7 +230,8 @@ def profile_(
     label_column: LabelCol = "label",
     prompt_column: PromptCol = "prompt",
     response_column: ResponseCol = "response",
-    max_length: Annotated[int, typer.Option(help="causal LMs: count the pairs longer than this (a generate recipe's eval.max_length)")] = 256,
+    max_length: Annotated[Optional[int], typer.Option(min=2, help="causal LMs: count the pairs longer than this (default: what a "
+                                                                  "generate recipe scores with, 256 cut to the model's positions)")] = None,
     json_: Annotated[bool, typer.Option("--json", help="print the whole profile as JSON")] = False,
     encoding: Encoding = "utf-8",
     drop_missing: DropMissing = False,
@@ -232,7 +242,7 @@ def profile_(
 
     console = _console()
     say = lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True)  # noqa: E731  (a line stays one line)
-    if api.is_generative(model):
+    if _pairs(model):
         from .decoder.profile import markdown, profile as pairs
 
         cfg = api.pair_config(data, prompt_column, response_column, encoding=encoding, drop_missing=drop_missing)

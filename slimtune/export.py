@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import SlimtuneError
 from .stage import Artifact
+from .tasks.names import CLASSIFY, DEFAULT_LENGTH
 
 FORMATS = {"hf": Artifact("hf"), "onnx": Artifact("onnx"), "onnx-int8": Artifact("onnx", {"int8": True}),
            "tflite": Artifact("tflite"), "tflite-int8": Artifact("tflite", {"int8": True})}
@@ -32,7 +33,7 @@ def write(model, tokenizer, fmt: str, out: Path, max_length: int | None = None) 
         raise SlimtuneError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
     artifact = FORMATS[fmt]
     if artifact.kind == "tflite":
-        artifact = Artifact("tflite", artifact.options | {"max_length": max_length or 128})
+        artifact = Artifact("tflite", artifact.options | {"max_length": max_length or DEFAULT_LENGTH[CLASSIFY]})
     with atomic_dir(out) as tmp:
         save(artifact, tmp, model, tokenizer)
     return Path(out)

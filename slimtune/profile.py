@@ -14,101 +14,29 @@
   many were dropped for lacking a text or label (`data.drop_missing`).
 
 A stage that leaves `max_length` unset gets `suggested_max_length`: the training texts' 95th
-percentile, capped at the model's limit (`fill_max_length`).
-
-Long texts can be cut `head_tail` instead of head-only (`encode`): keep the first quarter of the
-budget from the start and the rest from the end, the split Sun et al. (2019, "How to fine-tune BERT
-for text classification?") found best on long reviews (head 128 + tail 382 of 512).
+percentile, capped at the model's limit (text.py: `suggested_length`, `fill_max_length`, and the
+rest of tokenization and lengths).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
 
 from .errors import SlimtuneError
+from .text import load_tokenizer, suggested_length, token_lengths, token_limit
 
 UNK_WARN = 0.05  # unknown-token share above which the report warns in plain words
 READER = "multilingual-e5-small"  # the packaged model whose vocabulary covers ~100 languages
 READER_SAMPLE = 500  # texts on which the reader's own unknown share is measured
 PERCENTILES = (50, 90, 95, 99)
-TRUNCATIONS = ("head", "head_tail")
-HEAD_SHARE = 0.25  # head_tail: this share of the kept tokens comes from the start
-MIN_LENGTH = 8
-
-
-def check_truncation(value: str) -> None:
-    if value not in TRUNCATIONS:
-        raise SlimtuneError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got {value!r}")
-
-
-def head_tail_ids(ids: list[int], max_length: int, n_special: int) -> list[int]:
-    """Cut one tokenized text (special tokens included) to `max_length`, keeping start and end.
-
-    The special tokens stay where they are: one at each end for BERT-style models ([CLS] ... [SEP]),
-    one at the end when the tokenizer adds a single one."""
-    if len(ids) <= max_length:
-        return list(ids)
-    lead = 1 if n_special >= 2 else 0
-    trail = n_special - lead
-    body = ids[lead: len(ids) - trail if trail else None]
-    room = max_length - n_special
-    if room < 2:
-        raise SlimtuneError(f"max_length {max_length} leaves no room for text with {n_special} special tokens")
-    head = max(1, int(room * HEAD_SHARE))
-    tail = room - head
-    return ids[:lead] + body[:head] + body[len(body) - tail:] + (ids[len(ids) - trail:] if trail else [])
-
-
-def encode(tokenizer, texts: list[str], max_length: int, truncation: str = "head") -> dict[str, list[list[int]]]:
-    """Tokenize `texts` (unpadded lists) cut to `max_length` from the head, or from head and tail."""
-    check_truncation(truncation)
-    if truncation == "head":
-        return dict(tokenizer(list(texts), truncation=True, max_length=max_length))
-    enc = tokenizer(list(texts), truncation=False, verbose=False)
-    n_special = tokenizer.num_special_tokens_to_add(pair=False)
-    ids = [head_tail_ids(row, max_length, n_special) for row in enc["input_ids"]]
-    out = {"input_ids": ids, "attention_mask": [[1] * len(r) for r in ids]}
-    if "token_type_ids" in enc:
-        out["token_type_ids"] = [[0] * len(r) for r in ids]
-    return out
-
-
-def encode_padded(tokenizer, texts: list[str], max_length: int, truncation: str = "head") -> dict[str, np.ndarray]:
-    """`encode`, padded to the longest text, as int64 arrays (what a predictor feeds a model)."""
-    if truncation == "head":
-        enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="np")
-    else:
-        enc = tokenizer.pad(encode(tokenizer, texts, max_length, truncation), return_tensors="np")
-    return {k: np.asarray(v).astype(np.int64) for k, v in enc.items()}
-
-
-def model_limit(model: str) -> int:
-    """The longest input the model takes (position embeddings), from its config."""
-    import json
-
-    from .model.folders import resolve
-
-    folder = resolve(model)
-    try:
-        cfg = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return 512
-    return int(cfg.get("max_position_embeddings") or 512)
 
 
 def length_percentiles(lengths) -> dict:
     """{p50, p90, p95, p99 (rounded up), max} of token lengths: every profile's length columns."""
     a = np.asarray(lengths)
     return {f"p{p}": int(math.ceil(np.percentile(a, p))) for p in PERCENTILES} | {"max": int(a.max())}
-
-
-def _lengths(tokenizer, texts: list[str]) -> np.ndarray:
-    if not texts:
-        return np.zeros(0, dtype=np.int64)
-    return np.array([len(r) for r in tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]])
 
 
 def unknown_share(tokenizer, texts: list[str]) -> float:
@@ -168,7 +96,7 @@ def unknown_line(p: dict, model: str) -> str:
 def profile_splits(splits, tokenizer, limit: int = 512, max_length: int | None = None) -> dict:
     """Lengths (characters and tokens), unknown-token share, class balance and removed rows of
     `splits` under `tokenizer`."""
-    per_split, unk, total = {}, 0, 0
+    per_split, unk, total, train_lengths = {}, 0, 0, []
     unk_id = tokenizer.unk_token_id
     special = set(tokenizer.all_special_ids) - {unk_id}
     for name in ("train", "val", "test"):
@@ -177,6 +105,8 @@ def profile_splits(splits, tokenizer, limit: int = 512, max_length: int | None =
             continue
         enc = tokenizer(list(data.texts), truncation=False, verbose=False)["input_ids"]
         lengths = np.array([len(r) for r in enc])
+        if name == "train":
+            train_lengths = lengths
         if unk_id is not None:
             for row in enc:
                 body = [i for i in row if i not in special]
@@ -189,8 +119,7 @@ def profile_splits(splits, tokenizer, limit: int = 512, max_length: int | None =
             "tokens": length_percentiles(lengths),
             "classes": {label: int(c) for label, c in zip(splits.label_names, counts)},
         }
-    train_lengths = per_split.get("train", {}).get("tokens", {})
-    suggested = max(MIN_LENGTH, min(limit, train_lengths.get("p95", limit)))
+    suggested = suggested_length(train_lengths, limit) or max(limit, 8)  # no training texts: the model's limit
     stats = splits.stats
     out = {
         "splits": per_split,
@@ -206,7 +135,7 @@ def profile_splits(splits, tokenizer, limit: int = 512, max_length: int | None =
     }
     if max_length is not None:
         out["cut_at"] = max_length
-        out["cut_share"] = {name: float((_lengths(tokenizer, getattr(splits, name).texts) > max_length).mean())
+        out["cut_share"] = {name: float((np.array(token_lengths(tokenizer, getattr(splits, name).texts)) > max_length).mean())
                             for name in per_split}
     out["warnings"] = warnings(out)
     return out
@@ -228,10 +157,8 @@ def warnings(profile: dict) -> list[str]:
 
 def profile_data(splits, model: str, log=print) -> dict:
     """Profile `splits` with `model`'s own tokenizer; logs a short summary and every warning."""
-    from .model.folders import load_tokenizer, resolve
-
-    tokenizer = load_tokenizer(resolve(model))
-    p = profile_splits(splits, tokenizer, min(model_limit(model), _tok_limit(tokenizer)))
+    tokenizer = load_tokenizer(model)
+    p = profile_splits(splits, tokenizer, token_limit(model, tokenizer))
     p["model"] = str(model)
     if p["unk_share"] > UNK_WARN:
         p["reader"] = suggest_reader(model, splits.train.texts, p["unk_share"])
@@ -252,11 +179,6 @@ def profile(data, model: str = "minilm-l6", log=print) -> dict:
     return profile_data(splits, model, log) | {"source": splits.source, "labels": splits.label_names}
 
 
-def _tok_limit(tokenizer) -> int:
-    n = getattr(tokenizer, "model_max_length", None)
-    return int(n) if isinstance(n, int) and 0 < n < 1_000_000 else 1_000_000
-
-
 def summary(p: dict) -> str:
     parts = []
     for name, s in p["splits"].items():
@@ -267,29 +189,6 @@ def summary(p: dict) -> str:
     removed = f"; {p['rows_removed']} empty/duplicate rows removed" if p.get("rows_removed") else ""
     removed += f" ({p['rows_dropped']} without a text or label)" if p.get("rows_dropped") else ""
     return f"data profile: {'; '.join(parts)}; [UNK] {p['unk_share']:.2%}{removed}"
-
-
-def fill_max_length(stage, profile: dict | None, log=print):
-    """A stage whose config has `max_length: None` gets the data's suggested length (printed)."""
-    cfg = stage.config
-    if profile is None or not any(f.name == "max_length" for f in dataclasses.fields(cfg)) or cfg.max_length is not None:
-        return stage
-    n = profile["suggested_max_length"]
-    log(f"stage {stage.name}: max_length not set; using {n} (95th percentile of training texts' tokens, "
-        f"capped at the model's {profile['model_max_length']})")
-    return dataclasses.replace(stage, config=dataclasses.replace(cfg, max_length=n))
-
-
-EVAL_MAX_LENGTH = 128
-
-
-def eval_config(ev, stages):
-    """The eval settings with `max_length` filled when unset: 128, or longer when a stage trains on
-    longer texts (evaluating a model on texts cut shorter than it was trained on hides its accuracy)."""
-    if ev.max_length is not None:
-        return ev
-    trained = [s.config.max_length for s in stages if getattr(s.config, "max_length", None)]
-    return dataclasses.replace(ev, max_length=max([EVAL_MAX_LENGTH, *trained]))
 
 
 def markdown(p: dict | None) -> list[str]:

@@ -79,6 +79,11 @@ class Recipe:
             **get_task(self.task).extras_to_dict(self.extras),
         }
 
+    def export_keys(self, fmt: str | None) -> tuple[str, ...]:
+        """The top-level blocks an export as `fmt` is built with (the format's entry in its task's
+        `recipe_keys`): a change to one of them makes that export again, and no other."""
+        return get_task(self.task).recipe_keys.get(fmt, ())
+
 
 def parse(raw: dict, source: str = "<recipe>") -> Recipe:
     if not isinstance(raw, dict):

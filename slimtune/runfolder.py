@@ -261,12 +261,13 @@ def _saved_fingerprint(folder: Path):
 
 def fingerprint(recipe, splits, upto: int | None, fmt: str | None = None) -> dict:
     """What a folder's content depends on: the data (its settings and its content: editing the
-    file must not reuse stages trained on the old one), model, eval and every stage up to it."""
+    file must not reuse stages trained on the old one), model, eval and every stage up to it; an
+    export's, the recipe blocks its format is built with (`Recipe.export_keys`: genai-int4's `int4:`)."""
     d = recipe.to_dict()
     stages = d["stages"] if upto is None else d["stages"][: upto + 1]
     return {"data": d["data"], "data_digest": splits.digest, "model": d["model"], "eval": d["eval"],
             "stages": stages, "format": fmt, **({"trainer": d["trainer"]} if d.get("trainer") else {}),
-            **({"int4": d["int4"]} if fmt == "genai-int4" and d.get("int4") else {})}
+            **{k: d[k] for k in recipe.export_keys(fmt) if d.get(k)}}
 
 
 def finished(folder: Path, fingerprint: dict) -> dict | None:

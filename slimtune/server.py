@@ -22,7 +22,6 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from .decoder.lm import is_generative
 from .errors import SlimtuneError
 from .service import ServeConfig, Service, load
 
@@ -60,10 +59,13 @@ def network_warning(address: str, port: int) -> str | None:
 
 
 def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 32, max_wait_ms: float = 5.0,
-          workers: int = 1, max_queue: int = 1024, max_texts: int = 64, max_length: int = 128, per_row: str = "auto",
+          workers: int = 1, max_queue: int = 1024, max_texts: int = 64, max_length: int | None = None, per_row: str = "auto",
           log: Callable[[str], None] = print, max_new_tokens: int = 256) -> None:
-    """Serve `artifact` over HTTP until SIGTERM or Ctrl-C; in-flight requests are answered first."""
+    """Serve `artifact` over HTTP until SIGTERM or Ctrl-C; in-flight requests are answered first.
+    What is served is its task's `service`: predict (a classifier) or openai (a causal LM)."""
     import uvicorn
+
+    from .tasks import for_model
 
     cfg = ServeConfig(max_batch, max_wait_ms, workers, max_queue, max_texts, max_length, per_row=per_row,
                       max_new_tokens=max_new_tokens)
@@ -71,7 +73,7 @@ def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_b
     if warning := network_warning(*sock.getsockname()[:2]):
         print(warning, file=sys.stderr, flush=True)  # not `log`: the library's log is stdout, and this is never quiet
     try:
-        if is_generative(artifact):
+        if for_model(artifact).service == "openai":
             from .openai_service import LMService, load_lm
 
             loaded = load_lm(artifact)

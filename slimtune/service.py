@@ -29,6 +29,8 @@ from .errors import SlimtuneError
 from .artifacts import detect, load_predictor
 from .artifacts.multitask import TASKS_FILE
 from .measure.predictors import Predictor
+from .tasks import for_model
+from .text import length_for
 
 MEASURED_KEYS = ("accuracy", "f1_macro", "latency_ms_p50", "latency_ms_p95", "throughput_per_s",
                  "throughput_batch_size", "size_bytes", "params", "peak_rss_mb", "parity")
@@ -41,7 +43,7 @@ class ServeConfig:
     workers: int = 1  # inference threads (one model in memory, shared)
     max_queue: int = 1024  # texts waiting or running; beyond it requests get 503
     max_texts: int = 64  # texts per request; beyond it 413
-    max_length: int = 128  # tokens per text (longer texts are truncated, and the answer says so)
+    max_length: int | None = None  # tokens per text (longer ones truncated, and the answer says so); unset: the task's default (text.length_for)
     max_body_bytes: int = 1 << 20  # request body; beyond it 413
     per_row: str = "auto"  # auto: one text per model call only where the model needs it; on; off
     drain_seconds: float = 30.0  # on SIGTERM, how long in-flight requests may still take
@@ -49,7 +51,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "workers", "max_queue", "max_texts", "max_length", "max_body_bytes", "max_new_tokens"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SlimtuneError(f"serve: {name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise SlimtuneError(f"serve: max-wait-ms must be >= 0, not {self.max_wait_ms}")
@@ -81,7 +83,7 @@ def load(artifact: str | Path, cfg: ServeConfig, threads: int | None = None) -> 
     if not path.exists():
         raise SlimtuneError(f"model not found: {path}")
     folder = path.parent if path.suffix == ".onnx" else path
-    max_length = min(cfg.max_length, _position_limit(folder))
+    max_length = length_for(for_model(folder), folder, cfg.max_length)
     fmt = detect(folder)
     if fmt is not None and fmt.tasks:  # a multi-task folder: one predictor per task head
         meta = json.loads((folder / TASKS_FILE).read_text())
@@ -100,15 +102,6 @@ def load(artifact: str | Path, cfg: ServeConfig, threads: int | None = None) -> 
         measured = {k: saved[k] for k in MEASURED_KEYS if k in saved}
     return Loaded(path, _model_id(path), predictors, dynamic, primary, max_length, measured,
                   load_seconds=time.perf_counter() - start)
-
-
-def _position_limit(folder: Path) -> int:
-    """The model's position table bounds max_length (a longer input would index past it)."""
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return 1 << 30
-    return int(config.get("max_position_embeddings", 1 << 30))
 
 
 def _model_id(path: Path) -> str:

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .data import Splits
-from .tasks.names import CLASSIFY
-from .profile import EVAL_MAX_LENGTH  # how a run evaluates unless a stage trains on longer texts
+from .tasks.names import CLASSIFY, DEFAULT_LENGTH
 
 
 @dataclass
@@ -30,7 +29,7 @@ class StageContext:
     cache_dir: Path | None = None  # run-wide cache that survives stages and reruns (teacher outputs)
     checkpoint_dir: Path | None = None  # this stage's resumable training checkpoints
     callbacks: list = field(default_factory=list)  # extra Trainer callbacks
-    max_length: int = EVAL_MAX_LENGTH  # how the run evaluates: a stage's own checks use the same
+    max_length: int = DEFAULT_LENGTH[CLASSIFY]  # how the run evaluates (text.eval_length): a stage's own checks use the same
     teacher: Path | None = None  # the stage's source folder (what a pruned decoder distils from)
 
 

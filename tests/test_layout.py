@@ -102,7 +102,8 @@ LAYERS = [
     # (schema), the device and processes (compute, distributed)
     ("errors / console", ["errors", "console", "schema", "compute", "distributed"]),
     ("model", ["model/"]),
-    # data and text: datasets and their splits, token lengths (profile), the decoder's pairs and chat format
+    # data and text: datasets and their splits, tokenization and lengths (text: truncation, the data-derived
+    # length, each task's default), the data profiles, the decoder's pairs and chat format
     ("tasks / data / text", ["tasks.names", "data", "profile", "text", "decoder.pieces", "decoder", "decoder.chat",
                              "decoder.data", "decoder.packaged", "decoder.profile"]),
     # texts in, logits out, torch or ONNX Runtime: below both measure and artifacts
@@ -151,6 +152,9 @@ def test_every_module_has_a_layer():
     assert not [m for m in graph if layer_of(m) is None]
     assert layer_of("slimtune.measure.predictors") < layer_of("slimtune.measure.bench") < layer_of("slimtune.artifacts.floor")
     assert layer_of("slimtune.auto.trials") == layer_of("slimtune.auto") > layer_of("slimtune.runner")
+    # lengths sit below everything that reads texts (predictors, training, serving), beside the task names
+    assert layer_of("slimtune.model.folders") < layer_of("slimtune.text") == layer_of("slimtune.tasks.names") \
+        < layer_of("slimtune.measure.predictors") < layer_of("slimtune.train.loop")
 
 
 def test_the_layer_check_finds_an_upward_import():

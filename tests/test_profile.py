@@ -6,7 +6,8 @@ import pytest
 
 from slimtune.data import Splits, TextSet
 from slimtune.errors import SlimtuneError
-from slimtune.profile import encode, encode_padded, head_tail_ids, profile_splits
+from slimtune.profile import profile_splits
+from slimtune.text import encode, encode_padded, head_tail_ids
 
 CHINESE = ["这部电影很好看，演员都很棒", "这个产品质量太差了，非常失望", "故事情节感人，值得一看", "服务态度很差，不会再来"]
 

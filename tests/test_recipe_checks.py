@@ -253,10 +253,11 @@ def test_the_table_holds_smollm2s_context_length():
 def test_command_line_max_length_against_the_model(tmp_path):
     model = config_folder(tmp_path / "m", model_type="bert", max_position_embeddings=128)
     with pytest.raises(SlimtuneError, match=rf"^max_length 129 is more than the model's 128 positions \({model}\)$"):
-        api.check_max_length(model, 129)
-    assert api.check_max_length(model, 128) == 128
-    assert api.check_max_length(model, None) == 128  # predict's default (256) capped at a short model's limit
-    assert api.check_max_length("minilm-l6", None) == 256
+        api.max_length_for(model, 129)
+    assert api.max_length_for(model, 128) == 128
+    short = config_folder(tmp_path / "short", model_type="bert", max_position_embeddings=64)
+    assert api.max_length_for(short, None) == 64  # the classifier default (128) cut to a short model's positions
+    assert api.max_length_for("minilm-l6", None) == 128
     with pytest.raises(SlimtuneError, match="max_length 600 is more than the model's 512 positions"):
         api.predict("minilm-l6", ["a film"], max_length=600)  # refused before anything loads
 

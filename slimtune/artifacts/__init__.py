@@ -112,10 +112,12 @@ def load_predictor(path: str | Path, max_length: int | None = None, label_names:
     else torch over `load_model`. `threads`: ONNX Runtime's intra-op threads (default: one per core);
     `spin`: False lets them sleep between calls instead of busy-waiting (a server's setting).
     `provider`: ONNX Runtime's execution provider for an ONNX artifact (cpu, cuda, tensorrt)."""
-    from ..measure.predictors import DEFAULT_MAX_LENGTH, TorchPredictor
+    from ..measure.predictors import TorchPredictor
+    from ..tasks.names import CLASSIFY
+    from ..text import length_for
 
     path = Path(path)
-    max_length = max_length or DEFAULT_MAX_LENGTH
+    max_length = max_length or length_for(CLASSIFY, path)  # unset: the classifier default, cut to the model
     fmt = next((f for f in FORMATS.values() if f.predictor is not None and f.detect(path)), None)
     if fmt is None and not path.exists():
         raise SlimtuneError(f"model not found: {path}")

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import SlimtuneError
 from ..measure.predictors import Predictor
+from ..tasks.names import CLASSIFY, DEFAULT_LENGTH
 
 TFLITE_FILE = "model.tflite"
 EXTRA = "pip install 'slimtune[tflite]'  (litert-torch, ai-edge-litert, ai-edge-quantizer)"
@@ -113,7 +114,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
         raise SlimtuneError(f"TFLite int8 quantization failed: {str(e).strip().splitlines()[0]}") from e
 
 
-def save(folder: Path, model, tokenizer, int8: bool = False, max_length: int = 128) -> dict:
+def save(folder: Path, model, tokenizer, int8: bool = False, max_length: int = DEFAULT_LENGTH[CLASSIFY]) -> dict:
     """Write `folder/model.tflite` (+ config.json with labels and the graph's length + tokenizer)."""
     folder = Path(folder)
     fp32 = folder / ("model-fp32.tflite" if int8 else TFLITE_FILE)
@@ -153,7 +154,7 @@ class TFLitePredictor(Predictor):
         self.max_length = sequence_length
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        from ..profile import encode_padded
+        from ..text import encode_padded
 
         enc = encode_padded(self.tokenizer, texts, self.max_length, self.truncation)
         width = next(iter(enc.values())).shape[1]

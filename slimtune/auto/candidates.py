@@ -41,11 +41,11 @@ def pick_model(cfg, texts: list[str]):
     are unknown to it and the multilingual reader's are not, cfg with the reader as its model, and
     one line saying so. A model the user named is kept (the note warns). Decided from the tokens of
     the data, never from a language name."""
-    from ..model.folders import load_tokenizer, resolve
     from ..profile import READER, READER_SAMPLE, suggest_reader, unknown_line, unknown_share, UNK_WARN
+    from ..text import load_tokenizer
 
     sample = list(texts)[:: max(1, len(texts) // READER_SAMPLE)][:READER_SAMPLE]
-    share = unknown_share(load_tokenizer(resolve(cfg.model)), sample)
+    share = unknown_share(load_tokenizer(cfg.model), sample)
     if share <= UNK_WARN:
         return cfg, None
     reader = suggest_reader(cfg.model, sample, share)

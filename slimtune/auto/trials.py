@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 from ..errors import SlimtuneError
-from ..profile import EVAL_MAX_LENGTH
+from ..tasks.names import CLASSIFY
+from ..text import length_for
 from .candidates import FLOOR, REFERENCE, chain, key_name
 from .config import AutoConfig
 
@@ -92,7 +93,8 @@ class Search:
             return json.loads(cache.read_text())
         if not len(self.splits.val):
             raise SlimtuneError("auto: the data has no validation split (data.val_size is 0); selection needs one")
-        length = self.cfg.eval.get("max_length") or max(EVAL_MAX_LENGTH, self.cfg.train.get("max_length") or self.report["profile"]["suggested_max_length"])
+        trained = self.cfg.train.get("max_length") or self.report["profile"]["suggested_max_length"]
+        length = self.cfg.eval.get("max_length") or max(length_for(CLASSIFY, self.cfg.model), trained)  # text.eval_length
         pred = load_predictor(artifact, length, self.splits.label_names)
         m, _ = evaluate(pred, self.splits.val, 32)
         out = {"val_accuracy": m["accuracy"], "val_f1_macro": m["f1_macro"]}

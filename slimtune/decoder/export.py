@@ -32,6 +32,7 @@ DECODER_FORMATS = {
     "genai-int4": "ONNX Runtime GenAI, int4 weights (MatMulNBits)",
     **GGUF_FORMATS,
 }
+RECIPE_KEYS = {"genai-int4": ("int4",)}  # format -> the recipe blocks its export is built with (its fingerprint holds them)
 
 
 def write(source: Path, fmt: str, out: Path, cache: Path, int4=None, log: Callable[[str], None] = print) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from ..errors import SlimtuneError
 from ..profile import UNK_WARN, length_percentiles as _pct
 from ..tasks.names import GENERATE
+from ..text import length_for, load_tokenizer, suggested_length, token_limit
 from .chat import encode_pair
 from .data import PairSplits
 
@@ -20,14 +21,14 @@ CUT_WARN = 0.05  # share of training pairs cut at max_length worth a warning
 def profile_pairs(splits: PairSplits, tokenizer, max_length: int, limit: int | None = None) -> dict:
     """Token lengths of prompts, responses and whole pairs per split, the pairs longer than
     `max_length`, the [UNK] share, and a suggested max_length (train p95 of whole pairs, capped at `limit`)."""
-    per, unk, total = {}, 0, 0
+    per, unk, total, base_lengths = {}, 0, 0, {}
     unk_id = getattr(tokenizer, "unk_token_id", None)
     for name in ("train", "val", "test"):
         data = getattr(splits, name)
         if not len(data):
             continue
         encs = [encode_pair(tokenizer, p, r, splits.system) for p, r in zip(data.prompts, data.responses)]
-        whole = [len(e.input_ids) for e in encs]
+        whole = base_lengths[name] = [len(e.input_ids) for e in encs]
         response = [e.response_tokens for e in encs]
         per[name] = {
             "n": len(data), "prompts": len(set(data.prompts)),
@@ -39,8 +40,9 @@ def profile_pairs(splits: PairSplits, tokenizer, max_length: int, limit: int | N
             unk += sum(e.input_ids.count(unk_id) for e in encs)
     if not per:
         raise SlimtuneError(f"{splits.source}: no pairs to profile")
-    base = per.get("train") or next(iter(per.values()))
-    suggested = base["tokens"]["p95"] if limit is None else min(base["tokens"]["p95"], limit)
+    first = next(iter(per))  # train, unless the data has none
+    base = per[first]
+    suggested = suggested_length(base_lengths[first], limit)
     stats = splits.stats
     out = {"splits": per, "max_length": max_length, "suggested_max_length": suggested, "model_max_length": limit,
            "unk_tokens": unk, "tokens": total, "unk_share": unk / total if total else 0.0,
@@ -74,10 +76,8 @@ def markdown(p: dict) -> list[str]:
 
 def profile_data(splits: PairSplits, model: str, max_length: int, log=print) -> dict:
     """Profile `splits` with `model`'s own tokenizer; logs a short summary and every warning."""
-    from ..model.folders import load_tokenizer, resolve
-    from ..profile import model_limit
-
-    p = profile_pairs(splits, load_tokenizer(resolve(model)), max_length, model_limit(model))
+    tokenizer = load_tokenizer(model)
+    p = profile_pairs(splits, tokenizer, max_length, token_limit(model, tokenizer, unknown=None))
     t = p["splits"].get("train", next(iter(p["splits"].values())))["tokens"]
     log(f"data profile: pair tokens p50 {t['p50']}, p95 {t['p95']}, max {t['max']} (max_length {max_length})")
     for w in p["warnings"]:
@@ -85,9 +85,11 @@ def profile_data(splits: PairSplits, model: str, max_length: int, log=print) -> 
     return p
 
 
-def profile(data, model: str, max_length: int = 256, log=print) -> dict:
-    """`slimtune profile` for prompt/response data (a GenDataConfig) with `model`'s tokenizer."""
+def profile(data, model: str, max_length: int | None = None, log=print) -> dict:
+    """`slimtune profile` for prompt/response data (a GenDataConfig) with `model`'s tokenizer;
+    `max_length` unset: the generate task's default for `model` (what a run would score with)."""
     from .data import load_pairs
 
+    max_length = length_for(GENERATE, model, max_length)
     splits = load_pairs(data)
     return profile_data(splits, model, max_length, log) | {"source": splits.source, "task": GENERATE}

@@ -31,7 +31,7 @@ class GenTrainConfig(TrainConfig):
 
     batch_size: int = 8
     learning_rate: float = 5e-5
-    max_length: int | None = 256  # prompt + response tokens; responses cut beyond it
+    max_length: int | None = None  # prompt + response tokens, responses cut beyond; unset: 256 cut to the model (text.length_for)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SlimtuneError
+from ..tasks.names import CLASSIFY, DEFAULT_LENGTH
 
-DEFAULT_MAX_LENGTH = 256
+DEFAULT_MAX_LENGTH = DEFAULT_LENGTH[CLASSIFY]  # a classifier's, when a caller gives none (text.length_for cuts it to a model)
 
 
 class Predictor:
@@ -35,7 +36,7 @@ class Predictor:
         return {}
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        from ..profile import encode_padded
+        from ..text import encode_padded
 
         if self.truncation == "head":
             tok = self.tokenizer  # what FastEncoder copies: a pad token or side changed later makes a new copy

@@ -17,7 +17,8 @@ from ..errors import SlimtuneError
 from .base import TASKS, Task, register
 from .names import CLASSIFY, GENERATE
 
-__all__ = ["CLASSIFY", "GENERATE", "TASKS", "Task", "check_format", "formats_for", "get", "names", "register", "task_of"]
+__all__ = ["CLASSIFY", "GENERATE", "TASKS", "Task", "check_format", "for_model", "formats_for", "get", "names", "register",
+           "task_of"]
 
 _loaded = False
 
@@ -50,12 +51,18 @@ def get(name: str, where: str = "") -> Task:
     return TASKS[name]
 
 
-def task_of(model: str | Path) -> str:
-    """`generate` for a causal LM (packaged decoder, HF folder, GenAI export), else `classify`:
-    read from config.json alone, so a bad format is refused before anything loads."""
-    from ..decoder.lm import is_generative
+def for_model(model: str | Path) -> Task:
+    """The task whose model `model` is: the first other task that claims it (generate: a packaged
+    decoder, a causal-LM folder, a GenAI or GGUF export), else the default (classify). Read from
+    config.json alone, so eval, bench, predict, serve and export pick their path before anything loads."""
+    _builtins()
+    others = (TASKS[n] for n in names()[1:])
+    return next((t for t in others if t.claims(str(model))), TASKS[CLASSIFY])
 
-    return GENERATE if is_generative(model) else CLASSIFY
+
+def task_of(model: str | Path) -> str:
+    """The name of `for_model(model)`."""
+    return for_model(model).name
 
 
 def formats_for(task: str) -> list[str]:

@@ -4,11 +4,14 @@ table's row as a class), and the registry of tasks.
 Everything shared (the recipe parser, the runner, the method and artifact registries, the run
 folder, the report files) exists once and asks the recipe's Task for what differs:
 
+    claims, service, data_kind    whether a model folder is one of its models; what `serve` starts for
+                                  it; the data its commands read (labelled texts or prompt/response pairs)
+    default_length                its one token length when nothing sets one (text.length_for)
     data_config, load_splits      the `data:` block and how it becomes splits
     eval_config, length_keys      the `eval:` block, and which of its keys are token lengths
     extras                        more top-level recipe keys (generate: `int4:`)
     compute                       takes `device:` / `trainer:` and runs under torchrun
-    formats                       the export formats of its models
+    formats, recipe_keys          the export formats of its models; the recipe blocks each one depends on
     prepare                       the default lengths: profile the data, fill unset max_length
     load_model, measure_stage     load a stage's source; measure a finished stage's artifact
     export_reference, export      what an export is checked against; write, check and measure one
@@ -32,11 +35,23 @@ class Task:
     extras: dict[str, type] = {}  # more top-level recipe keys -> their config class
     compute: bool = False  # takes `device:` / `trainer:` and runs under torchrun (distributed.py)
     formats: tuple[str, ...] = ()  # export formats of its models
+    recipe_keys: dict[str, tuple[str, ...]] = {}  # format -> top-level recipe blocks its export depends on (fingerprinted)
+    default_length: int = 128  # tokens per text when nothing sets one; cut to the model's positions (text.length_for)
+    data_kind: str = "labelled"  # what its models read: labelled texts, or prompt/response "pairs" (the CLI's columns)
+    service: str = "predict"  # what `slimtune serve` starts for its models: predict (POST /predict) or openai (/v1)
     models_word: str = "models"  # its models in a message: "formats for causal LMs: ..."
 
     def model_help(self) -> str:
         """What `model:` may name, for the error."""
         return "a folder path"
+
+    def claims(self, model: str) -> bool:
+        """Whether `model` (a packaged name or a folder) is one of this task's models, read without
+        loading it (`tasks.for_model` asks every task but the default, which takes the rest)."""
+        return False
+
+    def check_predict(self, model: str) -> None:
+        """Refuse `slimtune predict` (labels for texts) on a model of a task that has no labels."""
 
     # ---- the recipe (no torch) ----------------------------------------------------------------
 

@@ -9,6 +9,7 @@ with the baseline (measure/alternate.py) when the runner passes `against`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,12 @@ from ..measure.alternate import compact
 from ..measure.floor import KIND as FLOOR_KIND, fit_floor
 from ..measure.metrics import evaluate, parity
 from ..measure.predictors import batched_logits
-from ..profile import eval_config, fill_max_length, profile_data
+from ..profile import profile_data
+from ..text import eval_length, fill_max_length
 from ..runfolder import finished, write_json
 from ..stage import Artifact
 from .base import Task
-from .names import CLASSIFY
+from .names import CLASSIFY, DEFAULT_LENGTH
 
 LOGITS_FILE = "test_logits.npy"  # a stage's test logits (what an export's parity compares)
 
@@ -38,7 +40,7 @@ LOGITS_FILE = "test_logits.npy"  # a stage's test logits (what an export's parit
 class EvalConfig:
     """How every artifact is measured (the same for all stages of a run)."""
 
-    max_length: int | None = None  # unset: EVAL_MAX_LENGTH (128), or the longest max_length a stage trains with if longer
+    max_length: int | None = None  # unset: the task's default (128, cut to the model), or the longest max_length a stage trains with
     batch_size: int = 32  # evaluation and throughput batch size
     latency_runs: int = 100  # timed batch-1 calls (at least 50 recommended)
     warmup: int = 10
@@ -60,6 +62,10 @@ class Classify(Task):
     compute = True
     formats = tuple(FORMATS)
     models_word = "classifiers"
+    default_length = DEFAULT_LENGTH[CLASSIFY]
+
+    def claims(self, model: str) -> bool:
+        return True  # the default: every model no other task claims
 
     def model_help(self) -> str:
         from ..model.folders import PACKAGED_MODELS
@@ -76,7 +82,8 @@ class Classify(Task):
     def prepare(self, recipe, splits, log):
         profile = profile_data(splits, recipe.model, log)
         stages = [fill_max_length(s, profile, log) for s in recipe.stages]
-        return profile, stages, eval_config(recipe.eval, stages)
+        ev = dataclasses.replace(recipe.eval, max_length=eval_length(self, recipe.model, recipe.eval.max_length, stages))
+        return profile, stages, ev
 
     def load_model(self, source, splits):
         return artifacts.load_model(source, splits.label_names)

@@ -22,6 +22,7 @@ not measured (one line: the extra to install) rather than failing the run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -30,12 +31,13 @@ from typing import Callable
 
 from ..decoder import methods, prune  # noqa: F401  (register baseline, full, lora, weight_only; prune_layers, prune_width)
 from ..decoder.data import GenDataConfig, PairSplits, load_pairs
-from ..decoder.export import DECODER_FORMATS
+from ..decoder.export import DECODER_FORMATS, RECIPE_KEYS
 from ..decoder.int4 import Int4Config
 from ..errors import SlimtuneError
 from ..measure.bench import artifact_size
 from .base import Task
-from .names import GENERATE
+from ..text import eval_length, length_for
+from .names import DEFAULT_LENGTH, GENERATE
 
 GREEDY_FILE = "greedy.json"  # the greedy token ids of each answered prompt (what an export's parity compares)
 
@@ -44,7 +46,7 @@ GREEDY_FILE = "greedy.json"  # the greedy token ids of each answered prompt (wha
 class GenEvalConfig:
     """How every generative artifact is measured (the same for all stages of a run)."""
 
-    max_length: int = 256  # prompt + response tokens scored for perplexity
+    max_length: int | None = None  # prompt + response tokens scored for perplexity; unset: the task's default (256, cut to the model)
     answer_prompts: int = 32  # distinct test prompts answered greedily (token F1 / exact match, parity)
     max_new_tokens: int = 32  # tokens generated per answer, at most
     parity_tokens: int = 32  # an export's first N greedy tokens compared with its source's
@@ -54,7 +56,9 @@ class GenEvalConfig:
     isolate: bool = True  # time each artifact in a fresh process (its own peak RSS)
 
     def __post_init__(self) -> None:
-        for name in ("max_length", "answer_prompts", "max_new_tokens", "parity_tokens", "speed_prompts", "speed_new_tokens"):
+        if self.max_length is not None and self.max_length < 1:
+            raise SlimtuneError(f"max_length must be >= 1, not {self.max_length!r}")
+        for name in ("answer_prompts", "max_new_tokens", "parity_tokens", "speed_prompts", "speed_new_tokens"):
             if getattr(self, name) < 1:
                 raise SlimtuneError(f"{name} must be >= 1, not {getattr(self, name)!r}")
         if self.samples < 0:
@@ -68,7 +72,20 @@ class Generate(Task):
     length_keys = ("max_length", "max_new_tokens", "parity_tokens", "speed_new_tokens")
     extras = {"int4": Int4Config}  # how genai-int4 quantizes
     formats = tuple(DECODER_FORMATS)
+    recipe_keys = RECIPE_KEYS
     models_word = "causal LMs"
+    default_length = DEFAULT_LENGTH[GENERATE]
+    service = "openai"
+    data_kind = "pairs"
+
+    def claims(self, model: str) -> bool:
+        from ..decoder.lm import is_generative
+
+        return is_generative(model)
+
+    def check_predict(self, model: str) -> None:
+        raise SlimtuneError(f"predict: {model} is a causal LM, which answers prompts rather than labelling texts; "
+                            f"use `slimtune generate {model} PROMPT`")
 
     def model_help(self) -> str:
         from ..model.convert_smollm2 import PACKAGED_DECODERS
@@ -93,7 +110,11 @@ class Generate(Task):
     def prepare(self, recipe, splits, log):
         from ..decoder.profile import profile_data
 
-        return profile_data(splits, recipe.model, recipe.eval.max_length, log), list(recipe.stages), recipe.eval
+        # unset lengths: the task's default cut to the model (a stage trains as the run scores, not on the data's p95)
+        stages = [s if getattr(s.config, "max_length", 0) is not None else dataclasses.replace(
+            s, config=dataclasses.replace(s.config, max_length=length_for(self, recipe.model))) for s in recipe.stages]
+        ev = dataclasses.replace(recipe.eval, max_length=eval_length(self, recipe.model, recipe.eval.max_length, stages))
+        return profile_data(splits, recipe.model, ev.max_length, log), stages, ev
 
     def load_model(self, source, splits):
         from ..decoder.lm import load_causal_lm
@@ -134,7 +155,7 @@ class Generate(Task):
 
     def report_fields(self, recipe, splits, ev, rf, log, baseline, rows, compute) -> dict:
         return {"task": GENERATE,
-                "eval": recipe.to_dict()["eval"] | {"answer_prompts": ev.answer_prompts, "speed_prompts": ev.speed_prompts,
+                "eval": recipe.to_dict()["eval"] | {"max_length": ev.max_length, "answer_prompts": ev.answer_prompts, "speed_prompts": ev.speed_prompts,
                                                      "speed_new_tokens": ev.speed_new_tokens}}
 
     def markdown(self, report: dict) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import SlimtuneError, one_of
-from ..profile import check_truncation
+from ..text import check_truncation
 
 OPTIMIZERS = ("adamw", "sgd")
 CLASS_WEIGHTS = ("none", "balanced", "auto")
@@ -29,7 +29,7 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.01
     warmup: float = 0.06  # fraction of the steps
-    max_length: int | None = None  # unset: the data's 95th percentile (profile.fill_max_length)
+    max_length: int | None = None  # unset: the data's 95th percentile (text.fill_max_length)
     truncation: str = "head"  # head | head_tail (keep the start and the end of long texts)
     seed: int = 42
     early_stopping_patience: int = 0  # > 0: stop when validation accuracy stops improving

@@ -15,7 +15,7 @@ from pathlib import Path
 from .. import compute, distributed
 from ..data import TextSet
 from ..errors import SlimtuneError
-from ..profile import encode
+from ..text import UNKNOWN_LIMIT, encode, tokenizer_limit
 from .config import TrainConfig, class_weights
 
 
@@ -23,7 +23,7 @@ class EncodedDataset:
     """A torch-style dataset of tokenized examples; padding happens per batch in the collator."""
 
     def __init__(self, tokenizer, data: TextSet, max_length: int | None, truncation: str = "head"):
-        limit = max_length or _tokenizer_limit(tokenizer)
+        limit = max_length or tokenizer_limit(tokenizer) or UNKNOWN_LIMIT
         enc = encode(tokenizer, data.texts, limit, truncation)
         self.rows = [
             {"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": data.labels[i]}
@@ -36,11 +36,6 @@ class EncodedDataset:
 
     def __getitem__(self, i: int) -> dict:
         return self.rows[i]
-
-
-def _tokenizer_limit(tokenizer) -> int:
-    n = getattr(tokenizer, "model_max_length", None)
-    return int(n) if isinstance(n, int) and 0 < n < 100_000 else 512
 
 
 def count_trainable(model) -> tuple[int, int]:
