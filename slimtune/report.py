@@ -12,7 +12,7 @@ from .profile import markdown as profile_markdown
 
 COLUMNS = [
     ("accuracy", "acc", "{:.4f}"),
-    ("f1_macro", "F1", "{:.4f}"),
+    ("f1_macro", "macro F1", "{:.4f}"),
     ("params", "params", "{:,}"),
     ("size_bytes", "size MiB", None),
     ("latency_ms_p50", "p50 ms", "{:.2f}"),
