@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .data import Splits
+from .measure.passes import Passes
 from .tasks.names import CLASSIFY
 from .profile import EVAL_MAX_LENGTH  # how a run evaluates unless a stage trains on longer texts
 
@@ -32,6 +33,7 @@ class StageContext:
     callbacks: list = field(default_factory=list)  # extra Trainer callbacks
     max_length: int = EVAL_MAX_LENGTH  # how the run evaluates: a stage's own checks use the same
     teacher: Path | None = None  # the stage's source folder (what a pruned decoder distils from)
+    passes: Passes = field(default_factory=Passes)  # seconds outside the training loop (teacher logits)
 
 
 @dataclass

@@ -10,6 +10,7 @@ with the baseline (measure/alternate.py) when the runner passes `against`.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -74,9 +75,15 @@ class Classify(Task):
         return load_splits(data)
 
     def prepare(self, recipe, splits, log):
+        from ..measure.passes import estimate_lines
+        from ..model.folders import resolve
+
         profile = profile_data(splits, recipe.model, log)
         stages = [fill_max_length(s, profile, log) for s in recipe.stages]
-        return profile, stages, eval_config(recipe.eval, stages)
+        ev = eval_config(recipe.eval, stages)
+        for line in estimate_lines(recipe, stages, splits, profile, ev, resolve(recipe.model)):
+            log(line)
+        return profile, stages, ev
 
     def load_model(self, source, splits):
         return artifacts.load_model(source, splits.label_names)
@@ -95,12 +102,14 @@ class Classify(Task):
         return logits
 
     def export(self, source, reference, fmt, folder, splits, recipe, ev, rf, log, against=None) -> dict:
+        start = time.perf_counter()  # converting (with its parity pass) vs measuring: report.md's time section
         model, tokenizer = artifacts.load_model(source, splits.label_names)
         pred, logits, _ = export_checked(model, tokenizer, fmt, folder, splits.test.texts, ev.max_length,
                                          reference, splits.label_names, ev.batch_size)
         del model
+        seconds = time.perf_counter() - start
         metrics, _ = measure(folder, splits, ev, log, reference, pred=pred, logits=logits, against=against)
-        return metrics
+        return metrics | {"export_seconds": round(seconds, 3)}
 
     def data_summary(self, splits) -> dict:
         return {"source": splits.source, **splits.stats, "labels": splits.label_names}
@@ -185,11 +194,13 @@ def floor_row(splits: Splits, ev: EvalConfig, rf, log, fingerprint: dict, agains
     else:
         log("floor: TF-IDF (word 1-2-grams or character 1-3-grams) + logistic regression, chosen on validation")
         with rf.atomic(folder, fingerprint) as tmp:
+            start = time.perf_counter()
             vec, clf, info = fit_floor(splits)
             log(f"floor: {info['why']}")
             artifacts.save(Artifact("floor", {"label_names": splits.label_names, "info": info}), tmp, (vec, clf), None)
             metrics, _ = measure(tmp, splits, ev, log, against=against)
-            done = {"metrics": metrics | info, "fingerprint": fingerprint}
+            # fitting and measuring the floor: neither is bounded by any max_minutes
+            done = {"metrics": metrics | info | {"eval_seconds": round(time.perf_counter() - start, 3)}, "fingerprint": fingerprint}
             write_json(tmp / "metrics.json", done)
     return {"name": "tfidf-floor", "method": FLOOR_KIND, "artifact": rf.relative(folder), "metrics": done["metrics"]}
 
