@@ -165,7 +165,7 @@ def measure(artifact: Path, splits: Splits, ev: EvalConfig, log: Callable[[str],
     alone = batched_logits(pred, texts, batch_size=1, progress=f"batch-1 predictions {artifact.name}")
     metrics["batch1_agreement"] = float((alone.argmax(1) == logits[: len(texts)].argmax(1)).mean())
     metrics["batch1_agreement_texts"] = len(texts)
-    log(f"  accuracy {metrics['accuracy']:.4f}  f1 {metrics['f1_macro']:.4f}; benchmarking ({ev.latency_runs} runs)")
+    log(f"  accuracy {metrics['accuracy']:.4f}  macro F1 {metrics['f1_macro']:.4f}; benchmarking ({ev.latency_runs} runs)")
     base = against[1] if against else None
     if ev.isolate:
         del pred
