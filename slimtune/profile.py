@@ -10,8 +10,9 @@
   (`multilingual-e5-small`, its own unknown share measured on a sample of the data with its
   tokenizer alone, which loads in about a second: the model is never converted here), and it is
   the first line a profile, a run or `auto` writes, before anything trains;
-- class balance per split, how many rows were removed as empty or duplicate texts, and of them how
-  many were dropped for lacking a text or label (`data.drop_missing`).
+- class balance per split, and the rows removed before splitting, each for its reason (`removed_line`):
+  lacking a text or label (`data.drop_missing`), a text found under two labels (every copy), a
+  duplicate of a kept text.
 
 A stage that leaves `max_length` unset gets `suggested_max_length`: the training texts' 95th
 percentile, capped at the model's limit (text.py: `suggested_length`, `fill_max_length`, and the
@@ -132,6 +133,8 @@ def profile_splits(splits, tokenizer, limit: int = 512, max_length: int | None =
         "rows_unique": stats.get("rows_unique"),
         "rows_removed": (stats["rows_read"] - stats["rows_unique"]) if "rows_read" in stats else None,
         "rows_dropped": stats.get("rows_dropped"),
+        "rows_duplicate": stats.get("rows_duplicate"),
+        "rows_conflicting": stats.get("rows_conflicting"),
     }
     if max_length is not None:
         out["cut_at"] = max_length
@@ -186,9 +189,28 @@ def summary(p: dict) -> str:
         c = s.get("chars")
         chars = f"characters p50 {c['p50']}, p95 {c['p95']}; " if c else ""
         parts.append(f"{name} {s['n']} ({chars}tokens p50 {t['p50']}, p95 {t['p95']}, max {t['max']})")
-    removed = f"; {p['rows_removed']} empty/duplicate rows removed" if p.get("rows_removed") else ""
-    removed += f" ({p['rows_dropped']} without a text or label)" if p.get("rows_dropped") else ""
+    removed = f"; {removed_line(p)}" if p.get("rows_removed") else ""
     return f"data profile: {'; '.join(parts)}; [UNK] {p['unk_share']:.2%}{removed}"
+
+
+def removed_line(p: dict) -> str:
+    """'17760 of 35123 rows removed before splitting (17535 duplicates of a kept text, 225 rows whose
+    text is under two labels), 17363 unique texts': every removed row under its reason."""
+    read, removed = p.get("rows_read"), p.get("rows_removed") or 0
+    if read is None:
+        return f"{removed} rows removed before splitting"
+    dropped = p.get("rows_dropped") or 0
+    dup, conf = p.get("rows_duplicate"), p.get("rows_conflicting")
+    if dup is None:  # a profile written before the reasons were counted
+        return f"{removed} of {read} rows removed before splitting ({dropped} without a text or label)"
+    # rows_dropped also counts a separate test file's rows; the parts below are the main file's
+    missing = removed - dup - (conf or 0)
+    reasons = [f"{missing} without a text or label" if missing else "",
+               f"{dup} duplicate{'s' * (dup != 1)} of a kept text" if dup else "",
+               f"{conf} row{'s' * (conf != 1)} whose text is under two labels" if conf else ""]
+    why = ", ".join(r for r in reasons if r)
+    return (f"{removed} of {read} rows removed before splitting{f' ({why})' if why else ''}, "
+            f"{p.get('rows_unique')} unique texts")
 
 
 def markdown(p: dict | None) -> list[str]:
@@ -204,8 +226,7 @@ def markdown(p: dict | None) -> list[str]:
         lines.append(f"| {name} | {s['n']} | {c['p50']} | {c['p95']} | {c['max']} | {t['p50']} | {t['p90']} | {t['p95']} | "
                      f"{t['p99']} | {t['max']} | {classes} |")
     lines += ["", f"unknown-token ([UNK]) share {p['unk_share']:.2%} ({p['unk_tokens']:,} of {p['tokens']:,} tokens); "
-                  f"{p.get('rows_removed') or 0} empty or duplicate rows removed before splitting"
-                  f"{f' ({d} of them without a text or label)' if (d := p.get('rows_dropped')) else ''}; "
+                  f"{removed_line(p)}; "
                   f"suggested max_length {p['suggested_max_length']} (train p95, model limit {p['model_max_length']})."]
     for w in p["warnings"]:
         lines.append(f"\n**Warning: {w}.**")

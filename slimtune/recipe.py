@@ -12,6 +12,7 @@ blocks), so `build` recurses instead of a method calling back into the parser.
     export: [onnx, onnx-int8]                                       # formats, from the last stage
     eval:   {max_length: 128, latency_runs: 100, ...}               # how every artifact is measured
     baseline: finetune                                              # default: the first stage
+    minutes: 30                                                     # optional: the whole job's budget (a warning, not a stop)
     device: auto                                                    # auto | cpu | cuda (compute.py)
     trainer: {gradient_accumulation_steps: 2}                       # more TrainingArguments (FSDP, DeepSpeed, ...)
     task:   classify                                                # the default; `generate`: slimtune/tasks/generate.py
@@ -34,7 +35,7 @@ from .tasks.classify import EvalConfig  # noqa: F401  (also this module's API)
 from .tasks.names import CLASSIFY
 from .text import check_positions
 
-COMMON_KEYS = {"data", "model", "stages", "export", "eval", "baseline"}
+COMMON_KEYS = {"data", "model", "stages", "export", "eval", "baseline", "minutes"}
 COMPUTE_KEYS = {"device", "trainer"}  # where and how training runs: for the tasks that take them (Task.compute)
 TOP_KEYS = COMMON_KEYS | COMPUTE_KEYS  # a classify recipe's keys
 
@@ -52,6 +53,9 @@ class Recipe:
     trainer: dict = field(default_factory=dict)  # extra TrainingArguments, passed to every training
     task: str = CLASSIFY
     extras: dict = field(default_factory=dict)  # the task's own top-level keys (generate: int4), as configs
+    # the whole job's wall-time budget, if the recipe states one: max_minutes bound only the training
+    # loops, so a run warns at its start when they plus the estimate of the rest exceed it (measure/passes.py)
+    minutes: float | None = None
 
     def __getattr__(self, name: str):
         # a task's extra key reads like any other: recipe.int4
@@ -77,6 +81,7 @@ class Recipe:
             **({"device": self.device} if self.device != "auto" else {}),
             **({"trainer": dict(self.trainer)} if self.trainer else {}),
             **get_task(self.task).extras_to_dict(self.extras),
+            **({"minutes": self.minutes} if self.minutes is not None else {}),
         }
 
     def export_keys(self, fmt: str | None) -> tuple[str, ...]:
@@ -129,8 +134,11 @@ def parse(raw: dict, source: str = "<recipe>") -> Recipe:
             raise SlimtuneError(f"{source}: device must be one of {', '.join(DEVICES)}, not {device!r}")
         trainer = check_trainer_args(raw.get("trainer") or {}, f"{source}: trainer")
     extras = {key: build(cls, raw.get(key) or {}, f"{source}: {key}") for key, cls in task.extras.items()}
+    minutes = raw.get("minutes")
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0):
+        raise SlimtuneError(f"{source}: minutes (the whole job's budget) must be a number > 0, got {minutes!r}")
     check_positions(source, model, stages, ev, task.length_keys)
-    recipe = Recipe(data, model, stages, list(export), ev, baseline, source, device, trainer, task.name, extras)
+    recipe = Recipe(data, model, stages, list(export), ev, baseline, source, device, trainer, task.name, extras, minutes)
     task.check(recipe)
     return recipe
 

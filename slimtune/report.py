@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .measure import alternate
+from .measure import alternate, passes
 from .artifacts.atomic import atomic_file
 from .measure.floor import verdict as floor_verdict
 from .profile import markdown as profile_markdown
 
 COLUMNS = [
     ("accuracy", "acc", "{:.4f}"),
-    ("f1_macro", "F1", "{:.4f}"),
+    ("f1_macro", "macro F1", "{:.4f}"),
     ("params", "params", "{:,}"),
     ("size_bytes", "size MiB", None),
     ("latency_ms_p50", "p50 ms", "{:.2f}"),
@@ -214,5 +214,7 @@ def plot(report: dict, x_key: str, x_label: str, path: Path) -> None:
 def write_report(report: dict, rf, task) -> None:
     """report.json and the task's report.md (and its plots) into the run folder `rf` (a
     `RunFolder`), each atomically: the one report writer of every task."""
-    rf.write_report(report, task.markdown(report))
+    md = task.markdown(report)
+    times = passes.markdown(report)  # every task: where the time outside max_minutes went
+    rf.write_report(report, md.rstrip("\n") + "\n" + "\n".join(times) + "\n" if times else md)
     task.plot(report, rf.root)

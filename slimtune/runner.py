@@ -29,6 +29,7 @@ from .compute import Compute, resolve_device
 from .console import trainer_progress
 from .errors import SlimtuneError
 from .measure import bench
+from .measure.passes import Passes
 from .recipe import FROM_MODEL, Recipe
 from .report import write_report
 from .runfolder import RunFolder, failing_step as _failing_step, finished as _finished, fingerprint as _fingerprint
@@ -119,7 +120,13 @@ def _run(recipe: Recipe, task, rf: RunFolder, compute: Compute | None, log: Call
 
 def _export(task, source, reference, fmt: str, folder: Path, fp: dict, splits, recipe, ev, rf: RunFolder, log,
             against=None) -> dict:
+    start = time.perf_counter()
     metrics = task.export(source, reference, fmt, folder, splits, recipe, ev, rf, log, against)
+    seconds = time.perf_counter() - start
+    if "export_seconds" in metrics:  # the task timed its conversion: the rest was measuring it
+        metrics["eval_seconds"] = round(seconds - metrics["export_seconds"], 3)
+    else:
+        metrics["export_seconds"] = round(seconds, 3)  # conversion and measuring together
     done = {"metrics": metrics, "fingerprint": fp, "source": str(source)}
     _write_json(folder / "metrics.json", done)
     return done
@@ -137,20 +144,23 @@ def _run_stage(stage, source, splits, ev, rf: RunFolder, folder: Path, fp: dict,
     ckpt = rf.checkpoint_dir(folder, fp)
     with rf.atomic(folder, fp) as tmp:
         start = time.perf_counter()
+        passes = Passes()  # what max_minutes does not bound: teacher logits, saving, measuring (report.md)
         ctx = StageContext(splits, tmp / "_work", log, cache_dir=rf.cache, checkpoint_dir=ckpt,
                            callbacks=[trainer_progress(log), *([compute.callback()] if compute else [])],
-                           max_length=ev.max_length, teacher=Path(str(source)))
+                           max_length=ev.max_length, teacher=Path(str(source)), passes=passes)
         result = apply(model, tokenizer, stage.config, ctx)
         distributed.barrier()  # every rank is done training (and with the checkpoints) before rank 0 writes
         info = dict(result.facts)
         info["stage_seconds"] = time.perf_counter() - start
-        info |= artifacts.save(result.artifact, tmp, result.model, result.tokenizer)
+        with passes.timed("export"):
+            info |= artifacts.save(result.artifact, tmp, result.model, result.tokenizer)
         shutil.rmtree(tmp / "_work", ignore_errors=True)
         del model, result
         if against and against[1] == folder:  # the baseline itself: against its own (not yet renamed) folder
             against = (against[0], tmp)
-        metrics = task.measure_stage(tmp, splits, ev, log, device=compute.device if compute else "cpu", against=against)
-        done = {"metrics": metrics | info, "fingerprint": fp, "source": str(source)}
+        with passes.timed("eval"):
+            metrics = task.measure_stage(tmp, splits, ev, log, device=compute.device if compute else "cpu", against=against)
+        done = {"metrics": metrics | info | passes.metrics(), "fingerprint": fp, "source": str(source)}
         _write_json(tmp / "metrics.json", done)
     shutil.rmtree(ckpt, ignore_errors=True)  # the stage is finished: its checkpoints are spent
     distributed.barrier()  # the folder is in place: the other ranks may read it

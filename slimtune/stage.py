@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .data import Splits
+from .measure.passes import Passes
 from .tasks.names import CLASSIFY, DEFAULT_LENGTH
 
 
@@ -31,6 +32,7 @@ class StageContext:
     callbacks: list = field(default_factory=list)  # extra Trainer callbacks
     max_length: int = DEFAULT_LENGTH[CLASSIFY]  # how the run evaluates (text.eval_length): a stage's own checks use the same
     teacher: Path | None = None  # the stage's source folder (what a pruned decoder distils from)
+    passes: Passes = field(default_factory=Passes)  # seconds outside the training loop (teacher logits)
 
 
 @dataclass

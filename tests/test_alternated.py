@@ -152,6 +152,7 @@ def test_report_shows_the_alternated_figure_and_flags_a_noisy_one():
                            ("early", {"latency_ms_p50": 2.0}),  # measured before its baseline existed
                            ("other", {"latency_ms_p50": 2.0, "speedup": quiet | {"against": "old"}})]))
     assert "speed-up (median of alternated rounds, min–max)" in md
+    assert md.count("| stage | method | acc | macro F1 | params |") == 1  # the metric is macro F1: said so
     assert "| 1.00x (A/A: 3 alternated rounds, 0.98–1.02) |" in md
     assert "| 10.00x (3 alternated rounds, 10.00–10.50) |" in md
     assert "| ≈10.00x noisy (3 alternated rounds, 10.00–20.00) |" in md

@@ -112,6 +112,23 @@ def test_cli_rejects_negative_drop(tiny_csv, tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err.strip().startswith("slimtune: error: --max-drop -1.0: must be a fraction")
 
 
+def test_cli_opens_the_storage_before_converting_the_model(tiny_csv, tmp_path, monkeypatch, capsys):
+    from slimtune import cli
+
+    def converts(name):  # a packaged model's first use converts it for minutes: must not happen first
+        raise AssertionError(f"resolved {name} before opening the storage")
+
+    monkeypatch.setattr("slimtune.model.folders.resolve", converts)
+    monkeypatch.setattr("sys.argv", ["slimtune", "auto", "--data", str(tiny_csv), "--model", "multilingual-e5-small",
+                                     "--storage", "nosuchdb://nowhere/study", "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("slimtune: error: --storage nosuchdb://nowhere/study: cannot open the study database: ")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
 def test_choice_reads_validation_never_test():
     ref = {"candidate": "ref", "val_accuracy": 0.80, "test_accuracy": 0.80, "latency_ms_p50": 10.0, "size_mb": 80.0}
     a = {"candidate": "a", "val_accuracy": 0.80, "test_accuracy": 0.70, "latency_ms_p50": 1.0, "size_mb": 10.0}  # good on val only

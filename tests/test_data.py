@@ -18,7 +18,8 @@ def test_csv_split_is_stratified_deduplicated_and_deterministic(tmp_path):
     path = write_csv(tmp_path / "d.csv", ["text", "label"], rows)
     a = load_splits(DataConfig(path=str(path)))
     b = load_splits(DataConfig(path=str(path)))
-    assert a.stats == {"rows_read": 220, "rows_dropped": 0, "rows_unique": 200, "train": 144, "val": 16, "test": 40}
+    assert a.stats == {"rows_read": 220, "rows_dropped": 0, "rows_duplicate": 20, "rows_conflicting": 0,
+                       "rows_unique": 200, "train": 144, "val": 16, "test": 40}
     assert a.test.texts == b.test.texts  # seed 42 gives the same split every time
     assert not set(a.test.texts) & set(a.train.texts + a.val.texts)
     assert a.label_names == ["neg", "pos"]

@@ -117,9 +117,12 @@ def test_the_dropped_count_is_in_the_profile_and_report_text():
 
     p = {"splits": {"train": {"n": 4, "tokens": dict(p50=3, p90=4, p95=4, p99=4, max=5), "classes": {"a": 2, "b": 2}}},
          "unk_share": 0.0, "unk_tokens": 0, "tokens": 12, "model_max_length": 512, "suggested_max_length": 8,
-         "rows_read": 10, "rows_unique": 4, "rows_removed": 6, "rows_dropped": 2, "warnings": []}
-    assert "6 empty/duplicate rows removed (2 without a text or label)" in summary(p)
-    assert "6 empty or duplicate rows removed before splitting (2 of them without a text or label);" in "\n".join(markdown(p))
+         "rows_read": 10, "rows_unique": 4, "rows_removed": 6, "rows_dropped": 2, "rows_duplicate": 3,
+         "rows_conflicting": 1, "warnings": []}
+    line = ("6 of 10 rows removed before splitting (2 without a text or label, 3 duplicates of a kept text, "
+            "1 row whose text is under two labels), 4 unique texts")
+    assert summary(p).endswith(f"; {line}")
+    assert f"{line};" in "\n".join(markdown(p))
 
 
 # -- prompt/response pairs -----------------------------------------------------------------------
@@ -209,4 +212,4 @@ def test_cli_drop_missing_shows_the_count(tmp_path, slimtune_in_process):
     proc = slimtune("profile", "--data", path, "--drop-missing", "--encoding", "utf-8")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "dropped 1 row without a text or label" in proc.stderr
-    assert "(1 of them without a text or label)" in proc.stdout
+    assert "1 of 41 rows removed before splitting (1 without a text or label), 40 unique texts" in proc.stdout

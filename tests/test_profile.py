@@ -70,3 +70,24 @@ def test_unset_max_length_comes_from_the_data_and_head_tail_reaches_the_predicto
     pred = load_predictor(tmp_path / "stages/01-ft")
     assert pred.truncation == "head_tail"
     assert "Data profile" in (tmp_path / "report.md").read_text()
+
+
+def test_removed_rows_are_counted_by_reason_on_a_hand_made_csv(tokenizer, tmp_path):
+    from slimtune.data import DataConfig, load_splits
+    from slimtune.profile import markdown, summary
+
+    rows = [f"neg text {i},neg" for i in range(10)] + [f"pos text {i},pos" for i in range(10)]
+    rows += ["neg text 0,neg"] * 3 + ["pos text 1,pos"]  # 4 duplicates of a kept text
+    rows += ["same words,neg", "same words,neg", "same words,pos", "other words,pos", "other words,neg"]  # 5 conflicting
+    rows += ["lonely,"]  # no label: dropped
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    splits = load_splits(DataConfig(path=str(path), drop_missing=True))
+    p = profile_splits(splits, tokenizer)
+    assert (p["rows_read"], p["rows_removed"], p["rows_dropped"], p["rows_duplicate"], p["rows_conflicting"],
+            p["rows_unique"]) == (30, 10, 1, 4, 5, 20)
+    line = ("10 of 30 rows removed before splitting (1 without a text or label, 4 duplicates of a kept text, "
+            "5 rows whose text is under two labels), 20 unique texts")
+    assert summary(p).endswith(line) and f"{line};" in "\n".join(markdown(p))
+    texts = splits.train.texts + splits.val.texts + splits.test.texts
+    assert "same words" not in texts and "other words" not in texts and len(texts) == 20

@@ -28,7 +28,7 @@ def test_good_recipe_round_trips():
     "raw, match",
     [
         (with_(model=["minilm-l6"]), r"model must be a packaged name \(minilm-l6, minilm-l3, multilingual-e5-small, smollm2-135m, gemma3-270m\) or a folder path"),
-        (with_(stagez=[]), "unknown key 'stagez'; allowed: baseline, data, device, eval, export, model, stages, trainer"),
+        (with_(stagez=[]), "unknown key 'stagez'; allowed: baseline, data, device, eval, export, minutes, model, stages, trainer"),
         (with_(data={"name": "rotten_tomatoes", "txt_column": "x"}), r"data: unknown key 'txt_column'; allowed: name, path, test_path, text_column"),
         (with_(stages=[{"name": "ft", "method": "full", "epoch": 1}]), r"stages\[0\] \(full\): unknown key 'epoch'; allowed: epochs, max_steps"),
         (with_(stages=[{"name": "ft", "method": "distil"}]), r"stages\[0\]: unknown method 'distil'; known: .*distill, full, head_only"),

@@ -48,7 +48,7 @@ from ..errors import SlimtuneError
 from .config import AutoConfig
 from .report import choose, finish, pareto
 from .candidates import FLOOR, architectures, chain, key_name, pick_model, seeds, space, suggest
-from .study import _Progress, _done, _params, _study, _values
+from .study import _Progress, _done, _params, _storage, _study, _values
 from .trials import Search
 
 __all__ = ["FLOOR", "AutoConfig", "architectures", "auto", "chain", "choose", "pareto", "seeds"]
@@ -64,6 +64,8 @@ def auto(cfg: AutoConfig, out: str | Path, log: Callable[[str], None] = print, p
     from ..model.folders import resolve
 
     splits = load_splits(cfg.data)  # bad data or model: one line before anything is created in OUT
+    # a shared study database that cannot be opened fails now, not after a packaged model's conversion
+    storage = _storage(cfg, Path(out)) if cfg.storage else None
     resolve(cfg.model)
     cfg, model_note = pick_model(cfg, splits.train.texts)  # first: the model every candidate grows from
     out = Path(out)
@@ -77,7 +79,7 @@ def auto(cfg: AutoConfig, out: str | Path, log: Callable[[str], None] = print, p
         say(model_note)
     search = Search(cfg, out, say)
     search.model_note = model_note
-    study = _study(cfg, out, search.depth, worker, say)
+    study = _study(cfg, out, search.depth, worker, say, storage)
     say(f"auto: fine-tuning the reference ({cfg.model}) once; every candidate starts from it")
     ref = search.reference()
     say(f"auto: reference validation accuracy {ref['val_accuracy']:.4f}, test {ref['test_accuracy']:.4f}, "

@@ -32,13 +32,13 @@ def _storage(cfg: AutoConfig, out: Path):
             raise SlimtuneError(f"--storage {url}: cannot open the study database: {first}") from None
 
 
-def _study(cfg: AutoConfig, out: Path, depth: int, worker: str, log):
+def _study(cfg: AutoConfig, out: Path, depth: int, worker: str, log, storage=None):
     import optuna
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=len(seeds(depth)))
-    study = optuna.create_study(storage=_storage(cfg, out), study_name=STUDY_NAME, sampler=sampler,
+    study = optuna.create_study(storage=storage or _storage(cfg, out), study_name=STUDY_NAME, sampler=sampler,
                                 directions=["maximize", "minimize", "minimize"], load_if_exists=True)
     trials = study.get_trials(deepcopy=False)
     if not trials:

@@ -170,7 +170,8 @@ def distill(model, tokenizer, cfg: DistillConfig, ctx: StageContext):
 
     extra = extra_texts(cfg, set(splits.test.texts) | set(splits.val.texts) | set(splits.train.texts))
     texts = splits.train.texts + extra
-    logits, reused = teacher_logits(teacher, t_tok, texts, cfg.max_length, ctx.cache_dir or ctx.work_dir, ctx.log)
+    logits, reused = teacher_logits(teacher, t_tok, texts, cfg.max_length, ctx.cache_dir or ctx.work_dir, ctx.log,
+                                    passes=ctx.passes)
     teacher_params = sum(p.numel() for p in teacher.parameters())
     if not online and teacher is model:
         teacher.to("meta")  # release the teacher's weights (the caller's reference included)

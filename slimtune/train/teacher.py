@@ -8,6 +8,7 @@ processes (`distributed`) rank 0 computes them once; the other ranks read the ca
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -25,12 +26,13 @@ def _digest(model) -> str:
     return h.hexdigest()
 
 
-def teacher_logits(teacher, tokenizer, texts: list[str], max_length: int, cache_dir: Path, log):
+def teacher_logits(teacher, tokenizer, texts: list[str], max_length: int, cache_dir: Path, log, passes=None):
     """Teacher logits (a tensor (N, K)) for `texts`, read from / written to `cache_dir`; and whether reused.
+    The seconds go to `passes` (measure/passes.py: no max_minutes bounds them) under "teacher".
 
     Under several processes rank 0 computes and caches them first; the others then read the cache.
     """
-    with distributed.main_first():
+    with distributed.main_first(), (passes.timed("teacher") if passes else contextlib.nullcontext()):
         return _teacher_logits(teacher, tokenizer, texts, max_length, cache_dir, log)
 
 
@@ -65,7 +67,8 @@ def recovery_set(model, tokenizer, cfg: RecoveryConfig, ctx) -> EncodedDataset:
     """Labelled training rows, with the unchanged model's logits when distilling (alpha < 1)."""
     data = EncodedDataset(tokenizer, ctx.splits.train, cfg.max_length)
     if cfg.alpha < 1:
-        logits, _ = teacher_logits(model, tokenizer, ctx.splits.train.texts, cfg.max_length, ctx.cache_dir or ctx.work_dir, ctx.log)
+        logits, _ = teacher_logits(model, tokenizer, ctx.splits.train.texts, cfg.max_length, ctx.cache_dir or ctx.work_dir,
+                                   ctx.log, passes=ctx.passes)
         attach(data, logits)
     return data
 
