@@ -128,14 +128,7 @@ class OnnxPredictor(Predictor):
                  providers: list[str] | None = None, spin: bool = True):
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        if not spin:
-            # A server's pool threads sleep between calls instead of busy-waiting for the next one:
-            # spinning takes the cores the event loop (HTTP, JSON) needs. docs/figures.md: 2.8x
-            # served texts/s on a shared 2-core machine.
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts = session_options(threads, spin)
         try:
             self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers or ["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types for a bad file
@@ -156,6 +149,28 @@ class OnnxPredictor(Predictor):
 
         model = onnx.load(str(self.path), load_external_data=False)
         return onnx_params(model.graph)
+
+
+def session_options(threads: int | None = None, spin: bool = True):
+    """ONNX Runtime's session settings, each chosen rather than left to the runtime's defaults:
+    `threads` intra-op threads (default one per physical core: a second hyperthread on a core
+    adds contention, not arithmetic), one inter-op thread and sequential execution (a BERT graph
+    is a chain: nothing runs in parallel between ops), every graph optimization (the fusions and
+    layout changes ORT can make at load), and `spin`: whether idle pool threads busy-wait for the
+    next call. A benchmark spins (back-to-back calls); a server does not: its pool threads would
+    take the cores the event loop (HTTP, JSON) needs between requests (docs/figures.md: 2.8x
+    served texts/s on a shared 2-core machine)."""
+    import onnxruntime as ort
+
+    from ..compute import physical_cores
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or physical_cores()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return opts
 
 
 def onnx_params(graph) -> int:
