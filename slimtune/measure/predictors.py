@@ -34,7 +34,16 @@ class Predictor:
         """What a benchmark of this runtime should say beside its timings."""
         return {}
 
-    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+    def logits_and_tokens(self, texts: list[str]) -> tuple[np.ndarray, list[int | None]]:
+        """`logits(texts)`, and for each text longer than max_length its full token count (None
+        for a text that fit): what a server tells a client whose text was cut. This default
+        tokenizes the long texts a second time; `EncodedPredictor` counts from its one tokenization."""
+        return self.logits(texts), token_counts(self, texts)
+
+    def encode(self, texts: list[str], lengths: list[int] | None = None) -> dict[str, np.ndarray]:
+        """The model's padded int64 inputs. `lengths`, when given, receives for each text its token
+        count before truncation where that is over max_length (a text that fits may get 0): from
+        the same tokenization where the fast encoder runs, from a second one otherwise."""
         from ..profile import encode_padded
 
         if self.truncation == "head":
@@ -43,8 +52,46 @@ class Predictor:
             if getattr(self, "_fast_key", None) != key:
                 self._fast, self._fast_key = FastEncoder.of(self.tokenizer, self.max_length), key
             if self._fast is not None:
-                return self._fast(texts)
+                return self._fast(texts, lengths)
+        if lengths is not None:
+            lengths += [n or 0 for n in token_counts(self, texts)]  # 0: fits (the count of a short text is not needed)
         return encode_padded(self.tokenizer, texts, self.max_length, self.truncation)
+
+
+class EncodedPredictor(Predictor):
+    """A predictor whose model takes `encode`'s arrays: `forward(enc)` runs the model, and a text
+    is tokenized once whether or not its full length is asked for."""
+
+    def forward(self, enc: dict[str, np.ndarray]) -> np.ndarray:  # (B, num_labels) float32
+        raise NotImplementedError
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        return self.forward(self.encode(texts))
+
+    def logits_and_tokens(self, texts: list[str]) -> tuple[np.ndarray, list[int | None]]:
+        lengths: list[int] = []
+        logits = self.forward(self.encode(texts, lengths))
+        return logits, [n if n > self.max_length else None for n in lengths]
+
+
+def token_counts(pred: Predictor, texts: list[str]) -> list[int | None]:
+    """For each text longer than the predictor's max_length in tokens, its full token count; else None.
+
+    Every token covers at least one byte of the text, so a text of fewer UTF-8 bytes than
+    max_length minus the special tokens cannot be truncated and is not tokenized again.
+    """
+    tok = pred.tokenizer
+    out: list[int | None] = [None] * len(texts)
+    if tok is None:  # no tokens (a TF-IDF floor): nothing is cut
+        return out
+    room = pred.max_length - tok.num_special_tokens_to_add()
+    long = [i for i, t in enumerate(texts) if len(t.encode("utf-8")) > room]
+    if long:
+        ids = tok([texts[i] for i in long], truncation=False, add_special_tokens=True)["input_ids"]
+        for i, row in zip(long, ids):
+            if len(row) > pred.max_length:
+                out[i] = len(row)
+    return out
 
 
 class FastEncoder:
@@ -77,15 +124,21 @@ class FastEncoder:
         names = [n for n in cls.FIELDS if n in tokenizer.model_input_names]
         return cls(copy, names)
 
-    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+    def __call__(self, texts: list[str], lengths: list[int] | None = None) -> dict[str, np.ndarray]:
+        """The arrays; `lengths`, when given, receives each text's token count before truncation."""
         if len(texts) == 1:
             encs = [self.backend.encode(texts[0])]
         else:
             encs = self.backend.encode_batch(list(texts))
+        if lengths is not None:
+            # truncation keeps what it cut as `overflowing` pieces, each post-processed (special
+            # tokens added, padded) like the kept one: the full count without a second tokenization
+            special = self.backend.num_special_tokens_to_add(False)
+            lengths += [sum(e.attention_mask) + sum(sum(o.attention_mask) - special for o in e.overflowing) for e in encs]
         return {n: np.array([getattr(e, self.FIELDS[n]) for e in encs], dtype=np.int64) for n in self.names}
 
 
-class TorchPredictor(Predictor):
+class TorchPredictor(EncodedPredictor):
     kind = "torch"
 
     def __init__(self, model, tokenizer, max_length: int = DEFAULT_MAX_LENGTH):
@@ -104,10 +157,10 @@ class TorchPredictor(Predictor):
         self.device = device
         return self
 
-    def logits(self, texts: list[str]) -> np.ndarray:
+    def forward(self, enc: dict[str, np.ndarray]) -> np.ndarray:
         import torch
 
-        enc = {k: torch.from_numpy(v).to(self.device) for k, v in self.encode(texts).items()}
+        enc = {k: torch.from_numpy(v).to(self.device) for k, v in enc.items()}
         with torch.inference_mode():
             out = self.model(**enc).logits
         return out.float().cpu().numpy()
@@ -121,7 +174,7 @@ class TorchPredictor(Predictor):
         return n
 
 
-class OnnxPredictor(Predictor):
+class OnnxPredictor(EncodedPredictor):
     kind = "onnx"
 
     def __init__(self, onnx_path: Path, tokenizer, label_names: list[str], max_length: int = DEFAULT_MAX_LENGTH, threads: int | None = None,
@@ -139,8 +192,7 @@ class OnnxPredictor(Predictor):
         self.label_names = list(label_names)
         self.max_length = max_length
 
-    def logits(self, texts: list[str]) -> np.ndarray:
-        enc = self.encode(texts)
+    def forward(self, enc: dict[str, np.ndarray]) -> np.ndarray:
         feed = {name: enc[name] for name in self.input_names}
         return self.session.run(["logits"], feed)[0].astype(np.float32)
 
