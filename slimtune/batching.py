@@ -167,31 +167,13 @@ class Batcher:
 
     @staticmethod
     def _run(pred: Predictor, texts: list[str], per_row: bool) -> list[Answer]:
+        # one tokenization per text: the encoding that feeds the model also says which texts were cut
         if per_row:
-            logits = np.concatenate([pred.logits([t]) for t in texts])
+            rows = [pred.logits_and_tokens([t]) for t in texts]
+            logits, tokens = np.concatenate([r[0] for r in rows]), [r[1][0] for r in rows]
         else:
-            logits = pred.logits(texts)
-        probs = softmax(logits)
-        tokens = token_counts(pred, texts)
-        return [Answer(p, n) for p, n in zip(probs, tokens)]
-
-
-def token_counts(pred: Predictor, texts: list[str]) -> list[int | None]:
-    """For each text longer than the predictor's max_length in tokens, its full token count; else None.
-
-    Every token covers at least one byte of the text, so a text of fewer UTF-8 bytes than
-    max_length minus the special tokens cannot be truncated and is not tokenized twice.
-    """
-    tok = pred.tokenizer
-    room = pred.max_length - tok.num_special_tokens_to_add()
-    long = [i for i, t in enumerate(texts) if len(t.encode("utf-8")) > room]
-    out: list[int | None] = [None] * len(texts)
-    if long:
-        ids = tok([texts[i] for i in long], truncation=False, add_special_tokens=True)["input_ids"]
-        for i, row in zip(long, ids):
-            if len(row) > pred.max_length:
-                out[i] = len(row)
-    return out
+            logits, tokens = pred.logits_and_tokens(texts)
+        return [Answer(p, n) for p, n in zip(softmax(logits), tokens)]
 
 
 def _resolve(results) -> None:

@@ -159,6 +159,18 @@ def from_callbacks(callbacks) -> Compute:
     return Compute(device=resolve_device("auto"))
 
 
+def physical_cores() -> int:
+    """CPU cores this process may run on, a core's hyperthreads counted once."""
+    import os
+
+    import psutil
+
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    physical = psutil.cpu_count(logical=False) or logical
+    # a process pinned to fewer CPUs than the machine has: assume the pinned ones are distinct cores
+    return max(1, min(physical, logical))
+
+
 # ONNX Runtime execution providers by short name (`slimtune bench --provider`); the GPU ones
 # come with the onnxruntime-gpu wheel (TensorRT also needs TensorRT's libraries).
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}

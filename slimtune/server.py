@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import os
 import signal
 import socket
 import sys
@@ -22,6 +21,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from .compute import physical_cores
 from .errors import SlimtuneError
 from .service import ServeConfig, Service, load
 
@@ -80,7 +80,7 @@ def serve(artifact: str | Path, host: str = "127.0.0.1", port: int = 8000, max_b
             service = LMService(loaded, cfg)
             mode = f"OpenAI-compatible: /v1/chat/completions, /v1/completions as model {loaded.name!r}; {loaded.decoder.kind}"
         else:
-            threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
+            threads = max(1, physical_cores() // workers) if workers > 1 else None
             loaded = load(artifact, cfg, threads)
             service = Service(loaded, cfg)
             mode = ", ".join(f"{t or 'model'}: {'one text per call' if v else 'batched'}" for t, v in service.per_row.items())

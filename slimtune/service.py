@@ -173,6 +173,10 @@ class Service(Probes):
         self.batcher = Batcher(loaded.predictors, self.per_row, cfg.max_batch, cfg.max_wait_ms, cfg.max_queue,
                                cfg.workers, on_batch=self._on_batch)
         Gauge("slimtune_queue_depth", "texts waiting or running", registry=reg).set_function(lambda: self.batcher.pending)
+        one = Gauge("slimtune_one_text_per_call", "1: the model runs one text per call (dynamic int8: batch-mates "
+                    "would change its answers, and batching is not faster for it); 0: batched", ["task"], registry=reg)
+        for task, v in self.per_row.items():
+            one.labels(task or "model").set(int(v))
         routes = [
             Route("/predict", self._endpoint("predict", self.predict), methods=["POST"]),
             Route("/health", self._endpoint("health", self.health), methods=["GET"]),

@@ -21,7 +21,8 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
-from slimtune.batching import dynamic_activations, token_counts
+from slimtune.batching import dynamic_activations
+from slimtune.measure.predictors import token_counts
 from slimtune.errors import SlimtuneError
 from slimtune.server import ServeConfig, Service, load
 
@@ -203,6 +204,8 @@ def test_token_counts_flags_exactly_the_texts_over_max_length(int8):
     full = [len(ids) for ids in pred.tokenizer(texts, truncation=False)["input_ids"]]
     assert counts == [n if n > 32 else None for n in full]
     assert counts[:4] == [None, None, 33, 202]
+    # what the server uses: the same counts from the tokenization that feeds the model
+    assert pred.logits_and_tokens(texts)[1] == counts
 
 
 # -- batching, invariance, overload ----------------------------------------------------------------
@@ -285,7 +288,7 @@ def test_full_queue_answers_503_with_retry_after(int8):
     slow = type(pred).__new__(type(pred))
     slow.__dict__ |= pred.__dict__
     # holds the worker until released (the bound only keeps a broken test from hanging)
-    slow.logits = lambda texts: (held.set(), release.wait(120), pred.logits(texts))[2]
+    slow.forward = lambda enc: (held.set(), release.wait(120), pred.forward(enc))[2]
     loaded = dataclasses.replace(int8, predictors={None: slow})
 
     async def scenario(url):

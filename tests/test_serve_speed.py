@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import onnxruntime as ort
 import pytest
 
 from slimtune.artifacts import load_predictor
+from slimtune.compute import physical_cores
 from slimtune.server import ServeConfig, load
 
 SPINNING = "session.intra_op.allow_spinning"
@@ -20,14 +22,33 @@ def onnx_dir(tmp_path_factory, tiny_clf_dir):
     return out
 
 
+def _chosen(options) -> dict:
+    return {"intra_op": options.intra_op_num_threads, "inter_op": options.inter_op_num_threads,
+            "mode": options.execution_mode, "level": options.graph_optimization_level,
+            "spinning": options.get_session_config_entry(SPINNING)}
+
+
 def test_served_onnx_session_does_not_spin(onnx_dir):
     # a spinning intra-op pool busy-waits between calls on the cores the event loop needs
     served = load(onnx_dir, ServeConfig(max_length=32)).predictors[None]
-    assert served.session.get_session_options().get_session_config_entry(SPINNING) == "0"
+    assert _chosen(served.session.get_session_options()) == {
+        "intra_op": physical_cores(), "inter_op": 1, "mode": ort.ExecutionMode.ORT_SEQUENTIAL,
+        "level": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "spinning": "0"}
 
 
-def test_other_onnx_predictors_keep_the_runtime_default(onnx_dir):
-    # `slimtune bench` and evaluation measure ONNX Runtime as it comes (spinning on)
+def test_benchmarked_onnx_session_spins_and_sets_every_option(onnx_dir):
+    # `slimtune bench` and evaluation run calls back to back: spinning threads catch the next one sooner
     options = load_predictor(onnx_dir, 32).session.get_session_options()
-    with pytest.raises(Exception):  # no entry set: ORT's default applies
-        options.get_session_config_entry(SPINNING)
+    assert _chosen(options) == {
+        "intra_op": physical_cores(), "inter_op": 1, "mode": ort.ExecutionMode.ORT_SEQUENTIAL,
+        "level": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "spinning": "1"}
+    assert load_predictor(onnx_dir, 32, threads=1).session.get_session_options().intra_op_num_threads == 1
+
+
+def test_physical_cores_counts_a_core_once():
+    import os
+
+    import psutil
+
+    n = physical_cores()
+    assert 1 <= n <= len(os.sched_getaffinity(0)) and n <= (psutil.cpu_count(logical=False) or n)

@@ -35,7 +35,16 @@ class Predictor:
         """What a benchmark of this runtime should say beside its timings."""
         return {}
 
-    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+    def logits_and_tokens(self, texts: list[str]) -> tuple[np.ndarray, list[int | None]]:
+        """`logits(texts)`, and for each text longer than max_length its full token count (None
+        for a text that fit): what a server tells a client whose text was cut. This default
+        tokenizes the long texts a second time; `EncodedPredictor` counts from its one tokenization."""
+        return self.logits(texts), token_counts(self, texts)
+
+    def encode(self, texts: list[str], lengths: list[int] | None = None) -> dict[str, np.ndarray]:
+        """The model's padded int64 inputs. `lengths`, when given, receives for each text its token
+        count before truncation where that is over max_length (a text that fits may get 0): from
+        the same tokenization where the fast encoder runs, from a second one otherwise."""
         from ..text import encode_padded
 
         if self.truncation == "head":
@@ -44,8 +53,46 @@ class Predictor:
             if getattr(self, "_fast_key", None) != key:
                 self._fast, self._fast_key = FastEncoder.of(self.tokenizer, self.max_length), key
             if self._fast is not None:
-                return self._fast(texts)
+                return self._fast(texts, lengths)
+        if lengths is not None:
+            lengths += [n or 0 for n in token_counts(self, texts)]  # 0: fits (the count of a short text is not needed)
         return encode_padded(self.tokenizer, texts, self.max_length, self.truncation)
+
+
+class EncodedPredictor(Predictor):
+    """A predictor whose model takes `encode`'s arrays: `forward(enc)` runs the model, and a text
+    is tokenized once whether or not its full length is asked for."""
+
+    def forward(self, enc: dict[str, np.ndarray]) -> np.ndarray:  # (B, num_labels) float32
+        raise NotImplementedError
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        return self.forward(self.encode(texts))
+
+    def logits_and_tokens(self, texts: list[str]) -> tuple[np.ndarray, list[int | None]]:
+        lengths: list[int] = []
+        logits = self.forward(self.encode(texts, lengths))
+        return logits, [n if n > self.max_length else None for n in lengths]
+
+
+def token_counts(pred: Predictor, texts: list[str]) -> list[int | None]:
+    """For each text longer than the predictor's max_length in tokens, its full token count; else None.
+
+    Every token covers at least one byte of the text, so a text of fewer UTF-8 bytes than
+    max_length minus the special tokens cannot be truncated and is not tokenized again.
+    """
+    tok = pred.tokenizer
+    out: list[int | None] = [None] * len(texts)
+    if tok is None:  # no tokens (a TF-IDF floor): nothing is cut
+        return out
+    room = pred.max_length - tok.num_special_tokens_to_add()
+    long = [i for i, t in enumerate(texts) if len(t.encode("utf-8")) > room]
+    if long:
+        ids = tok([texts[i] for i in long], truncation=False, add_special_tokens=True)["input_ids"]
+        for i, row in zip(long, ids):
+            if len(row) > pred.max_length:
+                out[i] = len(row)
+    return out
 
 
 class FastEncoder:
@@ -78,15 +125,21 @@ class FastEncoder:
         names = [n for n in cls.FIELDS if n in tokenizer.model_input_names]
         return cls(copy, names)
 
-    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+    def __call__(self, texts: list[str], lengths: list[int] | None = None) -> dict[str, np.ndarray]:
+        """The arrays; `lengths`, when given, receives each text's token count before truncation."""
         if len(texts) == 1:
             encs = [self.backend.encode(texts[0])]
         else:
             encs = self.backend.encode_batch(list(texts))
+        if lengths is not None:
+            # truncation keeps what it cut as `overflowing` pieces, each post-processed (special
+            # tokens added, padded) like the kept one: the full count without a second tokenization
+            special = self.backend.num_special_tokens_to_add(False)
+            lengths += [sum(e.attention_mask) + sum(sum(o.attention_mask) - special for o in e.overflowing) for e in encs]
         return {n: np.array([getattr(e, self.FIELDS[n]) for e in encs], dtype=np.int64) for n in self.names}
 
 
-class TorchPredictor(Predictor):
+class TorchPredictor(EncodedPredictor):
     kind = "torch"
 
     def __init__(self, model, tokenizer, max_length: int = DEFAULT_MAX_LENGTH):
@@ -105,10 +158,10 @@ class TorchPredictor(Predictor):
         self.device = device
         return self
 
-    def logits(self, texts: list[str]) -> np.ndarray:
+    def forward(self, enc: dict[str, np.ndarray]) -> np.ndarray:
         import torch
 
-        enc = {k: torch.from_numpy(v).to(self.device) for k, v in self.encode(texts).items()}
+        enc = {k: torch.from_numpy(v).to(self.device) for k, v in enc.items()}
         with torch.inference_mode():
             out = self.model(**enc).logits
         return out.float().cpu().numpy()
@@ -122,21 +175,14 @@ class TorchPredictor(Predictor):
         return n
 
 
-class OnnxPredictor(Predictor):
+class OnnxPredictor(EncodedPredictor):
     kind = "onnx"
 
     def __init__(self, onnx_path: Path, tokenizer, label_names: list[str], max_length: int = DEFAULT_MAX_LENGTH, threads: int | None = None,
                  providers: list[str] | None = None, spin: bool = True):
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        if not spin:
-            # A server's pool threads sleep between calls instead of busy-waiting for the next one:
-            # spinning takes the cores the event loop (HTTP, JSON) needs. docs/figures.md: 2.8x
-            # served texts/s on a shared 2-core machine.
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts = session_options(threads, spin)
         try:
             self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers or ["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types for a bad file
@@ -147,8 +193,7 @@ class OnnxPredictor(Predictor):
         self.label_names = list(label_names)
         self.max_length = max_length
 
-    def logits(self, texts: list[str]) -> np.ndarray:
-        enc = self.encode(texts)
+    def forward(self, enc: dict[str, np.ndarray]) -> np.ndarray:
         feed = {name: enc[name] for name in self.input_names}
         return self.session.run(["logits"], feed)[0].astype(np.float32)
 
@@ -157,6 +202,28 @@ class OnnxPredictor(Predictor):
 
         model = onnx.load(str(self.path), load_external_data=False)
         return onnx_params(model.graph)
+
+
+def session_options(threads: int | None = None, spin: bool = True):
+    """ONNX Runtime's session settings, each chosen rather than left to the runtime's defaults:
+    `threads` intra-op threads (default one per physical core: a second hyperthread on a core
+    adds contention, not arithmetic), one inter-op thread and sequential execution (a BERT graph
+    is a chain: nothing runs in parallel between ops), every graph optimization (the fusions and
+    layout changes ORT can make at load), and `spin`: whether idle pool threads busy-wait for the
+    next call. A benchmark spins (back-to-back calls); a server does not: its pool threads would
+    take the cores the event loop (HTTP, JSON) needs between requests (docs/figures.md: 2.8x
+    served texts/s on a shared 2-core machine)."""
+    import onnxruntime as ort
+
+    from ..compute import physical_cores
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or physical_cores()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return opts
 
 
 def onnx_params(graph) -> int:

@@ -15,6 +15,13 @@ embeddings are what size is made of. This stage writes one fused ONNX Runtime gr
   0.979-0.981 with the position table int8, for 0.09 MiB); `fp32` leaves them. For int4 the embedding LayerNorm is not fused (EmbedLayerNormalization takes the
   table as a plain initializer, with no 4-bit form), so the word-embedding Gather stays a node.
 
+`fuse` runs ONNX Runtime's transformer optimizer on the exported graph (fused Attention,
+SkipLayerNormalization, Gelu, EmbedLayerNormalization); `fuse: false` keeps the exporter's plain
+MatMul/Softmax graph. `per_channel` and `reduce_range` are the int8 pass's weight scales (one per
+output channel; 7-bit weights, which also avoid the u8s8 overflow of CPUs without VNNI). The
+stage records the graph it wrote: `onnx_ops` (nodes per op type) and `onnx_fusions` (those of
+them that are fused ops, quantized forms included).
+
 Put `trim_vocab` before this stage and the table itself is smaller. The stage checks parity against
 the torch model it came from on validation texts (max |Δlogit|, argmax agreement) like every export.
 Whether 4-bit is faster or only smaller is measured by the run, not assumed (report: latency column).
@@ -31,6 +38,9 @@ from ..errors import SlimtuneError, check_ranges
 from ..stage import Artifact, StageContext, StageResult, register
 
 PRECISIONS = ("int8", "int4", "fp32")
+# ONNX Runtime's fused ops for encoders (what its transformer optimizer writes), and their int8 forms
+FUSED_OPS = ("Attention", "QAttention", "MultiHeadAttention", "EmbedLayerNormalization", "QEmbedLayerNormalization",
+             "SkipLayerNormalization", "BiasGelu", "FastGelu", "Gelu", "BiasSkipLayerNormalization")
 
 
 @dataclass
@@ -40,8 +50,14 @@ class OnnxCompactConfig:
     block_size: int = 32  # 4-bit: weights per scale (a power of 2, >= 16)
     symmetric: bool = True  # 4-bit: symmetric blocks, or blocks with a zero point each
     parity_texts: int = 256  # validation texts the parity check runs on
+    fuse: bool = True  # ONNX Runtime's transformer fusions (Attention, SkipLayerNormalization, Gelu)
+    per_channel: bool = True  # int8: one weight scale per output channel (else one per tensor)
+    reduce_range: bool = True  # int8: 7-bit weights
 
     def __post_init__(self) -> None:
+        for key in ("fuse", "per_channel", "reduce_range", "symmetric"):
+            if not isinstance(getattr(self, key), bool):
+                raise SlimtuneError(f"onnx_compact: {key} must be true or false, not {getattr(self, key)!r}")
         if self.matmul not in PRECISIONS or self.embeddings not in PRECISIONS:
             raise SlimtuneError(f"onnx_compact: matmul and embeddings must be one of {', '.join(PRECISIONS)}, "
                                 f"got {self.matmul!r}, {self.embeddings!r}")
@@ -52,7 +68,26 @@ class OnnxCompactConfig:
     def label(self) -> str:
         four = f" (4-bit blocks of {self.block_size}, {'symmetric' if self.symmetric else 'with zero points'})" \
             if "int4" in (self.matmul, self.embeddings) else ""
-        return f"ONNX matmul {self.matmul}, embeddings {self.embeddings}{four}"
+        eight = "" if (self.per_channel, self.reduce_range) == (True, True) or not int8_ops(self) else \
+            f", int8 {'per channel' if self.per_channel else 'per tensor'}{', 7-bit' if self.reduce_range else ''}"
+        return f"ONNX matmul {self.matmul}, embeddings {self.embeddings}{four}{eight}{'' if self.fuse else ', unfused'}"
+
+
+def int8_ops(cfg: OnnxCompactConfig) -> list[str]:
+    """The op types the int8 pass quantizes (fused Attention stays int8 under 4-bit MatMuls)."""
+    return (["MatMul", "Attention"] if cfg.matmul == "int8" else ["Attention"] if cfg.matmul == "int4" else []) \
+        + (["Gather", "EmbedLayerNormalization"] if cfg.embeddings == "int8" else ["Gather"] if cfg.embeddings == "int4" else [])
+
+
+def graph_ops(path: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """(nodes per op type, fused ops per op type) of the ONNX graph at `path`, most frequent first."""
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    ops = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return ops, {k: n for k, n in ops.items() if k in FUSED_OPS}
 
 
 def _other_tables(graph, vocab_size: int) -> list[str]:
@@ -78,12 +113,13 @@ def _nbits(src: Path, dst: Path, op_types: tuple[str, ...], cfg: OnnxCompactConf
     q.model.save_model_to_file(str(dst), use_external_data_format=False)
 
 
-def _dynamic(src: Path, dst: Path, op_types: list[str]) -> None:
+def _dynamic(src: Path, dst: Path, op_types: list[str], cfg: OnnxCompactConfig) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
-                     op_types_to_quantize=op_types, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=cfg.per_channel,
+                     reduce_range=cfg.reduce_range, op_types_to_quantize=op_types,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 def build(model, tokenizer, cfg: OnnxCompactConfig, work: Path) -> Path:
@@ -92,21 +128,20 @@ def build(model, tokenizer, cfg: OnnxCompactConfig, work: Path) -> Path:
 
     work.mkdir(parents=True, exist_ok=True)
     path = work / "fp32.onnx"
-    int8_ops = (["MatMul", "Attention"] if cfg.matmul == "int8" else ["Attention"] if cfg.matmul == "int4" else []) \
-        + (["Gather", "EmbedLayerNormalization"] if cfg.embeddings == "int8" else ["Gather"] if cfg.embeddings == "int4" else [])
+    eight = int8_ops(cfg)
     nbits_ops = (("MatMul",) if cfg.matmul == "int4" else ()) + (("Gather",) if cfg.embeddings == "int4" else ())
     # ORT's quantizers (and its graph optimizer) log every tensor at INFO on the root logger once
     # the 4-bit one has run
     with warnings.catch_warnings(), quiet_root_logger():
         warnings.simplefilter("ignore")
-        write_onnx(model, tokenizer, path, embed_layer_norm=cfg.embeddings != "int4")
+        write_onnx(model, tokenizer, path, optimize=cfg.fuse, embed_layer_norm=cfg.embeddings != "int4")
         if nbits_ops:  # 4-bit first: the int8 pass would turn the float MatMuls into integer ones
             nxt = work / "nbits.onnx"
             _nbits(path, nxt, nbits_ops, cfg, model.config.vocab_size)
             path = nxt
-        if int8_ops:
+        if eight:
             nxt = work / "int8.onnx"
-            _dynamic(path, nxt, int8_ops)
+            _dynamic(path, nxt, eight, cfg)
             path = nxt
     return path
 
@@ -135,6 +170,9 @@ def onnx_compact(model, tokenizer, cfg: OnnxCompactConfig, ctx: StageContext):
         check = parity(src, out)
         ctx.log(f"  {cfg.label()}: parity on {len(texts)} validation texts: max |Δlogit| "
                 f"{check['max_abs_logit_diff']:.3g}, argmax agreement {check['argmax_agreement']:.4f}")
-    info |= {"onnx_quantization": cfg.label(), "parity_val": check, "int8_compute": cfg.matmul != "fp32"}
+    ops, fusions = graph_ops(path)
+    ctx.log(f"  fused ops: {', '.join(f'{k} x{n}' for k, n in fusions.items()) or 'none'}")
+    info |= {"onnx_quantization": cfg.label(), "parity_val": check, "int8_compute": cfg.matmul != "fp32",
+             "onnx_fusions": fusions, "onnx_ops": ops}
 
     return StageResult(model, tokenizer, info, Artifact("onnx", {"onnx_file": path}))
