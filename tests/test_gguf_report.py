@@ -123,6 +123,7 @@ def test_generate_recipe_without_llama_cpp_writes_gguf_and_says_why_not_measured
         api.check_export_target(llama, "gguf-q4_k_m", tmp_path / "q4")  # `slimtune export` still refuses it up front
     report = run(parse(raw, "r.yaml"), tmp_path / "run", log=lambda m: None)
     m = {s["name"]: s["metrics"] for s in report["stages"]}
+    assert all(m[f].pop("export_seconds") >= 0 for f in raw["export"])  # every export row says how long it took
     assert m["gguf-q4_k_m"] == {"not_measured": "not written: llama.cpp's quantizer (llama-cpp-python) not installed — "
                                                 "pip install 'slimtune[gguf]'", "runtime": "llama.cpp"}
     for fmt in ("gguf-q8_0", "gguf-f16"):
